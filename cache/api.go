@@ -1,0 +1,12 @@
+// Package cache keeps verified chunk contents in memory and on disk, keyed
+// by content digest; layers are immutable, so an entry never goes stale.
+package cache
+
+// Cache maps a key to bytes. Keys of the form "sha256:<hex>" are content
+// digests and are verified against the bytes wherever they are loaded from
+// disk. Implementations are safe for concurrent use; Add may drop the entry
+// (e.g. disk full) without error, since the caller can always refetch.
+type Cache interface {
+	Get(key string) ([]byte, bool)
+	Add(key string, b []byte)
+}

@@ -1,0 +1,62 @@
+// Package layer turns one eStargz blob into the layer view poolfs shows:
+// a tree of entries exactly as the layer tar holds them (whiteouts in
+// overlay form, landmarks hidden) and verified reads of file contents.
+package layer
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrNotEStargz says the blob has no eStargz footer/TOC: the layer cannot be
+// served lazily and the caller should answer ENOENT so podman pulls it.
+var ErrNotEStargz = errors.New("blob is not eStargz")
+
+// ErrVerify says bytes from the registry did not match their digest.
+var ErrVerify = errors.New("digest verification failed")
+
+// BlobReader is the random access to the compressed blob a Layer needs;
+// remote.Blob satisfies it.
+type BlobReader interface {
+	Size() int64
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// Cache keeps verified, uncompressed chunk contents keyed by their digest
+// string ("sha256:..."); cache.Cache satisfies it.
+type Cache interface {
+	Get(key string) ([]byte, bool)
+	Add(key string, b []byte)
+}
+
+// EntryType is the kind of a view entry (hard links are not a type: the
+// same *Entry appears under each of its names).
+type EntryType int
+
+const (
+	TypeDir EntryType = iota
+	TypeReg
+	TypeSymlink
+	TypeChar
+	TypeBlock
+	TypeFIFO
+)
+
+// Entry is one inode of the layer view.
+type Entry struct {
+	Name     string    // base name under its first parent ("" for the root)
+	Path     string    // cleaned path in the layer of the first name ("" for root), no leading "/"
+	Type     EntryType
+	Mode     uint32    // permission bits plus setuid/setgid/sticky (07777), no type bits
+	UID, GID uint32
+	Size     int64     // regular files: content size; symlinks: len(LinkName); else 0
+	ModTime  time.Time
+	LinkName string    // symlink target
+	DevMajor uint32
+	DevMinor uint32
+	Xattrs   map[string][]byte // includes trusted.overlay.opaque / user.overlay.opaque = "y" for opaque dirs
+	NLink    uint32            // regular files etc.: number of names; dirs: 2 + subdirectories
+	Children map[string]*Entry // dirs only; hard links share the *Entry
+	Names    []string          // dirs only: child names sorted, for readdir
+}

@@ -1,0 +1,41 @@
+// Package remote is poolfs's only door to registries: it resolves an image
+// reference to the descriptor of one of its layers and reads byte ranges of
+// layer blobs. Everything else in poolfs sees blobs as Blob values.
+package remote
+
+import (
+	"context"
+	"errors"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// ErrLayerNotFound says the image exists but has no layer with the digest
+// asked for (neither as blob digest nor as TOC digest).
+var ErrLayerNotFound = errors.New("layer not found in image")
+
+// TOCDigestAnnotation is the manifest layer annotation eStargz converters
+// set to the sha256 of the TOC JSON.
+const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
+
+// LayerDesc describes one layer of one image as the registry published it.
+type LayerDesc struct {
+	Ref         string        // the image reference the layer was resolved through, as given
+	Digest      digest.Digest // compressed blob digest (manifest layer digest)
+	Size        int64         // compressed blob size from the manifest
+	MediaType   string
+	DiffID      digest.Digest // uncompressed digest from the config's rootfs.diff_ids; "" if unknown
+	TOCDigest   digest.Digest // from the TOC digest annotation; "" if absent
+	Annotations map[string]string
+}
+
+// Blob is random access to a registry blob. Implementations are safe for
+// concurrent use.
+type Blob interface {
+	Digest() digest.Digest
+	Size() int64
+	// ReadAt fills p with the bytes at off (one HTTP range request, with
+	// bounded retries). It returns an error rather than a short read unless
+	// the range runs past the end of the blob (then io.EOF, like io.ReaderAt).
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+}
