@@ -1,0 +1,143 @@
+package pool
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	layerfs "github.com/poolfs/poolfs/fs"
+	"github.com/poolfs/poolfs/layer"
+)
+
+// useFile is the name the containers/storage client creates to say "one
+// more user"; it must never exist.
+const useFile = "use"
+
+// layerDir is <ref>/<digest> of grammar 2: diff, info and blob.
+type layerDir struct {
+	syntheticDir
+	layer *Layer
+	cache Cache
+	log   *logrus.Entry
+}
+
+var (
+	_ gofs.NodeOnAdder  = (*layerDir)(nil)
+	_ gofs.NodeLookuper = (*layerDir)(nil)
+	_ gofs.NodeCreater  = (*layerDir)(nil)
+)
+
+func newLayerDir(l *Layer, c Cache, log *logrus.Entry) *layerDir {
+	return &layerDir{layer: l, cache: c, log: log}
+}
+
+// OnAdd builds the three files up front: the client stats all of them
+// before it believes the layer exists.
+func (d *layerDir) OnAdd(ctx context.Context) {
+	diff := d.NewPersistentInode(ctx, layerfs.NewLayerRoot(d.layer.View, d.log), gofs.StableAttr{Mode: syscall.S_IFDIR})
+	d.AddChild("diff", diff, false)
+	info := d.NewPersistentInode(ctx, &bytesFile{data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	d.AddChild("info", info, false)
+	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, cache: d.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	d.AddChild("blob", blob, false)
+}
+
+func (d *layerDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ch := d.GetChild(name)
+	if ch == nil {
+		// "use" and typos alike: the answer for this name never changes.
+		out.SetEntryTimeout(entryTimeout)
+		return nil, syscall.ENOENT
+	}
+	return ch, childAttr(ctx, ch, out)
+}
+
+// Create of "use" counts one more user and fails with ENOENT, as the
+// protocol asks; anything else is a write to a read-only store.
+func (d *layerDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if name != useFile {
+		return nil, nil, 0, syscall.EROFS
+	}
+	n := d.layer.uses.Add(1)
+	d.log.WithField("uses", n).Debug("layer used")
+	return nil, nil, 0, syscall.ENOENT
+}
+
+// info is the JSON of a containers/storage layer record (the keys its
+// Layer type decodes).
+type info struct {
+	CompressedDigest   string         `json:"compressed-diff-digest,omitempty"`
+	CompressedSize     int64          `json:"compressed-size,omitempty"`
+	UncompressedDigest string         `json:"diff-digest,omitempty"`
+	UncompressedSize   int64          `json:"diff-size,omitempty"`
+	TOCDigest          string         `json:"toc-digest,omitempty"`
+	CompressionType    int            `json:"compression,omitempty"`
+	UIDs               []uint32       `json:"uidset,omitempty"`
+	GIDs               []uint32       `json:"gidset,omitempty"`
+	Flags              map[string]any `json:"flags,omitempty"`
+}
+
+// compressionGzip is containers/storage's archive.Gzip.
+const compressionGzip = 2
+
+// uncompressedSizeAnnotation is what stargz converters record the tar size
+// in; without it the size is left out, as containers/storage allows.
+const uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
+
+func layerInfo(l *Layer) []byte {
+	in := info{
+		CompressedDigest:   l.Desc.Digest.String(),
+		CompressedSize:     l.Desc.Size,
+		UncompressedDigest: l.Desc.DiffID.String(),
+		TOCDigest:          l.Desc.TOCDigest.String(),
+		CompressionType:    compressionGzip,
+	}
+	if l.Desc.DiffID != "" {
+		// Newer clients look here when they cannot trust diff-digest.
+		in.Flags = map[string]any{"expected-layer-diffid": l.Desc.DiffID.String()}
+	}
+	if s, ok := l.Desc.Annotations[uncompressedSizeAnnotation]; ok {
+		var n int64
+		if err := json.Unmarshal([]byte(s), &n); err == nil && n > 0 {
+			in.UncompressedSize = n
+		}
+	}
+	in.UIDs, in.GIDs = idSets(l.View.Root())
+	// Only strings, numbers and slices go in: Marshal cannot fail.
+	b, _ := json.Marshal(in)
+	return append(b, '\n')
+}
+
+// idSets collects the owners used in the layer, which the client uses to
+// decide whether the layer fits a user-namespaced container.
+func idSets(root *layer.Entry) (uids, gids []uint32) {
+	u, g := map[uint32]bool{}, map[uint32]bool{}
+	seen := map[*layer.Entry]bool{}
+	var walk func(e *layer.Entry)
+	walk = func(e *layer.Entry) {
+		if seen[e] {
+			return
+		}
+		seen[e] = true
+		u[e.UID], g[e.GID] = true, true
+		for _, c := range e.Children {
+			walk(c)
+		}
+	}
+	walk(root)
+	return sortedKeys(u), sortedKeys(g)
+}
+
+func sortedKeys(m map[uint32]bool) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}

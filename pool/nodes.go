@@ -1,0 +1,195 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+
+	layerfs "github.com/poolfs/poolfs/fs"
+)
+
+// entryTimeout is how long the kernel may keep a positive lookup of a
+// grammar directory: what a name decodes to never changes.
+const entryTimeout = 24 * time.Hour
+
+// Root is the node mounted at <ALS root>/.pool.
+type Root struct {
+	syntheticDir
+	pool *Pool
+	log  *logrus.Entry
+}
+
+// NewRoot returns the node to mount at <ALS root>/.pool.
+func NewRoot(p *Pool) *Root { return &Root{pool: p, log: p.log} }
+
+var (
+	_ gofs.NodeLookuper  = (*Root)(nil)
+	_ gofs.NodeGetattrer = (*Root)(nil)
+)
+
+// Lookup decides, from the first path element, which grammar a path uses.
+func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ch := r.GetChild(name); ch != nil {
+		return ch, childAttr(ctx, ch, out)
+	}
+	log := r.log.WithField("path", name)
+	el, err := ParseElement(name)
+	var node gofs.InodeEmbedder
+	switch {
+	case err == nil && el.IsAnnotation():
+		node = &annotationDir{pool: r.pool, ann: map[string]string{el.Key: el.Value}, path: name}
+	case err == nil:
+		node = &refDir{pool: r.pool, encoded: name, ref: el.Ref}
+	default:
+		return nil, refuse(log, out, err)
+	}
+	return addDir(ctx, &r.Inode, name, node, out), 0
+}
+
+// addDir makes a persistent synthetic directory child. Persistent because
+// the path a client was given (a diff dir, a rootfs symlink target) must
+// keep resolving to the same inode even after the kernel forgets it.
+func addDir(ctx context.Context, parent *gofs.Inode, name string, node gofs.InodeEmbedder, out *fuse.EntryOut) *gofs.Inode {
+	ch := parent.NewPersistentInode(ctx, node, gofs.StableAttr{Mode: syscall.S_IFDIR})
+	parent.AddChild(name, ch, false)
+	dirAttr(&out.Attr)
+	out.SetEntryTimeout(entryTimeout)
+	out.SetAttrTimeout(entryTimeout)
+	return ch
+}
+
+func childAttr(ctx context.Context, ch *gofs.Inode, out *fuse.EntryOut) syscall.Errno {
+	if ga, ok := ch.Operations().(gofs.NodeGetattrer); ok {
+		var a fuse.AttrOut
+		if errno := ga.Getattr(ctx, nil, &a); errno != 0 {
+			return errno
+		}
+		out.Attr = a.Attr
+	}
+	out.SetEntryTimeout(entryTimeout)
+	out.SetAttrTimeout(entryTimeout)
+	return 0
+}
+
+// refuse answers a lookup the path grammar rejects. The miss is not cached
+// by the kernel (timeout 0) so that a layer that failed for a transient
+// reason can be found on the next try.
+func refuse(log *logrus.Entry, out *fuse.EntryOut, err error) syscall.Errno {
+	log.WithError(err).Info("lookup refused")
+	out.SetEntryTimeout(0)
+	return syscall.ENOENT
+}
+
+// annotationDir is one element of a grammar-1 path; it carries every
+// annotation decoded on the way down.
+type annotationDir struct {
+	syntheticDir
+	pool *Pool
+	ann  map[string]string
+	path string
+}
+
+var (
+	_ gofs.NodeLookuper  = (*annotationDir)(nil)
+	_ gofs.NodeGetattrer = (*annotationDir)(nil)
+)
+
+func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ch := d.GetChild(name); ch != nil {
+		return ch, childAttr(ctx, ch, out)
+	}
+	log := d.pool.log.WithField("path", d.path+"/"+name)
+	if _, err := ParseLayerID(name); err == nil {
+		key, err := KeyFromAnnotations(d.ann)
+		if err != nil {
+			return nil, refuse(log, out, err)
+		}
+		log = log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})
+		l, err := d.pool.Get(ctx, key)
+		if err != nil {
+			return nil, refuse(log, out, err)
+		}
+		ch := d.NewPersistentInode(ctx, layerfs.NewLayerRoot(l.View, log), gofs.StableAttr{Mode: syscall.S_IFDIR})
+		d.AddChild(name, ch, false)
+		return ch, childAttr(ctx, ch, out)
+	}
+	el, err := ParseElement(name)
+	if err != nil {
+		return nil, refuse(log, out, err)
+	}
+	if !el.IsAnnotation() {
+		return nil, refuse(log, out, errors.Join(ErrGrammar, errors.New("image reference inside an annotation path")))
+	}
+	if len(d.ann) >= maxAnnotations {
+		return nil, refuse(log, out, errors.Join(ErrGrammar, errors.New("too many annotations")))
+	}
+	ann := make(map[string]string, len(d.ann)+1)
+	for k, v := range d.ann {
+		ann[k] = v
+	}
+	ann[el.Key] = el.Value
+	node := &annotationDir{pool: d.pool, ann: ann, path: d.path + "/" + name}
+	return addDir(ctx, &d.Inode, name, node, out), 0
+}
+
+// refDir is the image-reference element of a grammar-2 path. The client
+// joins base64std(ref) into the path unescaped, so a '/' in the encoding
+// would split it; that cannot happen: references are ASCII without '?',
+// and standard base64 of such text never produces '/' (see
+// TestStdBase64OfReferencesHasNoSlash).
+type refDir struct {
+	syntheticDir
+	pool    *Pool
+	encoded string
+	ref     string
+}
+
+var (
+	_ gofs.NodeLookuper = (*refDir)(nil)
+	_ gofs.NodeRmdirer  = (*refDir)(nil)
+)
+
+func (d *refDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ch := d.GetChild(name); ch != nil {
+		return ch, childAttr(ctx, ch, out)
+	}
+	log := d.pool.log.WithField("path", d.encoded+"/"+name)
+	dg, err := ParseDigest(name)
+	if err != nil {
+		return nil, refuse(log, out, err)
+	}
+	log = log.WithFields(logrus.Fields{"ref": d.ref, "digest": dg})
+	l, err := d.pool.Get(ctx, LayerKey{Ref: d.ref, Digest: dg})
+	if err != nil {
+		return nil, refuse(log, out, err)
+	}
+	return addDir(ctx, &d.Inode, name, newLayerDir(l, d.pool.cache, log), out), 0
+}
+
+// Rmdir of <digest> is the client saying "one user fewer". It must fail
+// with ENOENT: any other answer makes containers/storage log a warning.
+func (d *refDir) Rmdir(ctx context.Context, name string) syscall.Errno {
+	ch := d.GetChild(name)
+	if ch == nil {
+		return syscall.ENOENT
+	}
+	if ld, ok := ch.Operations().(*layerDir); ok {
+		n := ld.layer.uses.Add(-1)
+		if n < 0 {
+			ld.layer.uses.CompareAndSwap(n, 0)
+		}
+		ld.log.WithField("uses", max(n, 0)).Debug("layer released")
+	}
+	return syscall.ENOENT
+}

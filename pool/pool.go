@@ -1,0 +1,195 @@
+// Package pool decodes the additional-layer-store path grammars into layer
+// requests and keeps each resolved layer (its registry descriptor, blob
+// access and eStargz view) for as long as the daemon runs.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/remote"
+)
+
+// Resolver is the registry side the pool needs; *remote.Resolver is one.
+type Resolver interface {
+	ResolveLayer(ctx context.Context, ref string, dgst digest.Digest) (remote.LayerDesc, error)
+	Blob(ctx context.Context, ld remote.LayerDesc) (remote.Blob, error)
+}
+
+// Cache is where verified chunks and blob blocks are kept.
+type Cache interface {
+	Get(key string) ([]byte, bool)
+	Add(key string, b []byte)
+}
+
+// openTimeout bounds the shared work of resolving and opening one layer. It
+// is detached from the FUSE request that triggered it: other lookups may be
+// waiting for the same result, and an interrupted `stat` must not poison it.
+const openTimeout = 2 * time.Minute
+
+// Layer is one eStargz layer the pool serves, shared by every path that
+// names it (both grammars, blob or TOC digest, any annotation order).
+type Layer struct {
+	Desc remote.LayerDesc
+	Blob remote.Blob
+	View *layer.Layer
+
+	uses       atomic.Int64
+	lastAccess atomic.Int64 // unix nanoseconds
+}
+
+// Uses is the reference count the containers/storage client keeps through
+// create(use) and rmdir(<digest>).
+func (l *Layer) Uses() int64 { return l.uses.Load() }
+
+// LastAccess is when a path last resolved to this layer.
+func (l *Layer) LastAccess() time.Time { return time.Unix(0, l.lastAccess.Load()) }
+
+func (l *Layer) touch() { l.lastAccess.Store(time.Now().UnixNano()) }
+
+// Pool resolves layer keys to Layers, once per blob digest.
+type Pool struct {
+	resolver Resolver
+	cache    Cache
+	log      *logrus.Entry
+
+	mu         sync.Mutex
+	layers     map[digest.Digest]*Layer // by compressed blob digest
+	notEStargz map[digest.Digest]error  // content never changes, so neither does this answer
+	opening    singleflight.Group
+}
+
+// New returns an empty pool.
+func New(resolver Resolver, c Cache, log *logrus.Entry) *Pool {
+	if log == nil {
+		log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	return &Pool{
+		resolver:   resolver,
+		cache:      c,
+		log:        log,
+		layers:     map[digest.Digest]*Layer{},
+		notEStargz: map[digest.Digest]error{},
+	}
+}
+
+// Get returns the layer that key names, resolving the reference and opening
+// the eStargz TOC on first use.
+func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
+	if l := p.byDigest(key.Digest); l != nil {
+		// The same blob under another reference is the same content,
+		// but a TOC digest named in the path must still match.
+		if key.TOCDigest != "" && l.Desc.TOCDigest != key.TOCDigest {
+			return nil, fmt.Errorf("layer %s: path names TOC digest %s but the layer's is %s", key.Digest, key.TOCDigest, l.Desc.TOCDigest)
+		}
+		l.touch()
+		return l, nil
+	}
+	v, err, _ := p.opening.Do(key.Ref+"@"+key.Digest.String(), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), openTimeout)
+		defer cancel()
+		return p.open(ctx, key)
+	})
+	if err != nil {
+		return nil, err
+	}
+	l := v.(*Layer)
+	l.touch()
+	return l, nil
+}
+
+// byDigest finds an open layer by blob digest or TOC digest; both name the
+// same layer and the grammar-2 client uses either depending on its version.
+func (p *Pool) byDigest(d digest.Digest) *Layer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l, ok := p.layers[d]; ok {
+		return l
+	}
+	for _, l := range p.layers {
+		if l.Desc.TOCDigest == d {
+			return l
+		}
+	}
+	return nil
+}
+
+func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
+	log := p.log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})
+	desc, err := p.resolver.ResolveLayer(ctx, key.Ref, key.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("resolving layer %s of %s: %w", key.Digest, key.Ref, err)
+	}
+	tocDigest := desc.TOCDigest
+	if key.TOCDigest != "" {
+		if tocDigest != "" && tocDigest != key.TOCDigest {
+			return nil, fmt.Errorf("layer %s of %s: path names TOC digest %s but the manifest says %s",
+				desc.Digest, key.Ref, key.TOCDigest, tocDigest)
+		}
+		tocDigest = key.TOCDigest
+	}
+
+	p.mu.Lock()
+	if l, ok := p.layers[desc.Digest]; ok {
+		p.mu.Unlock()
+		return l, nil
+	}
+	if err, ok := p.notEStargz[desc.Digest]; ok {
+		p.mu.Unlock()
+		return nil, err
+	}
+	p.mu.Unlock()
+
+	blob, err := p.resolver.Blob(ctx, desc)
+	if err != nil {
+		return nil, fmt.Errorf("opening blob %s of %s: %w", desc.Digest, key.Ref, err)
+	}
+	start := time.Now()
+	view, err := layer.Open(ctx, blob, tocDigest, p.cache, log)
+	if err != nil {
+		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
+		if errors.Is(err, layer.ErrNotEStargz) {
+			p.mu.Lock()
+			p.notEStargz[desc.Digest] = err
+			p.mu.Unlock()
+		}
+		return nil, err
+	}
+	if tocDigest == "" {
+		desc.TOCDigest = view.TOCDigest()
+	}
+	l := &Layer{Desc: desc, Blob: blob, View: view}
+	p.mu.Lock()
+	if prev, ok := p.layers[desc.Digest]; ok {
+		l = prev
+	} else {
+		p.layers[desc.Digest] = l
+	}
+	p.mu.Unlock()
+	log.WithFields(logrus.Fields{
+		"toc_digest": desc.TOCDigest,
+		"size":       desc.Size,
+		"elapsed":    time.Since(start).Round(time.Millisecond),
+	}).Info("layer opened")
+	return l, nil
+}
+
+// Layers lists the layers opened so far.
+func (p *Pool) Layers() []*Layer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*Layer, 0, len(p.layers))
+	for _, l := range p.layers {
+		out = append(out, l)
+	}
+	return out
+}

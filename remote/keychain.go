@@ -1,0 +1,188 @@
+package remote
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+// rootAuthFile is where podman keeps root's credentials when
+// XDG_RUNTIME_DIR is unset. A variable so tests can point it elsewhere.
+var rootAuthFile = "/run/containers/0/auth.json"
+
+// NewKeychain returns the keychain poolfs uses by default. Credentials come
+// from the first of these files that has an entry for the registry:
+// $REGISTRY_AUTH_FILE, ${XDG_RUNTIME_DIR}/containers/auth.json,
+// /run/containers/0/auth.json, and $DOCKER_CONFIG/config.json or else
+// ~/.docker/config.json. Missing files are skipped; with no entry anywhere
+// access is anonymous. Files are read at each Resolve, which happens once
+// per repository handshake, so credentials written by a later "podman
+// login" are picked up when a token is renewed.
+//
+// Entry lookup follows podman (containers/image): the most specific of
+// "host/ns/repo", "host/ns", "host" wins by exact key; failing that, a key
+// that is a URL ("https://host/v1/", the legacy docker style) matches by
+// its host. Docker Hub is found under "docker.io" and "index.docker.io".
+// Credential helpers (credsStore, credHelpers) are not consulted.
+func NewKeychain() authn.Keychain { return fileKeychain{} }
+
+type fileKeychain struct{}
+
+// authFiles lists candidate files in priority order.
+func authFiles() []string {
+	var files []string
+	if f := os.Getenv("REGISTRY_AUTH_FILE"); f != "" {
+		files = append(files, f)
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		files = append(files, filepath.Join(d, "containers", "auth.json"))
+	}
+	files = append(files, rootAuthFile)
+	if d := os.Getenv("DOCKER_CONFIG"); d != "" {
+		files = append(files, filepath.Join(d, "config.json"))
+	} else if home, err := os.UserHomeDir(); err == nil {
+		files = append(files, filepath.Join(home, ".docker", "config.json"))
+	}
+	return files
+}
+
+// authFile is the shared format of auth.json and docker's config.json.
+type authFile struct {
+	Auths map[string]authEntryJSON `json:"auths"`
+}
+
+type authEntryJSON struct {
+	Auth          string `json:"auth"`
+	IdentityToken string `json:"identitytoken"`
+	// Not written by docker or podman, but accepted by docker's parser.
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+func (fileKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	keys, registry := lookupKeys(target)
+	for _, path := range authFiles() {
+		data, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			// Not ours to read (e.g. another user's runtime dir): skip like
+			// a missing file rather than breaking every pull.
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read credentials file %s: %w", path, err)
+		}
+		var f authFile
+		if err := json.Unmarshal(data, &f); err != nil {
+			return nil, fmt.Errorf("parse credentials file %s: %w", path, err)
+		}
+		key, e, ok := findEntry(f.Auths, keys, registry)
+		if !ok {
+			continue
+		}
+		cfg, err := e.config()
+		if err != nil {
+			// The key is named, never the secret.
+			return nil, fmt.Errorf("credentials for %q in %s: %w", key, path, err)
+		}
+		return authn.FromConfig(cfg), nil
+	}
+	return authn.Anonymous, nil
+}
+
+// lookupKeys returns the exact keys to try, most specific first, and the
+// normalised registry name for the URL-key fallback.
+func lookupKeys(target authn.Resource) ([]string, string) {
+	reg := target.RegistryStr()
+	rest := strings.TrimPrefix(target.String(), reg) // "" or "/ns/repo"
+	host := reg
+	if reg == "index.docker.io" {
+		// ggcr's name for Docker Hub; podman and docker log in as docker.io.
+		host = "docker.io"
+	}
+	key := host + rest
+	var keys []string
+	for {
+		keys = append(keys, key)
+		i := strings.LastIndexByte(key, '/')
+		if i < 0 {
+			break
+		}
+		key = key[:i]
+	}
+	if host == "docker.io" {
+		keys = append(keys, "index.docker.io")
+	}
+	return keys, normRegistry(reg)
+}
+
+func findEntry(auths map[string]authEntryJSON, keys []string, registry string) (string, authEntryJSON, bool) {
+	for _, k := range keys {
+		if e, ok := auths[k]; ok {
+			return k, e, true
+		}
+	}
+	// Sorted so that several keys naming one host give a stable answer.
+	names := make([]string, 0, len(auths))
+	for k := range auths {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if normAuthKey(k) == registry {
+			return k, auths[k], true
+		}
+	}
+	return "", authEntryJSON{}, false
+}
+
+// normAuthKey reduces a URL-style key ("https://host/v1/") to its host.
+// Plain "host/repo" keys are left whole: they only match exactly.
+func normAuthKey(k string) string {
+	s := strings.TrimPrefix(k, "http://")
+	s = strings.TrimPrefix(s, "https://")
+	if s != k {
+		s, _, _ = strings.Cut(s, "/")
+	}
+	return normRegistry(s)
+}
+
+func normRegistry(r string) string {
+	switch r {
+	case "docker.io", "registry-1.docker.io":
+		return "index.docker.io"
+	}
+	return r
+}
+
+func (e authEntryJSON) config() (authn.AuthConfig, error) {
+	cfg := authn.AuthConfig{
+		Username:      e.Username,
+		Password:      e.Password,
+		IdentityToken: e.IdentityToken,
+	}
+	if e.Auth != "" {
+		dec, err := base64.StdEncoding.DecodeString(e.Auth)
+		if err != nil {
+			return cfg, fmt.Errorf("malformed auth: %w", err)
+		}
+		user, pass, ok := strings.Cut(string(dec), ":")
+		if !ok {
+			return cfg, errors.New(`malformed auth: not "user:password"`)
+		}
+		cfg.Username, cfg.Password = user, strings.Trim(pass, "\x00")
+	}
+	if cfg.IdentityToken != "" {
+		// An identity token is a refresh token; a password next to it would
+		// be the "<token>" placeholder, not a real secret.
+		cfg.Password = ""
+	}
+	return cfg, nil
+}

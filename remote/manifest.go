@@ -1,0 +1,202 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	ggcr "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+)
+
+// fetchImage fetches ref's manifest (walking indexes down to the
+// configured platform) and config, and lists the layers.
+func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) ([]LayerDesc, error) {
+	repo := ref.Context()
+	log := r.s.log.WithField("ref", ref.String())
+
+	raw, mt, err := r.getManifest(ctx, ref, log)
+	if err != nil {
+		return nil, err
+	}
+	for depth := 0; ; depth++ {
+		kind := manifestKind(mt, raw)
+		if kind == kindImage {
+			break
+		}
+		if kind != kindIndex {
+			return nil, fmt.Errorf("manifest of %s has unsupported media type %q", ref, mt)
+		}
+		if depth >= maxIndexDepth {
+			return nil, fmt.Errorf("manifest of %s: indexes nested deeper than %d", ref, maxIndexDepth)
+		}
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("parse index of %s: %w", ref, err)
+		}
+		child, ok := pickChild(idx, r.s.platform)
+		if !ok {
+			return nil, fmt.Errorf("index of %s has no image for platform %s", ref, r.s.platform.String())
+		}
+		log.WithField("manifest", child.Digest.String()).Debug("index resolved to platform image")
+		raw, mt, err = r.getManifest(ctx, repo.Digest(child.Digest.String()), log)
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	mf, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parse manifest of %s: %w", ref, err)
+	}
+	diffIDs, err := r.diffIDs(ctx, ref, mf.Config, log)
+	if err != nil {
+		return nil, err
+	}
+	if diffIDs != nil && len(diffIDs) != len(mf.Layers) {
+		log.Warnf("config lists %d diff_ids for %d layers; diff IDs unknown", len(diffIDs), len(mf.Layers))
+		diffIDs = nil
+	}
+
+	layers := make([]LayerDesc, len(mf.Layers))
+	for i, l := range mf.Layers {
+		ld := LayerDesc{
+			Digest:      digest.Digest(l.Digest.String()),
+			Size:        l.Size,
+			MediaType:   string(l.MediaType),
+			Annotations: l.Annotations,
+		}
+		if diffIDs != nil {
+			ld.DiffID = digest.Digest(diffIDs[i].String())
+		}
+		if toc := l.Annotations[TOCDigestAnnotation]; toc != "" {
+			if d := digest.Digest(toc); d.Validate() == nil {
+				ld.TOCDigest = d
+			} else {
+				log.WithField("digest", ld.Digest).Warnf("ignoring malformed TOC digest annotation %q", toc)
+			}
+		}
+		layers[i] = ld
+	}
+	return layers, nil
+}
+
+// getManifest fetches one manifest with ggcr (Accept headers, digest
+// verification) over our cached authenticated transport, with our retries.
+func (r *Resolver) getManifest(ctx context.Context, ref name.Reference, log *logrus.Entry) ([]byte, types.MediaType, error) {
+	repo := ref.Context()
+	log = log.WithField("manifest", ref.Identifier())
+	var (
+		desc *ggcr.Descriptor
+		used *authEntry
+	)
+	err := r.retry(ctx, log, func() { r.dropAuth(repo, used) }, func(actx context.Context) error {
+		used = nil
+		e, err := r.authFor(actx, repo)
+		if err != nil {
+			return err
+		}
+		used = e
+		d, err := ggcr.Get(ref,
+			ggcr.WithContext(actx),
+			ggcr.WithTransport(e.rt),
+			ggcr.WithPlatform(r.s.platform))
+		if err != nil {
+			return fromTransportError(err)
+		}
+		desc = d
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("fetch manifest %s: %w", ref, err)
+	}
+	return desc.Manifest, desc.MediaType, nil
+}
+
+// diffIDs fetches and parses the image config for rootfs.diff_ids. A config
+// that is not an image config (artifacts) yields nil: diff IDs unknown.
+func (r *Resolver) diffIDs(ctx context.Context, ref name.Reference, cfg v1.Descriptor, log *logrus.Entry) ([]v1.Hash, error) {
+	dgst := digest.Digest(cfg.Digest.String())
+	if err := dgst.Validate(); err != nil {
+		return nil, fmt.Errorf("config of %s: bad digest %q: %w", ref, dgst, err)
+	}
+	if cfg.Size <= 0 || cfg.Size > maxConfigSize {
+		return nil, fmt.Errorf("config %s of %s: unreasonable size %d", dgst, ref, cfg.Size)
+	}
+	// OCI allows the config to be embedded in the manifest; use it if it
+	// checks out, saving a round trip.
+	raw := cfg.Data
+	if int64(len(raw)) != cfg.Size || !verified(dgst, raw) {
+		b, err := r.newBlob(ref.String(), ref.Context(), dgst, cfg.Size)
+		if err != nil {
+			return nil, err
+		}
+		raw = make([]byte, cfg.Size)
+		if _, err := b.readFull(ctx, raw, 0); err != nil {
+			return nil, fmt.Errorf("fetch config: %w", err)
+		}
+		if !verified(dgst, raw) {
+			return nil, fmt.Errorf("config %s of %s: content does not match digest", dgst, ref)
+		}
+	}
+	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	if err != nil {
+		log.WithField("digest", dgst).WithError(err).Warn("config is not an image config; diff IDs unknown")
+		return nil, nil
+	}
+	if cf.RootFS.DiffIDs == nil {
+		return []v1.Hash{}, nil
+	}
+	return cf.RootFS.DiffIDs, nil
+}
+
+type manifestType int
+
+const (
+	kindUnknown manifestType = iota
+	kindImage
+	kindIndex
+)
+
+// manifestKind decides image vs index from the Content-Type, falling back
+// to the body for registries that serve manifests as application/json.
+func manifestKind(mt types.MediaType, raw []byte) manifestType {
+	switch mt {
+	case types.DockerManifestSchema2, types.OCIManifestSchema1:
+		return kindImage
+	case types.DockerManifestList, types.OCIImageIndex:
+		return kindIndex
+	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
+		return kindUnknown
+	}
+	var probe struct {
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     types.MediaType `json:"mediaType"`
+		Manifests     json.RawMessage `json:"manifests"`
+		Layers        json.RawMessage `json:"layers"`
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil || probe.SchemaVersion != 2 {
+		return kindUnknown
+	}
+	if probe.MediaType != "" && probe.MediaType != mt {
+		return manifestKind(probe.MediaType, nil)
+	}
+	switch {
+	case probe.Manifests != nil:
+		return kindIndex
+	case probe.Layers != nil:
+		return kindImage
+	}
+	return kindUnknown
+}
+
+func verified(d digest.Digest, data []byte) bool {
+	v := d.Verifier()
+	_, _ = v.Write(data)
+	return v.Verified()
+}

@@ -1,0 +1,71 @@
+package remote
+
+import (
+	"context"
+	"fmt"
+	"maps"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// ResolveLayer fetches the manifest of ref (tag or digest; an index is
+// resolved to Options.Platform) and its config, and returns the layer
+// whose compressed blob digest or whose TOC digest annotation equals dgst.
+// It returns ErrLayerNotFound (wrapped) if there is none. Results are
+// cached per reference (digest references forever, tags for 30 seconds)
+// and concurrent calls for one reference share a single fetch.
+func (r *Resolver) ResolveLayer(ctx context.Context, ref string, dgst digest.Digest) (LayerDesc, error) {
+	if err := dgst.Validate(); err != nil {
+		return LayerDesc{}, fmt.Errorf("resolve layer %q in %s: %w", dgst, ref, err)
+	}
+	nref, err := r.parseRef(ref)
+	if err != nil {
+		return LayerDesc{}, fmt.Errorf("resolve layer %s: %w", dgst, err)
+	}
+	layers, err := r.image(ctx, nref)
+	if err != nil {
+		return LayerDesc{}, fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, err)
+	}
+	for _, l := range layers {
+		if l.Digest == dgst || (l.TOCDigest != "" && l.TOCDigest == dgst) {
+			l.Ref = ref
+			// The cached map is shared; hand out a copy callers may modify.
+			l.Annotations = maps.Clone(l.Annotations)
+			return l, nil
+		}
+	}
+	return LayerDesc{}, fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, ErrLayerNotFound)
+}
+
+// image returns the layers of ref from the cache or the registry. The fetch
+// is shared by concurrent callers and so runs detached from any one
+// caller's cancellation (its attempts are bounded by RequestTimeout and
+// Retries); each caller still returns as soon as its own ctx is done, and a
+// fetch nobody waits for any more still fills the cache.
+func (r *Resolver) image(ctx context.Context, ref name.Reference) ([]LayerDesc, error) {
+	key := ref.Name()
+	if layers, ok := r.cachedImage(key); ok {
+		return layers, nil
+	}
+	ch := r.imgSF.DoChan(key, func() (any, error) {
+		if layers, ok := r.cachedImage(key); ok {
+			return layers, nil
+		}
+		layers, err := r.fetchImage(context.WithoutCancel(ctx), ref)
+		if err != nil {
+			return nil, err
+		}
+		r.storeImage(key, ref, layers)
+		return layers, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.([]LayerDesc), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
