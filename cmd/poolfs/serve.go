@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/cache"
@@ -65,12 +63,7 @@ func serve(ctx context.Context, args []string) error {
 	resolver := remote.New(remote.Options{Insecure: insecure, Log: log.WithField("component", "remote")})
 	p := pool.New(resolver, chunks, log.WithField("component", "pool"))
 
-	opts := layerfs.Options()
-	// Not mounted read-only: the client's create(use) and rmdir(<digest>)
-	// must reach the daemon (a read-only mount refuses them in the kernel).
-	// Every write is refused with EROFS by the nodes instead.
-	opts.MountOptions.Options = slices.DeleteFunc(opts.MountOptions.Options, func(o string) bool { return o == "ro" })
-	server, err := gofs.Mount(mnt, pool.NewRoot(p), opts)
+	server, err := layerfs.Mount(mnt, pool.NewRoot(p), layerfs.Options())
 	if err != nil {
 		return fmt.Errorf("mounting %s: %w", mnt, err)
 	}

@@ -1,0 +1,103 @@
+package fs
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/poolfs/poolfs/fs/fstest"
+	"github.com/poolfs/poolfs/layer"
+)
+
+// sampleLayer is fstest.SampleTar as an opened eStargz layer.
+type sampleLayer struct {
+	tar  []byte
+	blob *fstest.MemBlob
+	l    *layer.Layer
+}
+
+func openSample(t testing.TB, opts ...estargz.Option) *sampleLayer {
+	t.Helper()
+	tarBytes := fstest.SampleTar(t)
+	data, toc := fstest.EStargz(t, tarBytes, opts...)
+	blob := fstest.NewMemBlob(data)
+	l, err := layer.Open(context.Background(), blob, toc, nil, nil)
+	if err != nil {
+		t.Fatalf("layer.Open: %v", err)
+	}
+	return &sampleLayer{tar: tarBytes, blob: blob, l: l}
+}
+
+// mount serves root at a fresh directory with opts (Options() if nil)
+// through this package's NewNodeFS, unmounting when the test ends.
+func mount(t testing.TB, root gofs.InodeEmbedder, opts *gofs.Options) string {
+	t.Helper()
+	if opts == nil {
+		opts = Options()
+	}
+	return mountRaw(t, NewNodeFS(root, opts), opts)
+}
+
+func mountRaw(t testing.TB, raw fuse.RawFileSystem, opts *gofs.Options) string {
+	t.Helper()
+	dir := t.TempDir()
+	server, err := fuse.NewServer(raw, dir, &opts.MountOptions)
+	if err != nil {
+		t.Fatalf("mounting at %s: %v", dir, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		t.Fatalf("waiting for mount at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := server.Unmount(); err != nil {
+			t.Errorf("unmounting %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// countingFS counts the kernel's LOOKUP requests per name.
+type countingFS struct {
+	fuse.RawFileSystem
+	mu      sync.Mutex
+	lookups map[string]int
+}
+
+func (c *countingFS) Lookup(cancel <-chan struct{}, header *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	c.mu.Lock()
+	c.lookups[name]++
+	c.mu.Unlock()
+	return c.RawFileSystem.Lookup(cancel, header, name, out)
+}
+
+func (c *countingFS) count(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lookups[name]
+}
+
+// fakeReader serves a hand-built view; ReadAt answers with readFn.
+type fakeReader struct {
+	root   *layer.Entry
+	readFn func(e *layer.Entry, p []byte, off int64) (int, error)
+}
+
+func (f *fakeReader) Root() *layer.Entry { return f.root }
+
+func (f *fakeReader) ReadAt(ctx context.Context, e *layer.Entry, p []byte, off int64) (int, error) {
+	return f.readFn(e, p, off)
+}
+
+// tinyView is a root holding one regular file "f" of 100 bytes.
+func tinyView() (*layer.Entry, *layer.Entry) {
+	f := &layer.Entry{Name: "f", Path: "f", Type: layer.TypeReg, Mode: 0o644, Size: 100, NLink: 1,
+		Xattrs: map[string][]byte{"user.a": []byte("12345"), "user.b": nil}}
+	root := &layer.Entry{Type: layer.TypeDir, Mode: 0o755, NLink: 2,
+		Children: map[string]*layer.Entry{"f": f}, Names: []string{"f"}}
+	return root, f
+}

@@ -1,0 +1,137 @@
+package layer
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/sirupsen/logrus"
+)
+
+const (
+	// verifyAttempts is how often a chunk is fetched before a digest
+	// mismatch is final: a flipped bit in transit should not fail a read,
+	// a corrupt blob should not be fetched forever.
+	verifyAttempts = 3
+
+	// maxRun caps one coalesced blob read so a huge ReadAt does not turn
+	// into one unbounded request.
+	maxRun = 32 << 20
+
+	// maxChunkSize bounds the memory one chunk takes; estargz writes 4 MiB
+	// chunks, and a chunk has to be held whole to be verified.
+	maxChunkSize = 1 << 30
+)
+
+// flight is one chunk being fetched; readers needing the same chunk wait
+// on done instead of fetching it again.
+type flight struct {
+	done chan struct{}
+	data []byte // verified content, set before done is closed
+	err  error
+}
+
+// run is a set of chunks whose compressed ranges touch, fetched with one
+// blob read.
+type run struct {
+	start, end int64
+	chunks     []*chunk
+}
+
+// fetchChunks fetches, decompresses and verifies todo, putting verified
+// contents into results (and the cache) and failures into errs; path only
+// labels logs. Chunks that fail verification are refetched up to
+// verifyAttempts times in all; transport errors are final here (the
+// BlobReader retries on its own).
+func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, results map[chunkKey][]byte, errs map[chunkKey]error) {
+	pending := append([]*chunk(nil), todo...)
+	for attempt := 1; attempt <= verifyAttempts && len(pending) > 0; attempt++ {
+		var failed []*chunk
+		for _, r := range coalesce(pending) {
+			buf, ok := l.fromTail(r.start, r.end)
+			if !ok || attempt > 1 {
+				buf = make([]byte, r.end-r.start)
+				if err := readFull(ctx, l.blob, buf, r.start); err != nil {
+					err = fmt.Errorf("reading blob range [%d, %d): %w", r.start, r.end, err)
+					for _, c := range r.chunks {
+						errs[c.key()] = err
+					}
+					continue
+				}
+			}
+			for _, c := range r.chunks {
+				data, err := decodeChunk(c, buf[c.blobOff-r.start:c.blobEnd-r.start])
+				if err != nil {
+					l.log.WithFields(logrus.Fields{"path": path, "digest": c.digest, "blob_offset": c.blobOff, "attempt": attempt}).
+						WithError(err).Warn("chunk failed verification")
+					errs[c.key()] = err
+					failed = append(failed, c)
+					continue
+				}
+				delete(errs, c.key())
+				results[c.key()] = data
+				l.cache.Add(string(c.digest), data)
+			}
+		}
+		pending = failed
+	}
+}
+
+// fromTail returns blob bytes [start, end) if Open already fetched them.
+func (l *Layer) fromTail(start, end int64) ([]byte, bool) {
+	if start < l.tailStart || end > l.tailStart+int64(len(l.tail)) {
+		return nil, false
+	}
+	return l.tail[start-l.tailStart : end-l.tailStart], true
+}
+
+// coalesce groups chunks (deduplicated by the caller) into runs of touching
+// compressed ranges, in blob order.
+func coalesce(chunks []*chunk) []run {
+	sorted := append([]*chunk(nil), chunks...)
+	sort.Slice(sorted, func(i, j int) bool {
+		a, b := sorted[i], sorted[j]
+		return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
+	})
+	var runs []run
+	for _, c := range sorted {
+		if n := len(runs); n > 0 {
+			r := &runs[n-1]
+			// Chunks sharing a gzip member, or whose members are adjacent,
+			// join the current run unless it would grow too big.
+			if c.blobOff <= r.end && max(r.end, c.blobEnd)-r.start <= maxRun {
+				r.end = max(r.end, c.blobEnd)
+				r.chunks = append(r.chunks, c)
+				continue
+			}
+		}
+		runs = append(runs, run{start: c.blobOff, end: c.blobEnd, chunks: []*chunk{c}})
+	}
+	return runs
+}
+
+// decodeChunk decompresses c from its compressed range and checks it
+// against its digest. Corrupt compressed data is a verification failure
+// like a digest mismatch: both mean the bytes are not what the TOC says.
+func decodeChunk(c *chunk, compressed []byte) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(compressed))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s at blob offset %d: gzip header: %v: %w", c.digest, c.blobOff, err, ErrVerify)
+	}
+	if c.inner > 0 {
+		if _, err := io.CopyN(io.Discard, zr, c.inner); err != nil {
+			return nil, fmt.Errorf("chunk %s at blob offset %d: skipping %d bytes: %v: %w", c.digest, c.blobOff, c.inner, err, ErrVerify)
+		}
+	}
+	data := make([]byte, c.size)
+	if _, err := io.ReadFull(zr, data); err != nil {
+		return nil, fmt.Errorf("chunk %s at blob offset %d: decompressing: %v: %w", c.digest, c.blobOff, err, ErrVerify)
+	}
+	if got := c.digest.Algorithm().FromBytes(data); got != c.digest {
+		return nil, fmt.Errorf("chunk at blob offset %d hashes to %s, want %s: %w", c.blobOff, got, c.digest, ErrVerify)
+	}
+	return data, nil
+}

@@ -1,0 +1,118 @@
+package layer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+)
+
+// Layer is one opened eStargz blob: its view and the means to read file
+// contents from it. It is safe for concurrent use.
+type Layer struct {
+	blob        BlobReader
+	cache       Cache
+	log         *logrus.Entry
+	root        *Entry
+	tocDigest   digest.Digest
+	prioritized []*Entry
+
+	// tail holds blob bytes [tailStart, tailStart+len(tail)) fetched with
+	// the TOC; chunks in it are not fetched again (on a first attempt: a
+	// chunk that fails verification is refetched from the registry).
+	tail      []byte
+	tailStart int64
+
+	mu       sync.Mutex
+	inflight map[chunkKey]*flight // chunks being fetched, for singleflight
+}
+
+// Open reads the eStargz footer and TOC from blob and builds the view.
+//
+// The last min(size, 1 MiB) of the blob is fetched in one ReadAt so the
+// footer and usually the whole TOC arrive in one round trip; only if the
+// TOC starts before that window is a second ReadAt made for the rest.
+// If tocDigest is not "", the TOC JSON must hash to it (else ErrVerify);
+// if it is "", the TOC is trusted as read. Chunk contents are always
+// verified against the TOC's digests when read. A blob without an eStargz
+// footer gives ErrNotEStargz. c may be nil (no caching); log may be nil.
+func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry) (*Layer, error) {
+	if log == nil {
+		l := logrus.New()
+		l.Out = io.Discard
+		log = logrus.NewEntry(l)
+	}
+	if c == nil {
+		c = nopCache{}
+	}
+	if tocDigest != "" {
+		if err := tocDigest.Validate(); err != nil {
+			return nil, fmt.Errorf("expected TOC digest %q: %w", tocDigest, err)
+		}
+	}
+
+	raw, err := readTOC(ctx, blob, tocDigest)
+	if err != nil {
+		return nil, err
+	}
+	log = log.WithField("toc_digest", raw.digest)
+	if tocDigest == "" {
+		log.Debug("no TOC digest to check against: trusting the TOC as read")
+	}
+
+	for i, te := range raw.toc.Entries {
+		if te == nil {
+			return nil, fmt.Errorf("TOC %s: entry %d is null", raw.digest, i)
+		}
+	}
+	files, err := indexChunks(raw.toc.Entries, raw.tocOffset)
+	if err != nil {
+		return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
+	}
+	v, err := buildView(raw.toc.Entries, files, log)
+	if err != nil {
+		return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
+	}
+	log.WithField("entries", len(raw.toc.Entries)).Debug("opened eStargz layer")
+	return &Layer{
+		blob:        blob,
+		cache:       c,
+		log:         log,
+		root:        v.root,
+		tocDigest:   raw.digest,
+		prioritized: v.prioritized,
+		inflight:    map[chunkKey]*flight{},
+		tail:        raw.chunkTail,
+		tailStart:   raw.chunkTailStart,
+	}, nil
+}
+
+// Root returns the root directory of the view.
+func (l *Layer) Root() *Entry { return l.root }
+
+// TOCDigest returns the sha256 of the TOC JSON as read from the blob.
+func (l *Layer) TOCDigest() digest.Digest { return l.tocDigest }
+
+// Prioritized lists the regular files that come before the
+// .prefetch.landmark entry in blob order (empty if there is none): the
+// files the image builder expects to be read first.
+func (l *Layer) Prioritized() []*Entry {
+	return append([]*Entry(nil), l.prioritized...)
+}
+
+// CompressedRange gives the [start, end) compressed byte range of the blob
+// that holds e's content (0, 0 for anything without content).
+func (l *Layer) CompressedRange(e *Entry) (start, end int64) {
+	if e == nil || e.Type != TypeReg {
+		return 0, 0
+	}
+	return e.file.span()
+}
+
+type nopCache struct{}
+
+func (nopCache) Get(string) ([]byte, bool) { return nil, false }
+func (nopCache) Add(string, []byte)        {}

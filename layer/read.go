@@ -1,0 +1,195 @@
+package layer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// ReadAt reads the content of regular-file entry e at off into p. It
+// returns len(p) bytes unless the file ends first, in which case it returns
+// what is left and io.EOF. Every byte returned was verified against the
+// TOC's digests: a chunk with no digest in the TOC (and no file digest
+// standing in for it) is never served and gives ErrVerify.
+func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int, error) {
+	if e == nil || e.Type != TypeReg {
+		return 0, fmt.Errorf("reading %q: not a regular file", entryPath(e))
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("reading %q: negative offset %d", e.Path, off)
+	}
+	if off >= e.Size {
+		return 0, io.EOF
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	end := min(off+int64(len(p)), e.Size)
+	if e.file == nil {
+		return 0, fmt.Errorf("reading %q: entry has no chunk index (not from this layer?)", e.Path)
+	}
+
+	chunks := e.file.chunks[e.file.find(off) : e.file.find(end-1)+1]
+	for _, c := range chunks {
+		if c.digest == "" {
+			return 0, fmt.Errorf("reading %q at %d: the TOC has no digest for the chunk at %d: %w", e.Path, off, c.fileOff, ErrVerify)
+		}
+		if c.size > maxChunkSize {
+			return 0, fmt.Errorf("reading %q at %d: chunk at %d has %d bytes, more than the %d this reader holds in memory", e.Path, off, c.fileOff, c.size, maxChunkSize)
+		}
+	}
+
+	data, err := l.getChunks(ctx, e.Path, chunks)
+	if err != nil {
+		return 0, fmt.Errorf("reading %q at %d: %w", e.Path, off, err)
+	}
+	for _, c := range chunks {
+		b := data[c.key()]
+		if int64(len(b)) != c.size {
+			return 0, fmt.Errorf("reading %q at %d: chunk at %d came back with %d of %d bytes", e.Path, off, c.fileOff, len(b), c.size)
+		}
+		// Copy the part of the chunk that overlaps [off, end).
+		from := max(off, c.fileOff)
+		to := min(end, c.fileOff+c.size)
+		copy(p[from-off:to-off], b[from-c.fileOff:to-c.fileOff])
+	}
+	n := int(end - off)
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func entryPath(e *Entry) string {
+	if e == nil {
+		return "<nil>"
+	}
+	return e.Path
+}
+
+// getChunks returns the verified contents of chunks, keyed by digest, from
+// the cache, from fetches other readers have in flight, or by fetching the
+// rest itself.
+func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk) (map[chunkKey][]byte, error) {
+	got := make(map[chunkKey][]byte, len(chunks))
+	for _, c := range chunks {
+		if _, ok := got[c.key()]; ok {
+			continue // identical content (e.g. runs of zeros) is needed once
+		}
+		if b, ok := l.cache.Get(string(c.digest)); ok && int64(len(b)) == c.size {
+			got[c.key()] = b
+		}
+	}
+
+	// A leader whose own context ends fails its flights with that error;
+	// waiters whose context is still alive then try again themselves.
+	for attempt := 0; ; attempt++ {
+		var missing []*chunk
+		for _, c := range chunks {
+			if _, ok := got[c.key()]; !ok {
+				missing = append(missing, c)
+			}
+		}
+		if len(missing) == 0 {
+			return got, nil
+		}
+		err := l.fetchOrWait(ctx, path, missing, got)
+		if err == nil {
+			continue
+		}
+		if isContextErr(err) && ctx.Err() == nil && attempt < 3 {
+			continue
+		}
+		return nil, err
+	}
+}
+
+// fetchOrWait registers the missing chunks nobody is fetching yet, fetches
+// them (coalesced), then waits for the ones others are fetching. Results go
+// into got.
+func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, got map[chunkKey][]byte) error {
+	var mine []*chunk
+	isMine := map[chunkKey]bool{}
+	waits := map[chunkKey]*flight{}
+	l.mu.Lock()
+	for _, c := range missing {
+		if isMine[c.key()] || waits[c.key()] != nil {
+			continue // a duplicate digest within this same read
+		}
+		if fl, ok := l.inflight[c.key()]; ok {
+			waits[c.key()] = fl
+			continue
+		}
+		l.inflight[c.key()] = &flight{done: make(chan struct{})}
+		isMine[c.key()] = true
+		mine = append(mine, c)
+	}
+	l.mu.Unlock()
+
+	if len(mine) > 0 {
+		if err := l.lead(ctx, path, mine, got); err != nil {
+			return err
+		}
+	}
+
+	for d, fl := range waits {
+		select {
+		case <-fl.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if fl.err != nil {
+			return fl.err
+		}
+		got[d] = fl.data
+	}
+	return nil
+}
+
+// lead obtains the chunks whose flights this reader registered and lands
+// every one of them, success or not, so no waiter is left hanging.
+func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[chunkKey][]byte) (err error) {
+	results := make(map[chunkKey][]byte, len(mine))
+	errs := map[chunkKey]error{}
+	defer func() {
+		for _, c := range mine {
+			l.mu.Lock()
+			fl := l.inflight[c.key()]
+			delete(l.inflight, c.key())
+			l.mu.Unlock()
+			if b, ok := results[c.key()]; ok {
+				fl.data = b
+				got[c.key()] = b
+			} else {
+				fl.err = errs[c.key()]
+				if fl.err == nil {
+					fl.err = fmt.Errorf("fetching chunk %s: %w", c.digest, errNoResult)
+				}
+				if err == nil {
+					err = fl.err
+				}
+			}
+			close(fl.done)
+		}
+	}()
+
+	// Another reader may have finished a chunk between our cache miss and
+	// registering the flight: look once more before going to the network.
+	var todo []*chunk
+	for _, c := range mine {
+		if b, ok := l.cache.Get(string(c.digest)); ok && int64(len(b)) == c.size {
+			results[c.key()] = b
+			continue
+		}
+		todo = append(todo, c)
+	}
+	l.fetchChunks(ctx, path, todo, results, errs)
+	return nil
+}
+
+var errNoResult = errors.New("fetch ended without a result")
+
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}

@@ -1,0 +1,130 @@
+package layer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// tailSize is how much of the blob's end Open fetches in one request: the
+// footer plus, for all but huge layers, the whole compressed TOC. A
+// variable so tests can place chunks outside the window.
+var tailSize int64 = 1 << 20
+
+const (
+	// maxTOCCompressed and maxTOCJSON bound what a blob can make us
+	// allocate before anything is verified. Real TOCs are a few MiB even
+	// for layers with hundreds of thousands of files.
+	maxTOCCompressed = 256 << 20
+	maxTOCJSON       = 1 << 30
+)
+
+// rawTOC is the TOC as found in the blob, before the view is built.
+type rawTOC struct {
+	toc       *estargz.JTOC
+	digest    digest.Digest // sha256 of the JSON bytes
+	tocOffset int64         // where the TOC's gzip member starts: the end of the last chunk
+
+	// chunkTail is the part of the fetched tail before the TOC: chunk
+	// data already paid for, which for small layers is the whole layer.
+	chunkTail      []byte
+	chunkTailStart int64
+}
+
+// readTOC fetches the blob's tail (one ReadAt), finds the footer and returns
+// the decoded TOC. A second ReadAt happens only when the compressed TOC
+// starts before the tail window.
+func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC, error) {
+	size := blob.Size()
+	if size < legacyFooterSize {
+		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNotEStargz)
+	}
+	tailLen := min(size, tailSize)
+	tailStart := size - tailLen
+	tail := make([]byte, tailLen)
+	if err := readFull(ctx, blob, tail, tailStart); err != nil {
+		return nil, fmt.Errorf("reading the last %d bytes of the blob: %w", tailLen, err)
+	}
+
+	tocOffset, footerSize, err := parseFooter(tail)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotEStargz, err)
+	}
+	tocEnd := size - footerSize
+	if tocOffset < 0 || tocOffset > tocEnd {
+		return nil, fmt.Errorf("footer puts the TOC at %d, outside the blob's [0, %d)", tocOffset, tocEnd)
+	}
+	if tocEnd-tocOffset > maxTOCCompressed {
+		return nil, fmt.Errorf("compressed TOC of %d bytes exceeds the %d byte limit", tocEnd-tocOffset, maxTOCCompressed)
+	}
+
+	var compressed []byte
+	if tocOffset >= tailStart {
+		compressed = tail[tocOffset-tailStart : tocEnd-tailStart]
+	} else {
+		// The TOC is bigger than the tail window: fetch only what is missing.
+		compressed = make([]byte, tocEnd-tocOffset)
+		head := compressed[:tailStart-tocOffset]
+		if err := readFull(ctx, blob, head, tocOffset); err != nil {
+			return nil, fmt.Errorf("reading the first %d bytes of the TOC at %d: %w", len(head), tocOffset, err)
+		}
+		copy(compressed[len(head):], tail[:tocEnd-tailStart])
+	}
+
+	tocJSON, err := decompressTOC(compressed)
+	if err != nil {
+		return nil, err
+	}
+	got := digest.FromBytes(tocJSON)
+	if want != "" && got != want {
+		return nil, fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
+	}
+
+	toc := new(estargz.JTOC)
+	if err := json.Unmarshal(tocJSON, toc); err != nil {
+		return nil, fmt.Errorf("decoding TOC JSON %s: %w", got, err)
+	}
+	raw := &rawTOC{toc: toc, digest: got, tocOffset: tocOffset, chunkTailStart: tailStart}
+	if tocOffset > tailStart {
+		raw.chunkTail = tail[:tocOffset-tailStart]
+	}
+	return raw, nil
+}
+
+// decompressTOC returns the JSON bytes of the TOC's gzip+tar member. The
+// JSON is kept as bytes (not streamed into the decoder) so its digest covers
+// exactly what was stored, like estargz's builder computes it.
+func decompressTOC(compressed []byte) ([]byte, error) {
+	rc, err := new(estargz.GzipDecompressor).DecompressTOC(bytes.NewReader(compressed))
+	if err != nil {
+		return nil, fmt.Errorf("opening TOC: %w", err)
+	}
+	defer rc.Close()
+	tocJSON, err := io.ReadAll(io.LimitReader(rc, maxTOCJSON+1))
+	if err != nil {
+		return nil, fmt.Errorf("decompressing TOC: %w", err)
+	}
+	if len(tocJSON) > maxTOCJSON {
+		return nil, fmt.Errorf("TOC JSON exceeds the %d byte limit", maxTOCJSON)
+	}
+	return tocJSON, nil
+}
+
+// readFull fills p from blob at off. BlobReader returns io.EOF only when
+// the range runs past the end; a full buffer with io.EOF is still success.
+func readFull(ctx context.Context, blob BlobReader, p []byte, off int64) error {
+	n, err := blob.ReadAt(ctx, p, off)
+	if n == len(p) && (err == nil || errors.Is(err, io.EOF)) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return fmt.Errorf("short read of %d/%d bytes at %d: %w", n, len(p), off, io.ErrUnexpectedEOF)
+	}
+	return err
+}

@@ -1,0 +1,328 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/test/fixture"
+)
+
+// TestGrammar2 checks what released containers/storage asks for: by blob
+// digest (podman up to 5.0) and by TOC digest (5.1 on), the layer exists
+// (diff, info, blob), diff is the tar exactly, info is complete and blob is
+// the compressed layer byte for byte.
+func TestGrammar2(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarBytes := fixture.KitchenSinkTar()
+	ref, layers := pushImage(t, reg, "test/sink", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10})
+	m := mountPool(t, reg)
+	li := layers[0]
+
+	for _, by := range []struct {
+		name   string
+		digest digest.Digest
+	}{{"blob digest", li.Digest}, {"TOC digest", li.TOCDigest}} {
+		t.Run(by.name, func(t *testing.T) {
+			dir := m.grammar2(ref, by.digest.String())
+			for _, f := range []string{"diff", "info", "blob"} {
+				if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+					t.Fatalf("the layer must exist for the client: %v", err)
+				}
+			}
+			compareTree(t, filepath.Join(dir, "diff"), tarBytes)
+			checkInfo(t, filepath.Join(dir, "info"), li)
+		})
+	}
+
+	// The blob is served byte for byte: its sha256 is the layer digest.
+	blob, err := os.ReadFile(filepath.Join(m.grammar2(ref, li.Digest.String()), "blob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(blob)) != li.Size || digest.FromBytes(blob) != li.Digest {
+		t.Errorf("blob: %d bytes, digest %s; want %d bytes, %s", len(blob), digest.FromBytes(blob), li.Size, li.Digest)
+	}
+}
+
+func checkInfo(t *testing.T, path string, li fixture.LayerInfo) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		CompressedDigest string         `json:"compressed-diff-digest"`
+		CompressedSize   int64          `json:"compressed-size"`
+		DiffDigest       string         `json:"diff-digest"`
+		TOCDigest        string         `json:"toc-digest"`
+		Compression      int            `json:"compression"`
+		Flags            map[string]any `json:"flags"`
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatalf("info is not JSON: %v: %s", err, b)
+	}
+	want := []struct{ field, got, want string }{
+		{"compressed-diff-digest", info.CompressedDigest, li.Digest.String()},
+		{"diff-digest", info.DiffDigest, li.DiffID.String()},
+		{"toc-digest", info.TOCDigest, li.TOCDigest.String()},
+		{"flags.expected-layer-diffid", anyString(info.Flags["expected-layer-diffid"]), li.DiffID.String()},
+	}
+	for _, w := range want {
+		if w.got != w.want {
+			t.Errorf("info %s = %q, want %q", w.field, w.got, w.want)
+		}
+	}
+	if info.CompressedSize != li.Size || info.Compression != 2 {
+		t.Errorf("info compressed-size %d compression %d, want %d and 2 (gzip)", info.CompressedSize, info.Compression, li.Size)
+	}
+}
+
+func anyString(v any) string { s, _ := v.(string); return s }
+
+// TestGrammar1 checks the pool grammar: annotations in any order, in any
+// base64 alphabet, extra ones ignored, the TOC digest used when given.
+func TestGrammar1(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarBytes := fixture.KitchenSinkTar()
+	ref, layers := pushImage(t, reg, "test/pool", [][]byte{tarBytes}, fixture.ImageOptions{})
+	m := mountPool(t, reg)
+	li := layers[0]
+	refKV := pool.RefAnnotation + "=" + ref
+	dgKV := pool.LayerAnnotation + "=" + li.Digest.String()
+	tocKV := pool.TOCDigestAnnotation + "=" + li.TOCDigest.String()
+
+	paths := map[string]string{
+		"ref first":        m.grammar1(base64.URLEncoding, "l1", refKV, dgKV),
+		"digest first std": m.grammar1(base64.StdEncoding, "l2", dgKV, refKV),
+		"unpadded, extras": m.grammar1(base64.RawURLEncoding, "l3", "io.example/x=1", dgKV, "empty=", refKV),
+		"with TOC digest":  m.grammar1(base64.URLEncoding, "l4", tocKV, refKV, dgKV),
+	}
+	for name, p := range paths {
+		t.Run(name, func(t *testing.T) {
+			if p == "" {
+				t.Skip("the standard base64 of one annotation contains '/', which splits a grammar-1 element; clients use the URL-safe alphabet")
+			}
+			compareTree(t, p, tarBytes)
+		})
+	}
+
+	// A wrong TOC digest is refused: nothing unverified is served.
+	bad := pool.TOCDigestAnnotation + "=" + digest.FromString("other").String()
+	if _, err := os.Stat(m.grammar1(base64.URLEncoding, "l5", refKV, dgKV, bad)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("layer with a wrong TOC digest: stat error %v, want ENOENT", err)
+	}
+}
+
+// TestLazy measures what the pool fetches: a walk of every name, attribute,
+// link and xattr fetches no file data; reading one file fetches about its
+// compressed size.
+func TestLazy(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarBytes := fixture.KitchenSinkTar()
+	ref, layers := pushImage(t, reg, "test/lazy", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10})
+	m := mountPool(t, reg)
+	li := layers[0]
+
+	reg.ResetStats()
+	diff := filepath.Join(m.grammar2(ref, li.Digest.String()), "diff")
+	if _, err := os.Stat(diff); err != nil {
+		t.Fatal(err)
+	}
+	open := reg.Stats()
+	t.Logf("opening the layer (manifest, config, footer+TOC): %d requests, %d blob bytes of %d", open.Requests, open.BlobBytes, li.Size)
+
+	reg.ResetStats()
+	var entries, biggestSize int64
+	var biggest string
+	err := filepath.WalkDir(diff, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		entries++
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			if _, err := os.Readlink(p); err != nil {
+				return err
+			}
+		case unix.S_IFREG:
+			if st.Size > biggestSize {
+				biggest, biggestSize = p, st.Size
+			}
+		}
+		buf := make([]byte, 64<<10)
+		n, err := unix.Llistxattr(p, buf)
+		if err != nil {
+			return err
+		}
+		for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+			if name == "" {
+				continue
+			}
+			if _, err := unix.Lgetxattr(p, name, buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	walk := reg.Stats()
+	t.Logf("metadata walk of %d entries: %d blob bytes in %d requests", entries, walk.BlobBytes, walk.BlobRequests)
+	if walk.BlobBytes != 0 || walk.BlobRequests != 0 {
+		t.Errorf("metadata walk fetched %d blob bytes in %d requests, want none", walk.BlobBytes, walk.BlobRequests)
+	}
+
+	reg.ResetStats()
+	data, err := os.ReadFile(biggest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := reg.Stats()
+	rel, _ := filepath.Rel(diff, biggest)
+	start, end := compressedRange(t, m, li.Digest, rel)
+	t.Logf("reading %s (%d bytes, %d compressed): %d blob bytes in %d requests", rel, len(data), end-start, read.BlobBytes, read.BlobRequests)
+	// The blob's last MiB came with the TOC, so part of the file may
+	// already be at hand; beyond that, the read fetches its own chunks.
+	if read.BlobBytes > (end-start)+(end-start)/10+4096 || read.BlobBytes+open.BlobBytes < end-start {
+		t.Errorf("reading one file fetched %d blob bytes (after %d with the TOC), want about its compressed size %d",
+			read.BlobBytes, open.BlobBytes, end-start)
+	}
+	if got, want := sha256.Sum256(data), tarContentHash(t, tarBytes, rel); got != want {
+		t.Errorf("content of %s differs from the tar", rel)
+	}
+
+	// Read again: served from the cache, nothing fetched.
+	reg.ResetStats()
+	if _, err := os.ReadFile(biggest); err != nil {
+		t.Fatal(err)
+	}
+	if s := reg.Stats(); s.BlobBytes != 0 {
+		t.Errorf("second read fetched %d blob bytes, want 0", s.BlobBytes)
+	}
+}
+
+func compressedRange(t *testing.T, m *mounted, dg digest.Digest, rel string) (int64, int64) {
+	t.Helper()
+	for _, l := range m.Pool.Layers() {
+		if l.Desc.Digest != dg {
+			continue
+		}
+		e := l.View.Root()
+		for _, name := range strings.Split(rel, "/") {
+			e = e.Children[name]
+			if e == nil {
+				t.Fatalf("%s not in the view", rel)
+			}
+		}
+		return l.View.CompressedRange(e)
+	}
+	t.Fatalf("layer %s not open", dg)
+	return 0, 0
+}
+
+// TestUseAndRelease checks the client's reference counting: create(use)
+// and rmdir(<digest>) both fail with ENOENT and move the count.
+func TestUseAndRelease(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	ref, layers := pushImage(t, reg, "test/use", [][]byte{fixture.KitchenSinkTar()}, fixture.ImageOptions{})
+	m := mountPool(t, reg)
+	dir := m.grammar2(ref, layers[0].Digest.String())
+	for range 2 {
+		_, err := os.Create(filepath.Join(dir, "use"))
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("create(use): %v, want ENOENT", err)
+		}
+	}
+	if got := uses(t, m, layers[0].Digest); got != 2 {
+		t.Errorf("uses after two create(use) = %d, want 2", got)
+	}
+	if err := unix.Rmdir(dir); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("rmdir(<digest>): %v, want ENOENT", err)
+	}
+	if got := uses(t, m, layers[0].Digest); got != 1 {
+		t.Errorf("uses after rmdir = %d, want 1", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "diff")); err != nil {
+		t.Errorf("layer gone after rmdir: %v", err)
+	}
+}
+
+func uses(t *testing.T, m *mounted, dg digest.Digest) int64 {
+	for _, l := range m.Pool.Layers() {
+		if l.Desc.Digest == dg {
+			return l.Uses()
+		}
+	}
+	t.Fatalf("layer %s not open", dg)
+	return 0
+}
+
+// TestReadOnly checks that every change is refused with EROFS, at every
+// level of the mount.
+func TestReadOnly(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	ref, layers := pushImage(t, reg, "test/ro", [][]byte{fixture.KitchenSinkTar()}, fixture.ImageOptions{})
+	m := mountPool(t, reg)
+	dir := m.grammar2(ref, layers[0].Digest.String())
+	diff := filepath.Join(dir, "diff")
+	if _, err := os.Stat(diff); err != nil {
+		t.Fatal(err)
+	}
+	file := firstRegular(t, diff)
+	ops := []struct {
+		name string
+		op   func() error
+	}{
+		{"mkdir in pool root", func() error { return os.Mkdir(filepath.Join(m.Dir, "x"), 0o755) }},
+		{"create in layer dir", func() error { _, err := os.Create(filepath.Join(dir, "x")); return err }},
+		{"mkdir in diff", func() error { return os.Mkdir(filepath.Join(diff, "newdir"), 0o755) }},
+		{"create in diff", func() error { _, err := os.Create(filepath.Join(diff, "newfile")); return err }},
+		{"write file", func() error { return os.WriteFile(file, []byte("x"), 0o644) }},
+		{"truncate info", func() error { return os.Truncate(filepath.Join(dir, "info"), 0) }},
+		{"chmod file", func() error { return os.Chmod(file, 0o777) }},
+		{"unlink file", func() error { return os.Remove(file) }},
+		{"rename file", func() error { return os.Rename(file, file+".2") }},
+		{"symlink in diff", func() error { return os.Symlink("x", filepath.Join(diff, "ln")) }},
+		{"setxattr", func() error { return unix.Setxattr(file, "user.x", []byte("y"), 0) }},
+		{"rmdir diff", func() error { return unix.Rmdir(diff) }},
+	}
+	for _, o := range ops {
+		if err := o.op(); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("%s: %v, want EROFS", o.name, err)
+		}
+	}
+}
+
+func firstRegular(t *testing.T, dir string) string {
+	t.Helper()
+	var found string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && found == "" && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil && info.Mode().Perm()&0o200 != 0 {
+				found = p
+			}
+		}
+		return nil
+	})
+	if found == "" {
+		t.Fatal("no regular file in the layer")
+	}
+	return found
+}
