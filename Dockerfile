@@ -5,10 +5,12 @@
 # CI does not build this file.
 #
 # Running it needs /dev/fuse and CAP_SYS_ADMIN, and the store must be a
-# bind mount with shared propagation so the host's podman sees the FUSE mount:
-#   podman run -d --device /dev/fuse --cap-add SYS_ADMIN \
-#     -v /var/lib/poolfs:/var/lib/poolfs:rshared poolfs
-# TODO(lead): verify the run line above; not tried yet.
+# bind mount with shared propagation so the host's podman sees the FUSE mount;
+# share /run/poolfs for `poolfs status`/`gc`/`auth-helper` from the host
+# (README, "Container image"):
+#   podman run -d --privileged --device /dev/fuse --network host \
+#     -v /var/lib/poolfs:/var/lib/poolfs:rshared -v /run/poolfs:/run/poolfs poolfs
+# (Checked by hand: the mount shows on the host, podman stop unmounts.)
 
 ARG GO_IMAGE=golang:1.26-bookworm
 ARG BASE_IMAGE=debian:bookworm-slim

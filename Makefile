@@ -7,13 +7,16 @@ MODULE := github.com/poolfs/poolfs
 
 # Packages tested with the race detector; everything else (test/e2e, cmd,
 # test/fixture, ...) is tested without it.
-RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool)(/|$$)
+RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|control|metrics)(/|$$)
 RACE_TIMEOUT ?= 15m
+# Integration tests also run under the race detector: only the concurrency
+# one, as the whole package takes minutes with -race.
+RACE_INTEGRATION := ^TestManyReadersManyLayers$$
 TEST_TIMEOUT ?= 20m
 # Extra flags for go test, e.g. make test GOTEST_FLAGS=-v
 GOTEST_FLAGS ?=
 
-.PHONY: all build deps test demo clean
+.PHONY: all build deps test fuzz demo bench clean
 
 all: build
 
@@ -40,10 +43,32 @@ test: deps
 		echo "== go test $$(echo $$rest | tr '\n' ' ')"; \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) $$rest || status=1; \
 	fi; \
+	echo "== go test -race -run '$(RACE_INTEGRATION)' ./test/integration"; \
+	$(GO) test -race -count=1 -timeout $(RACE_TIMEOUT) $(GOTEST_FLAGS) -run '$(RACE_INTEGRATION)' ./test/integration || status=1; \
+	$(MAKE) --no-print-directory fuzz || status=1; \
 	exit $$status
+
+# Each fuzz target runs briefly from its seed corpus (and the corpus go test
+# keeps in its cache); FUZZTIME=5m make fuzz for a longer hunt.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := pool:FuzzParseElement layer:FuzzOpen layer:FuzzOpenStored
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== go test -fuzz=$$fn -fuzztime=$(FUZZTIME) ./$$pkg"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) ./$$pkg; \
+	done
 
 demo: deps build
 	$(GO) run ./test/demo -poolfs bin/poolfs
+
+# Not part of test: builds Debian images with debootstrap (cached in
+# .work/bench), runs podman cold many times and writes docs/benchmarks.md
+# (about 20 minutes; BENCH_FLAGS=-quick for a short run).
+BENCH_FLAGS ?=
+bench: deps build
+	bash scripts/install-bench-deps.sh
+	$(GO) run ./test/bench -poolfs bin/poolfs $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin/

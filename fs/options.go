@@ -18,10 +18,10 @@ func Options() *gofs.Options {
 	entry, attr := cacheTimeout, cacheTimeout
 	return &gofs.Options{
 		MountOptions: fuse.MountOptions{
-			AllowOther:   true,
-			DirectMount:  true,
-			FsName:       "poolfs",
-			Name:         "poolfs",
+			AllowOther:  true,
+			DirectMount: true,
+			FsName:      "poolfs",
+			Name:        "poolfs",
 			// The kernel checks modes against the caller, as on a local disk:
 			// with allow_other and no checks, any local user could read
 			// files a layer keeps private (/etc/shadow). Not "ro": the

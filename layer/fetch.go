@@ -50,7 +50,11 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, res
 	pending := append([]*chunk(nil), todo...)
 	for attempt := 1; attempt <= verifyAttempts && len(pending) > 0; attempt++ {
 		var failed []*chunk
-		for _, r := range coalesce(pending) {
+		runs := coalesce(pending)
+		if attempt == 1 {
+			runs = l.splitTail(runs)
+		}
+		for _, r := range runs {
 			buf, ok := l.fromTail(r.start, r.end)
 			if !ok || attempt > 1 {
 				buf = make([]byte, r.end-r.start)
@@ -65,6 +69,7 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, res
 			for _, c := range r.chunks {
 				data, err := decodeChunk(c, buf[c.blobOff-r.start:c.blobEnd-r.start])
 				if err != nil {
+					verifyFailures.Add(1)
 					l.log.WithFields(logrus.Fields{"path": path, "digest": c.digest, "blob_offset": c.blobOff, "attempt": attempt}).
 						WithError(err).Warn("chunk failed verification")
 					errs[c.key()] = err

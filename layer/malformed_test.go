@@ -329,6 +329,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add(sampleTOC)
 	small, _ := fstest.EStargz(f, fstest.SampleTar(f))
 	f.Add(small[len(small)-300:])
+	for _, seed := range hostileTOCSeeds {
+		f.Add([]byte(seed))
+	}
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, blob := range [][]byte{makeBlob(t, h.payload, data), data} {
@@ -336,6 +339,7 @@ func FuzzOpen(f *testing.F) {
 			if err != nil {
 				continue
 			}
+			checkNames(t, l)
 			readAll(t, l)
 		}
 	})

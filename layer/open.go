@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
@@ -28,6 +29,8 @@ type Layer struct {
 
 	mu       sync.Mutex
 	inflight map[chunkKey]*flight // chunks being fetched, for singleflight
+
+	reading atomic.Int64 // ReadAt calls in progress; background fetches yield to them
 }
 
 // Open reads the eStargz footer and TOC from blob and builds the view.
@@ -54,15 +57,19 @@ func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache
 		}
 	}
 
-	raw, err := readTOC(ctx, blob, tocDigest)
+	raw, err := readTOCVerified(ctx, blob, tocDigest, log)
 	if err != nil {
 		return nil, err
 	}
-	log = log.WithField("toc_digest", raw.digest)
 	if tocDigest == "" {
-		log.Debug("no TOC digest to check against: trusting the TOC as read")
+		log.WithField("toc_digest", raw.digest).Debug("no TOC digest to check against: trusting the TOC as read")
 	}
+	return fromRaw(raw, blob, c, log)
+}
 
+// fromRaw builds the Layer from a decoded TOC, however it was obtained.
+func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, error) {
+	log = log.WithField("toc_digest", raw.digest)
 	for i, te := range raw.toc.Entries {
 		if te == nil {
 			return nil, fmt.Errorf("TOC %s: entry %d is null", raw.digest, i)

@@ -40,7 +40,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 		}
 	}
 
+	l.reading.Add(1)
 	data, err := l.getChunks(ctx, e.Path, chunks)
+	l.reading.Add(-1)
 	if err != nil {
 		return 0, fmt.Errorf("reading %q at %d: %w", e.Path, off, err)
 	}

@@ -30,6 +30,7 @@ type rawTOC struct {
 	toc       *estargz.JTOC
 	digest    digest.Digest // sha256 of the JSON bytes
 	tocOffset int64         // where the TOC's gzip member starts: the end of the last chunk
+	json      []byte        // the TOC JSON exactly as hashed, for OpenWithTOC's callers to store
 
 	// chunkTail is the part of the fetched tail before the TOC: chunk
 	// data already paid for, which for small layers is the whole layer.
@@ -49,7 +50,7 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 	tailStart := size - tailLen
 	tail := make([]byte, tailLen)
 	if err := readFull(ctx, blob, tail, tailStart); err != nil {
-		return nil, fmt.Errorf("reading the last %d bytes of the blob: %w", tailLen, err)
+		return nil, &fetchError{fmt.Errorf("reading the last %d bytes of the blob: %w", tailLen, err)}
 	}
 
 	tocOffset, footerSize, err := parseFooter(tail)
@@ -72,7 +73,7 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 		compressed = make([]byte, tocEnd-tocOffset)
 		head := compressed[:tailStart-tocOffset]
 		if err := readFull(ctx, blob, head, tocOffset); err != nil {
-			return nil, fmt.Errorf("reading the first %d bytes of the TOC at %d: %w", len(head), tocOffset, err)
+			return nil, &fetchError{fmt.Errorf("reading the first %d bytes of the TOC at %d: %w", len(head), tocOffset, err)}
 		}
 		copy(compressed[len(head):], tail[:tocEnd-tailStart])
 	}
@@ -90,7 +91,7 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 	if err := json.Unmarshal(tocJSON, toc); err != nil {
 		return nil, fmt.Errorf("decoding TOC JSON %s: %w", got, err)
 	}
-	raw := &rawTOC{toc: toc, digest: got, tocOffset: tocOffset, chunkTailStart: tailStart}
+	raw := &rawTOC{toc: toc, digest: got, tocOffset: tocOffset, json: tocJSON, chunkTailStart: tailStart}
 	if tocOffset > tailStart {
 		raw.chunkTail = tail[:tocOffset-tailStart]
 	}

@@ -124,17 +124,17 @@ func (l *Layer) ReadBlob(ctx context.Context, c Cache, p []byte, off int64) (int
 	return n, nil
 }
 
+// Blocks are not put in the chunk cache: only the whole blob has a digest,
+// so a block cannot be verified on its own, and a block spoiled in transit
+// would otherwise be served from the cache forever (and survive restarts on
+// disk). The cache holds verified bytes only; the kernel's page cache still
+// keeps what `podman push`/`save` read.
 func (l *Layer) blobBlock(ctx context.Context, c Cache, idx int64) ([]byte, error) {
-	key := fmt.Sprintf("blob:%s:%d", l.Desc.Digest, idx)
-	if b, ok := c.Get(key); ok {
-		return b, nil
-	}
 	start := idx * blobBlockSize
 	b := make([]byte, min(blobBlockSize, l.Desc.Size-start))
 	// io.ReaderAt may say EOF along with the last full read.
 	if n, err := l.Blob.ReadAt(ctx, b, start); err != nil && !(errors.Is(err, io.EOF) && n == len(b)) {
 		return nil, fmt.Errorf("fetching blob %s block %d: %w", l.Desc.Digest, idx, err)
 	}
-	c.Add(key, b)
 	return b, nil
 }

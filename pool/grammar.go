@@ -101,17 +101,30 @@ func ParseElement(s string) (Element, error) {
 // registry client takes. containers/image may name a reference by tag and
 // digest at once ("repo:tag@sha256:..."); the digest alone is authoritative.
 func ParseRef(s string) (string, error) {
-	if repo, dg, ok := strings.Cut(s, "@"); ok {
-		if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
-			repo = repo[:i]
-		}
-		s = repo + "@" + dg
-	}
+	s = stripTagBeforeDigest(s)
 	r, err := name.ParseReference(s)
 	if err != nil {
 		return "", fmt.Errorf("%w: %q is not an image reference: %w", ErrGrammar, s, err)
 	}
-	return r.String(), nil
+	// The form returned must read back as itself, or two spellings could
+	// name different repositories ("a:1:x@d" leaves "a:1@d", which the
+	// tag stripping above would read as "a@d"). Found by FuzzParseElement.
+	canon := r.String()
+	if stripTagBeforeDigest(canon) != canon {
+		return "", fmt.Errorf("%w: %q is not an image reference (it does not read back as itself)", ErrGrammar, s)
+	}
+	return canon, nil
+}
+
+// stripTagBeforeDigest turns "repo:tag@digest" into "repo@digest".
+func stripTagBeforeDigest(s string) string {
+	if repo, dg, ok := strings.Cut(s, "@"); ok {
+		if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+			repo = repo[:i]
+		}
+		return repo + "@" + dg
+	}
+	return s
 }
 
 // ParseDigest accepts a layer digest path element. Only sha256 is used by

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -23,6 +24,12 @@ import (
 type Resolver interface {
 	ResolveLayer(ctx context.Context, ref string, dgst digest.Digest) (remote.LayerDesc, error)
 	Blob(ctx context.Context, ld remote.LayerDesc) (remote.Blob, error)
+}
+
+// refChecker is implemented by resolvers that can refuse a reference
+// without I/O (*remote.Resolver: registries.conf's blocked registries).
+type refChecker interface {
+	CheckRef(ref string) error
 }
 
 // Cache is where verified chunks and blob blocks are kept.
@@ -35,6 +42,19 @@ type Cache interface {
 // is detached from the FUSE request that triggered it: other lookups may be
 // waiting for the same result, and an interrupted `stat` must not poison it.
 const openTimeout = 2 * time.Minute
+
+// notEStargzTTL is how long "this blob is not eStargz" is believed. The
+// answer depends only on the blob's content, but it is reached from bytes
+// that came over the network: layer.Open already refetches a footer that
+// does not parse, and the TTL bounds the harm if a footer arrived spoiled on
+// every attempt. Podman asks once per pull, so re-checking is cheap.
+const notEStargzTTL = 10 * time.Minute
+
+// notEStargz is a remembered ErrNotEStargz answer.
+type notEStargz struct {
+	err error
+	at  time.Time
+}
 
 // Layer is one eStargz layer the pool serves, shared by every path that
 // names it (both grammars, blob or TOC digest, any annotation order).
@@ -63,9 +83,13 @@ type Pool struct {
 	log      *logrus.Entry
 
 	mu         sync.Mutex
-	layers     map[digest.Digest]*Layer // by compressed blob digest
-	notEStargz map[digest.Digest]error  // content never changes, so neither does this answer
+	layers     map[digest.Digest]*Layer     // by compressed blob digest
+	notEStargz map[digest.Digest]notEStargz // content never changes, so neither does this answer (but see notEStargzTTL)
 	opening    singleflight.Group
+
+	meta *meta.Store // nil: nothing persists across restarts (see SetMeta)
+
+	prefetch PrefetchOptions // see SetPrefetch
 }
 
 // New returns an empty pool.
@@ -78,13 +102,20 @@ func New(resolver Resolver, c Cache, log *logrus.Entry) *Pool {
 		cache:      c,
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
-		notEStargz: map[digest.Digest]error{},
+		notEStargz: map[digest.Digest]notEStargz{},
 	}
 }
 
 // Get returns the layer that key names, resolving the reference and opening
 // the eStargz TOC on first use.
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
+	// A reference the configuration refuses (registries.conf "blocked") is
+	// refused even when its blob is already open under another name.
+	if c, ok := p.resolver.(refChecker); ok {
+		if err := c.CheckRef(key.Ref); err != nil {
+			return nil, err
+		}
+	}
 	if l := p.byDigest(key.Digest); l != nil {
 		// The same blob under another reference is the same content,
 		// but a TOC digest named in the path must still match.
@@ -125,6 +156,9 @@ func (p *Pool) byDigest(d digest.Digest) *Layer {
 
 func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	log := p.log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})
+	if l := p.openStored(ctx, key, log); l != nil {
+		return l, nil
+	}
 	desc, err := p.resolver.ResolveLayer(ctx, key.Ref, key.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("resolving layer %s of %s: %w", key.Digest, key.Ref, err)
@@ -143,9 +177,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		p.mu.Unlock()
 		return l, nil
 	}
-	if err, ok := p.notEStargz[desc.Digest]; ok {
+	if ne, ok := p.notEStargz[desc.Digest]; ok && time.Since(ne.at) < notEStargzTTL {
 		p.mu.Unlock()
-		return nil, err
+		return nil, ne.err
 	}
 	p.mu.Unlock()
 
@@ -154,12 +188,12 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		return nil, fmt.Errorf("opening blob %s of %s: %w", desc.Digest, key.Ref, err)
 	}
 	start := time.Now()
-	view, err := layer.Open(ctx, blob, tocDigest, p.cache, log)
+	view, toc, err := layer.OpenWithTOC(ctx, blob, tocDigest, p.cache, log)
 	if err != nil {
 		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
 		if errors.Is(err, layer.ErrNotEStargz) {
 			p.mu.Lock()
-			p.notEStargz[desc.Digest] = err
+			p.notEStargz[desc.Digest] = notEStargz{err: err, at: time.Now()}
 			p.mu.Unlock()
 		}
 		return nil, err
@@ -167,12 +201,14 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	if tocDigest == "" {
 		desc.TOCDigest = view.TOCDigest()
 	}
+	p.persist(key, desc, toc, log)
 	l := &Layer{Desc: desc, Blob: blob, View: view}
 	p.mu.Lock()
 	if prev, ok := p.layers[desc.Digest]; ok {
 		l = prev
 	} else {
 		p.layers[desc.Digest] = l
+		p.startPrefetch(l, log)
 	}
 	p.mu.Unlock()
 	log.WithFields(logrus.Fields{

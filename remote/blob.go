@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	digest "github.com/opencontainers/go-digest"
@@ -17,11 +19,22 @@ import (
 type blob struct {
 	r      *Resolver
 	ref    string
-	repo   name.Repository
+	eps    []blobEndpoint // mirrors first, then the registry (registries.conf)
 	digest digest.Digest
 	size   int64
-	url    string
 	log    *logrus.Entry
+
+	// pref is the endpoint that served the last read: reads start there so
+	// that a mirror that is down costs its retries once, not on every read.
+	pref atomic.Int32
+	// fetched records which bytes have been received, for status reports.
+	fetched rangeSet
+}
+
+// blobEndpoint is one repository the blob can be read from.
+type blobEndpoint struct {
+	repo name.Repository
+	url  string
 }
 
 var _ Blob = (*blob)(nil)
@@ -29,32 +42,42 @@ var _ Blob = (*blob)(nil)
 // Blob returns random access to the layer's blob over HTTP range requests.
 // It does not touch the network until ReadAt.
 func (r *Resolver) Blob(ctx context.Context, ld LayerDesc) (Blob, error) {
-	ref, err := r.parseRef(ld.Ref)
+	eps, err := r.endpoints(ld.Ref)
 	if err != nil {
 		return nil, fmt.Errorf("open blob %s: %w", ld.Digest, err)
 	}
-	return r.newBlob(ld.Ref, ref.Context(), ld.Digest, ld.Size)
+	repos := make([]name.Repository, len(eps))
+	for i, ep := range eps {
+		repos[i] = ep.Context()
+	}
+	return r.newBlob(ld.Ref, ld.Digest, ld.Size, repos...)
 }
 
-func (r *Resolver) newBlob(ref string, repo name.Repository, dgst digest.Digest, size int64) (*blob, error) {
+func (r *Resolver) newBlob(ref string, dgst digest.Digest, size int64, repos ...name.Repository) (*blob, error) {
 	if err := dgst.Validate(); err != nil {
 		return nil, fmt.Errorf("open blob %q of %s: %w", dgst, ref, err)
 	}
 	if size < 0 {
 		return nil, fmt.Errorf("open blob %s of %s: negative size %d", dgst, ref, size)
 	}
-	u := url.URL{
-		Scheme: repo.Scheme(), // ggcr's transport corrects it to what the ping found
-		Host:   repo.RegistryStr(),
-		Path:   fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), dgst),
+	if len(repos) == 0 {
+		return nil, fmt.Errorf("open blob %s of %s: no repository to read from", dgst, ref)
+	}
+	eps := make([]blobEndpoint, len(repos))
+	for i, repo := range repos {
+		u := url.URL{
+			Scheme: repo.Scheme(), // ggcr's transport corrects it to what the ping found
+			Host:   repo.RegistryStr(),
+			Path:   fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), dgst),
+		}
+		eps[i] = blobEndpoint{repo: repo, url: u.String()}
 	}
 	return &blob{
 		r:      r,
 		ref:    ref,
-		repo:   repo,
+		eps:    eps,
 		digest: dgst,
 		size:   size,
-		url:    u.String(),
 		log:    r.s.log.WithFields(logrus.Fields{"ref": ref, "digest": dgst}),
 	}, nil
 }
@@ -78,28 +101,57 @@ func (b *blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if len(want) == 0 {
 		return 0, nil
 	}
-	n, err := b.readFull(ctx, want, off)
+	n, err := withFetchDeadline(ctx, b.r.s.fetchTO, func(ctx context.Context) (int, error) {
+		return b.readFull(ctx, want, off)
+	})
 	if err != nil {
 		return n, err
 	}
 	return n, tail
 }
 
-// readFull fills dst with the blob bytes at off. A body cut short is not
-// wasted: the next attempt asks only for the part still missing.
+// readFull fills dst with the blob bytes at off from the first endpoint
+// that serves them, starting with the one that served the last read and
+// wrapping around, so a failing mirror falls through to the next.
 func (b *blob) readFull(ctx context.Context, dst []byte, off int64) (int, error) {
+	n := len(b.eps)
+	start := int(b.pref.Load())
+	var err error
+	for i := range n {
+		k := (start + i) % n
+		var got int
+		began := time.Now()
+		got, err = b.readFrom(ctx, b.eps[k], dst, off)
+		b.r.observeFetch(b.eps[k].repo.RegistryStr(), got, began, err)
+		if err == nil {
+			b.pref.Store(int32(k))
+			b.fetched.add(off, off+int64(got))
+			return got, nil
+		}
+		if ctx.Err() != nil || n == 1 {
+			return got, err
+		}
+		b.log.WithField("endpoint", b.eps[k].repo.String()).WithError(err).Warn("endpoint failed; trying the next one")
+	}
+	return 0, err
+}
+
+// readFrom fills dst with the blob bytes at off from one endpoint. A body
+// cut short is not wasted: the next attempt asks only for the part still
+// missing.
+func (b *blob) readFrom(ctx context.Context, ep blobEndpoint, dst []byte, off int64) (int, error) {
 	rng := fmt.Sprintf("bytes=%d-%d", off, off+int64(len(dst))-1)
 	log := b.log.WithField("range", rng)
 	filled := 0
 	var used *authEntry
 	op := func(actx context.Context) error {
 		used = nil
-		e, err := b.r.authFor(actx, b.repo)
+		e, err := b.r.authFor(actx, ep.repo)
 		if err != nil {
 			return err
 		}
 		used = e
-		n, err := b.rangeOnce(actx, e.client, dst[filled:], off+int64(filled))
+		n, err := b.rangeOnce(actx, e.client, ep.url, dst[filled:], off+int64(filled))
 		filled += n
 		if errors.Is(err, errPartialRange) {
 			// Not a failure: the server caps its answers. Ask for the
@@ -109,7 +161,7 @@ func (b *blob) readFull(ctx context.Context, dst []byte, off int64) (int, error)
 		return err
 	}
 	for filled < len(dst) {
-		if err := b.r.retry(ctx, log, func() { b.r.dropAuth(b.repo, used) }, op); err != nil {
+		if err := b.r.retry(ctx, log, func() { b.r.dropAuth(ep.repo, used) }, op); err != nil {
 			return filled, fmt.Errorf("read %s of blob %s (%s): %w", rng, b.digest, b.ref, err)
 		}
 	}
@@ -122,9 +174,9 @@ var errPartialRange = errors.New("server sent part of the range")
 
 // rangeOnce is one GET with Range: bytes=off-(off+len(dst)-1). It returns
 // how many bytes of dst it filled, which may be fewer on error.
-func (b *blob) rangeOnce(ctx context.Context, c *http.Client, dst []byte, off int64) (int, error) {
+func (b *blob) rangeOnce(ctx context.Context, c *http.Client, url string, dst []byte, off int64) (int, error) {
 	end := off + int64(len(dst)) - 1
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
 	}

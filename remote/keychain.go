@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -31,7 +32,10 @@ var rootAuthFile = "/run/containers/0/auth.json"
 // "host/ns/repo", "host/ns", "host" wins by exact key; failing that, a key
 // that is a URL ("https://host/v1/", the legacy docker style) matches by
 // its host. Docker Hub is found under "docker.io" and "index.docker.io".
-// Credential helpers (credsStore, credHelpers) are not consulted.
+//
+// A file's credHelpers entry for the registry host, or else its credsStore,
+// names a docker-credential-<name> program that is asked first; an entry in
+// "auths" is used if the helper knows nothing of the registry.
 func NewKeychain() authn.Keychain { return fileKeychain{} }
 
 type fileKeychain struct{}
@@ -57,6 +61,9 @@ func authFiles() []string {
 // authFile is the shared format of auth.json and docker's config.json.
 type authFile struct {
 	Auths map[string]authEntryJSON `json:"auths"`
+	// docker-credential-* helpers: per registry host, and for the rest.
+	CredHelpers map[string]string `json:"credHelpers"`
+	CredsStore  string            `json:"credsStore"`
 }
 
 type authEntryJSON struct {
@@ -67,7 +74,13 @@ type authEntryJSON struct {
 	Password string `json:"password"`
 }
 
-func (fileKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+func (k fileKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	return k.ResolveContext(context.Background(), target)
+}
+
+// ResolveContext implements authn.ContextKeychain so that a credential
+// helper run stops with the handshake that needed it.
+func (fileKeychain) ResolveContext(ctx context.Context, target authn.Resource) (authn.Authenticator, error) {
 	keys, registry := lookupKeys(target)
 	for _, path := range authFiles() {
 		data, err := os.ReadFile(path)
@@ -82,6 +95,15 @@ func (fileKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) 
 		var f authFile
 		if err := json.Unmarshal(data, &f); err != nil {
 			return nil, fmt.Errorf("parse credentials file %s: %w", path, err)
+		}
+		if helper, server := f.helperFor(target.RegistryStr()); helper != "" {
+			cfg, err := helperGet(ctx, helper, server)
+			switch {
+			case err == nil:
+				return authn.FromConfig(cfg), nil
+			case !errors.Is(err, errHelperNotFound):
+				return nil, fmt.Errorf("credentials for %s (helper named in %s): %w", server, path, err)
+			}
 		}
 		key, e, ok := findEntry(f.Auths, keys, registry)
 		if !ok {

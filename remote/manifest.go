@@ -132,16 +132,24 @@ func (r *Resolver) diffIDs(ctx context.Context, ref name.Reference, cfg v1.Descr
 	// checks out, saving a round trip.
 	raw := cfg.Data
 	if int64(len(raw)) != cfg.Size || !verified(dgst, raw) {
-		b, err := r.newBlob(ref.String(), ref.Context(), dgst, cfg.Size)
+		b, err := r.newBlob(ref.String(), dgst, cfg.Size, ref.Context())
 		if err != nil {
 			return nil, err
 		}
 		raw = make([]byte, cfg.Size)
-		if _, err := b.readFull(ctx, raw, 0); err != nil {
-			return nil, fmt.Errorf("fetch config: %w", err)
-		}
-		if !verified(dgst, raw) {
-			return nil, fmt.Errorf("config %s of %s: content does not match digest", dgst, ref)
+		// A config spoiled in transit is fetched again: the transport
+		// retries only cover errors it can see, not wrong bytes.
+		for attempt := 1; ; attempt++ {
+			if _, err := b.readFull(ctx, raw, 0); err != nil {
+				return nil, fmt.Errorf("fetch config: %w", err)
+			}
+			if verified(dgst, raw) {
+				break
+			}
+			if attempt >= configAttempts {
+				return nil, fmt.Errorf("config %s of %s: content does not match digest (%d attempts)", dgst, ref, attempt)
+			}
+			log.WithFields(logrus.Fields{"digest": dgst, "attempt": attempt}).Warn("config does not match its digest; fetching it again")
 		}
 	}
 	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))

@@ -18,6 +18,10 @@ type Options struct {
 	Insecure []string
 	// Keychain supplies credentials; nil means NewKeychain().
 	Keychain authn.Keychain
+	// Registries maps references to mirrors and locations and blocks
+	// registries (registries.conf); nil fetches every reference from the
+	// registry it names.
+	Registries *Registries
 	// Transport is the base transport; nil means a clone of
 	// http.DefaultTransport tuned for many parallel range reads per host.
 	Transport http.RoundTripper
@@ -28,13 +32,22 @@ type Options struct {
 	Retries int
 	// RequestTimeout bounds each attempt; 0 means 30s.
 	RequestTimeout time.Duration
+	// FetchTimeout bounds one Blob.ReadAt, all attempts and backoff
+	// included; 0 means 20s. A FUSE read of uncached data waits at most
+	// this long before failing with EIO, so a registry that is down or
+	// black-holed cannot park readers for minutes.
+	FetchTimeout time.Duration
 	// Log receives poolfs's remote log lines; nil means logrus.StandardLogger().
 	Log *logrus.Entry
+	// OnFetch, if set, is called after every blob range read against one
+	// endpoint (for latency metrics); it must not block.
+	OnFetch func(FetchEvent)
 }
 
 const (
 	defaultRetries        = 4
 	defaultRequestTimeout = 30 * time.Second
+	defaultFetchTimeout   = 20 * time.Second
 
 	// tagTTL is how long a tag's resolution is trusted. Tags move; digests
 	// do not, so digest references are cached for the Resolver's lifetime.
@@ -59,10 +72,13 @@ const (
 type settings struct {
 	insecure  []string
 	keychain  authn.Keychain
+	regs      *Registries
+	onFetch   func(FetchEvent)
 	base      http.RoundTripper
 	platform  v1.Platform
 	retries   int
 	timeout   time.Duration
+	fetchTO   time.Duration // per Blob.ReadAt, all attempts included
 	log       *logrus.Entry
 	backoff   time.Duration // first backoff; tests shrink it
 	backoffMx time.Duration
@@ -73,9 +89,12 @@ func (o Options) settings() settings {
 	s := settings{
 		insecure:  o.Insecure,
 		keychain:  o.Keychain,
+		regs:      o.Registries,
+		onFetch:   o.OnFetch,
 		base:      o.Transport,
 		retries:   o.Retries,
 		timeout:   o.RequestTimeout,
+		fetchTO:   o.FetchTimeout,
 		log:       o.Log,
 		backoff:   backoffBase,
 		backoffMx: backoffCap,
@@ -100,6 +119,9 @@ func (o Options) settings() settings {
 	}
 	if s.timeout <= 0 {
 		s.timeout = defaultRequestTimeout
+	}
+	if s.fetchTO <= 0 {
+		s.fetchTO = defaultFetchTimeout
 	}
 	if s.log == nil {
 		s.log = logrus.NewEntry(logrus.StandardLogger())

@@ -23,7 +23,11 @@ func (r *Resolver) ResolveLayer(ctx context.Context, ref string, dgst digest.Dig
 	if err != nil {
 		return LayerDesc{}, fmt.Errorf("resolve layer %s: %w", dgst, err)
 	}
-	layers, err := r.image(ctx, nref)
+	eps, err := r.endpoints(ref)
+	if err != nil {
+		return LayerDesc{}, fmt.Errorf("resolve layer %s: %w", dgst, err)
+	}
+	layers, err := r.image(ctx, nref, eps)
 	if err != nil {
 		return LayerDesc{}, fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, err)
 	}
@@ -43,7 +47,10 @@ func (r *Resolver) ResolveLayer(ctx context.Context, ref string, dgst digest.Dig
 // caller's cancellation (its attempts are bounded by RequestTimeout and
 // Retries); each caller still returns as soon as its own ctx is done, and a
 // fetch nobody waits for any more still fills the cache.
-func (r *Resolver) image(ctx context.Context, ref name.Reference) ([]LayerDesc, error) {
+//
+// ref is the logical reference (the cache key); eps are where it is fetched
+// from, in order (see endpoints).
+func (r *Resolver) image(ctx context.Context, ref name.Reference, eps []name.Reference) ([]LayerDesc, error) {
 	key := ref.Name()
 	if layers, ok := r.cachedImage(key); ok {
 		return layers, nil
@@ -52,7 +59,7 @@ func (r *Resolver) image(ctx context.Context, ref name.Reference) ([]LayerDesc, 
 		if layers, ok := r.cachedImage(key); ok {
 			return layers, nil
 		}
-		layers, err := r.fetchImage(context.WithoutCancel(ctx), ref)
+		layers, err := r.fetchImageFrom(context.WithoutCancel(ctx), eps)
 		if err != nil {
 			return nil, err
 		}

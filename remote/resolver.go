@@ -14,6 +14,8 @@ type Resolver struct {
 	s     settings
 	base  http.RoundTripper // s.base wrapped with request counting
 	stats counters
+	// perReg counts per registry host, for metrics.
+	perReg regStats
 
 	// Authenticated transports per registry/repository: the /v2/ ping and
 	// token exchange happen once, not per request.
@@ -34,6 +36,6 @@ func New(opts Options) *Resolver {
 		auths: make(map[string]*authEntry),
 		imgs:  make(map[string]*imageEntry),
 	}
-	r.base = &countingTransport{inner: r.s.base, n: &r.stats.requests}
+	r.base = &countingTransport{inner: &hostCounter{inner: r.s.base, s: &r.perReg}, n: &r.stats.requests}
 	return r
 }

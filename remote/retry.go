@@ -36,7 +36,9 @@ func classify(err error) verdict {
 	if errors.As(err, &se) {
 		v := verdict{status: se.StatusCode, after: se.RetryAfter}
 		switch c := se.StatusCode; {
-		case c == http.StatusUnauthorized:
+		case c == http.StatusUnauthorized, c == http.StatusForbidden:
+			// Registries answer an expired bearer token with either,
+			// depending on the implementation: renew it once.
 			v.unauthorized = true
 		case c == http.StatusRequestTimeout, c == http.StatusTooManyRequests:
 			v.retry = true

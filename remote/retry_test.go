@@ -191,7 +191,7 @@ func TestClassify(t *testing.T) {
 		{&StatusError{StatusCode: 408}, true, false},
 		{&StatusError{StatusCode: 501}, false, false},
 		{&StatusError{StatusCode: 404}, false, false},
-		{&StatusError{StatusCode: 403}, false, false},
+		{&StatusError{StatusCode: 403}, false, true}, // renew the token once, as on 401
 		{&StatusError{StatusCode: 416}, false, false},
 		{&StatusError{StatusCode: 401}, false, true},
 		{fmt.Errorf("wrapped: %w", &StatusError{StatusCode: 502}), true, false},

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 )
@@ -19,11 +20,22 @@ Usage:
   poolfs serve [flags] ROOT      mount the store at ROOT/.pool and serve until SIGINT/SIGTERM
   poolfs link ROOT --ref REF --digest DIGEST [--annotation k=v]... [--id ID]
                                  look a layer up through the pool and link ROOT/<ID> to it
+  poolfs optimize SRC DST -- CMD...
+                                 push SRC as eStargz to DST with the files CMD opens first
+  poolfs status [--json]         show the running daemon's layers and cache
+  poolfs gc [--keep SIZE]        trim the running daemon's disk cache now
+  poolfs auth-helper             hand credentials from podman (JSON on stdin) to the daemon;
+                                 name it in registries.conf as additional-layer-store-auth-helper
 
 Run "poolfs COMMAND -h" for a command's flags.
 `
 
 func main() {
+	if filepath.Base(os.Args[0]) == "poolfs-auth-helper" {
+		// podman runs the helper registries.conf names with no arguments:
+		// a symlink by this name is "poolfs auth-helper".
+		os.Args = append([]string{os.Args[0], "auth-helper"}, os.Args[1:]...)
+	}
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -36,6 +48,14 @@ func main() {
 		err = serve(ctx, os.Args[2:])
 	case "link":
 		err = link(ctx, os.Args[2:], os.Stdout)
+	case "optimize":
+		err = optimize(ctx, os.Args[2:])
+	case "status":
+		err = status(ctx, os.Args[2:], os.Stdout)
+	case "gc":
+		err = gc(ctx, os.Args[2:], os.Stdout)
+	case "auth-helper":
+		err = authHelper(ctx, os.Args[2:], os.Stdin, os.Stdout)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -13,6 +13,7 @@ import (
 	"github.com/poolfs/poolfs/cache"
 	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/internal/mountpoint"
+	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/remote"
 )
@@ -29,12 +30,19 @@ func serve(ctx context.Context, args []string) error {
 	memCache := fl.Int64("memory-cache-mb", 512, "`MiB` of verified chunks kept in memory")
 	logLevel := fl.String("log-level", "info", "log `LEVEL`: debug, info, warn, error")
 	logFormat := fl.String("log-format", "text", "log `FORMAT`: text or json")
+	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened")
+	backgroundFetch := fl.Bool("background-fetch", false, "after the prefetch, fetch the rest of each layer in the background, yielding to reads")
+	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
+	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
 		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s.\n\nFlags:\n", poolDir)
 		fl.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fl, args)
 	if err != nil {
+		return err
+	}
+	if pos, err = dflags.applyConfig(fl, pos); err != nil {
 		return err
 	}
 	if len(pos) != 1 {
@@ -59,15 +67,41 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("opening cache in %s: %w", *cacheDir, err)
 	}
-	chunks := cache.NewTiered(cache.NewMemory(*memCache<<20), disk)
-	resolver := remote.New(remote.Options{Insecure: insecure, Log: log.WithField("component", "remote")})
+	if err := dflags.capCache(disk, *cacheDir, log.WithField("component", "cache")); err != nil {
+		return err
+	}
+	rs, err := dflags.remote()
+	if err != nil {
+		return err
+	}
+	mem := cache.NewMemory(*memCache << 20)
+	chunks := cache.NewTiered(mem, disk)
+	resolver := remote.New(remote.Options{Insecure: insecure, FetchTimeout: *fetchTimeout, Log: log.WithField("component", "remote"),
+		Registries: rs.registries, Keychain: rs.keychain, OnFetch: rs.onFetch})
 	p := pool.New(resolver, chunks, log.WithField("component", "pool"))
+	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch})
+	// Resolved layers (descriptor and TOC) persist next to the chunks, so
+	// a restart serves known layers without asking the registry. NewDisk
+	// has created the cache directory.
+	metaStore, err := meta.Open(filepath.Join(*cacheDir, "meta.db"))
+	if err != nil {
+		return err
+	}
+	defer metaStore.Close()
+	p.SetMeta(metaStore)
 
-	server, err := layerfs.Mount(mnt, pool.NewRoot(p), layerfs.Options())
+	server, err := layerfs.MountObserved(mnt, pool.NewRoot(p), layerfs.Options(), dflags.fuseObserver())
 	if err != nil {
 		return fmt.Errorf("mounting %s: %w", mnt, err)
 	}
 	log.WithFields(logrus.Fields{"path": mnt, "cache_dir": *cacheDir}).Info("serving")
+	state := &daemonState{mnt: mnt, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, resolver: resolver, keychain: rs.keychain}
+	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
+	if err != nil {
+		_ = unmount(server, mnt)
+		return err
+	}
+	defer stopServices()
 
 	done := make(chan struct{})
 	go func() {

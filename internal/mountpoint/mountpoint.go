@@ -73,8 +73,11 @@ func Prepare(dir string) error {
 		return err
 	}
 	if mounted {
-		var st unix.Stat_t
-		err := unix.Stat(dir, &st)
+		// statfs, not stat: the kernel answers stat of a FUSE root from
+		// its attribute cache (poolfs gives long timeouts), so a dead
+		// mount looks alive to stat; statfs always goes to the daemon.
+		var st unix.Statfs_t
+		err := unix.Statfs(dir, &st)
 		if err == nil {
 			return fmt.Errorf("%s: %w", dir, ErrLive)
 		}

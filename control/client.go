@@ -1,0 +1,93 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+)
+
+// Client talks to a daemon's control socket.
+type Client struct {
+	path string
+	hc   *http.Client
+}
+
+// SocketPath is path if set, else $POOLFS_CONTROL_SOCKET, else DefaultSocket.
+func SocketPath(path string) string {
+	if path != "" {
+		return path
+	}
+	if p := os.Getenv(SocketEnv); p != "" {
+		return p
+	}
+	return DefaultSocket
+}
+
+// NewClient returns a client for the socket at path (see SocketPath).
+func NewClient(path string) *Client {
+	path = SocketPath(path)
+	return &Client{
+		path: path,
+		hc: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", path)
+			},
+		}},
+	}
+}
+
+// Status fetches the daemon's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := c.do(ctx, http.MethodGet, "/status", nil, &s)
+	return s, err
+}
+
+// GC trims the disk cache to keepBytes.
+func (c *Client) GC(ctx context.Context, keepBytes int64) (GCResult, error) {
+	var r GCResult
+	err := c.do(ctx, http.MethodPost, "/gc", GCRequest{KeepBytes: keepBytes}, &r)
+	return r, err
+}
+
+// SetCredentials hands credentials per image reference to the daemon.
+func (c *Client) SetCredentials(ctx context.Context, creds map[string]Credentials) (CredentialsResult, error) {
+	var r CredentialsResult
+	err := c.do(ctx, http.MethodPost, "/credentials", creds, &r)
+	return r, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://poolfs"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("talking to the daemon on %s: %w", c.path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("daemon on %s answered %s: %s", c.path, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("reading the daemon's answer: %w", err)
+	}
+	return nil
+}

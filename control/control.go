@@ -1,0 +1,75 @@
+// Package control is the daemon's control socket: a small HTTP API on a
+// unix socket that only root (the daemon's own user) may use. `poolfs
+// status`, `poolfs gc` and `poolfs auth-helper` are its clients.
+//
+// Requests: GET /status (Status as JSON), POST /gc (trim the disk cache,
+// returns CacheStatus), POST /credentials (a JSON object from image
+// references to Credentials, the ALS auth-helper format).
+package control
+
+import (
+	"time"
+)
+
+// DefaultSocket is where the daemon listens and clients connect unless told
+// otherwise; podman runs the auth helper without arguments, so it must be
+// findable without any.
+const DefaultSocket = "/run/poolfs/control.sock"
+
+// SocketEnv overrides DefaultSocket for clients (the auth helper cannot be
+// given flags by podman).
+const SocketEnv = "POOLFS_CONTROL_SOCKET"
+
+// Status is the daemon's state as `poolfs status` shows it.
+type Status struct {
+	Mountpoint string        `json:"mountpoint"`
+	Layers     []LayerStatus `json:"layers"`
+	Cache      CacheStatus   `json:"cache"`
+}
+
+// LayerStatus is one layer the pool serves.
+type LayerStatus struct {
+	Ref          string    `json:"ref"`
+	Digest       string    `json:"digest"`
+	TOCDigest    string    `json:"toc_digest,omitempty"`
+	Size         int64     `json:"size"`
+	FetchedBytes int64     `json:"fetched_bytes"` // distinct blob bytes received since the daemon started
+	Fetched      float64   `json:"fetched"`       // FetchedBytes / Size, 0..1
+	Uses         int64     `json:"uses"`
+	LastAccess   time.Time `json:"last_access"`
+}
+
+// CacheStatus is the on-disk chunk cache against its cap.
+type CacheStatus struct {
+	Dir         string `json:"dir"`
+	Bytes       int64  `json:"bytes"`
+	MaxBytes    int64  `json:"max_bytes"` // 0: no cap
+	MemoryBytes int64  `json:"memory_bytes"`
+	Hits        int64  `json:"hits"`
+	Misses      int64  `json:"misses"`
+	Evictions   int64  `json:"evictions"`
+}
+
+// Credentials is one entry of the ALS auth-helper input.
+type Credentials struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	IdentityToken string `json:"identityToken,omitempty"`
+}
+
+// GCRequest asks to trim the disk cache down to KeepBytes.
+type GCRequest struct {
+	KeepBytes int64 `json:"keep_bytes"`
+}
+
+// GCResult reports a trim.
+type GCResult struct {
+	FreedBytes int64       `json:"freed_bytes"`
+	Cache      CacheStatus `json:"cache"`
+}
+
+// CredentialsResult says which registries credentials were recorded for
+// (names only, never the secrets).
+type CredentialsResult struct {
+	Registries []string `json:"registries"`
+}

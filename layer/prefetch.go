@@ -1,0 +1,192 @@
+package layer
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+)
+
+const (
+	// prefetchPiece is how many compressed bytes one prefetch range
+	// request asks for: big enough that round trips do not dominate, small
+	// enough that the first files land (and readers waiting on them go on)
+	// long before the whole prefetch set has arrived.
+	prefetchPiece = 1 << 20
+
+	// prefetchParallel range requests are in flight at once, so the link
+	// stays busy across round trips.
+	prefetchParallel = 4
+
+	// backgroundPiece is the size of one range request of FetchAll; it
+	// runs one at a time, so a reader waits for at most one of them.
+	backgroundPiece = 4 << 20
+)
+
+// FetchStats says what a Prefetch or FetchAll call covered.
+type FetchStats struct {
+	Files  int   // regular files with content
+	Chunks int   // distinct chunks they need
+	Bytes  int64 // compressed bytes of those chunks (some may have been cached already)
+}
+
+// Prefetch fetches the content of the prioritized files (those before
+// .prefetch.landmark, see Prioritized) into the cache, in blob order, with
+// a few range requests of about prefetchPiece bytes in flight at once.
+// Chunks go through the same singleflight as ReadAt: a chunk already
+// cached or being fetched for a reader is not fetched again, and a reader
+// that needs a chunk this call is fetching waits for it instead of
+// fetching it itself. It returns when all pieces are done; the error is
+// the first failure (the other pieces are still fetched).
+func (l *Layer) Prefetch(ctx context.Context) (FetchStats, error) {
+	return l.fetchEntries(ctx, l.prioritized, prefetchPiece, prefetchParallel, false)
+}
+
+// FetchAll fetches the content of every file of the layer into the cache,
+// in blob order, one range request of about backgroundPiece bytes at a
+// time, pausing while ReadAt calls are in progress so that on-demand reads
+// have the link to themselves. Like Prefetch it never fetches a chunk that
+// is cached or in flight. Meant to run in the background after Prefetch.
+func (l *Layer) FetchAll(ctx context.Context) (FetchStats, error) {
+	var files []*Entry
+	seen := map[*Entry]bool{}
+	var walk func(e *Entry)
+	walk = func(e *Entry) {
+		for _, name := range e.Names {
+			c := e.Children[name]
+			switch {
+			case c == nil || seen[c]:
+			case c.Type == TypeDir:
+				walk(c)
+			case c.Type == TypeReg && c.file != nil:
+				seen[c] = true
+				files = append(files, c)
+			}
+		}
+	}
+	walk(l.root)
+	return l.fetchEntries(ctx, files, backgroundPiece, 1, true)
+}
+
+// fetchEntries fetches the chunks of entries in pieces of about piece
+// compressed bytes, parallel pieces at a time.
+func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64, parallel int, yield bool) (FetchStats, error) {
+	var st FetchStats
+	seen := map[chunkKey]bool{}
+	var chunks []*chunk
+	for _, e := range entries {
+		if e == nil || e.file == nil {
+			continue
+		}
+		st.Files++
+		for _, c := range e.file.chunks {
+			if c.digest == "" || c.size > maxChunkSize || seen[c.key()] {
+				continue // ReadAt refuses these anyway
+			}
+			seen[c.key()] = true
+			chunks = append(chunks, c)
+			st.Chunks++
+			st.Bytes += c.blobEnd - c.blobOff
+		}
+	}
+	sort.Slice(chunks, func(i, j int) bool {
+		a, b := chunks[i], chunks[j]
+		return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
+	})
+
+	// Pieces of consecutive chunks; chunks sharing a gzip member stay in
+	// one piece so that no member is fetched by two requests.
+	var pieces [][]*chunk
+	var cur []*chunk
+	var curStart int64
+	for _, c := range chunks {
+		if len(cur) > 0 && c.blobEnd-curStart > piece && c.blobOff != cur[len(cur)-1].blobOff {
+			pieces = append(pieces, cur)
+			cur = nil
+		}
+		if len(cur) == 0 {
+			curStart = c.blobOff
+		}
+		cur = append(cur, c)
+	}
+	if len(cur) > 0 {
+		pieces = append(pieces, cur)
+	}
+
+	work := make(chan []*chunk)
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	for range max(parallel, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range work {
+				if yield {
+					l.waitIdle(ctx)
+				}
+				if _, err := l.getChunks(ctx, "(prefetch)", p); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, p := range pieces {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return st, firstErr
+}
+
+// waitIdle returns once no ReadAt is in progress (or ctx ends).
+func (l *Layer) waitIdle(ctx context.Context) {
+	for l.reading.Load() > 0 && ctx.Err() == nil {
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// splitTail splits runs that reach into the tail Open fetched: the chunks
+// wholly inside it are served from it, only the others are fetched (the
+// tail is the end of the blob, so both parts stay contiguous).
+func (l *Layer) splitTail(runs []run) []run {
+	if len(l.tail) == 0 {
+		return runs
+	}
+	tailEnd := l.tailStart + int64(len(l.tail))
+	out := make([]run, 0, len(runs))
+	for _, r := range runs {
+		if r.end <= l.tailStart || (r.start >= l.tailStart && r.end <= tailEnd) {
+			out = append(out, r)
+			continue
+		}
+		var in, rest run
+		for _, c := range r.chunks {
+			part := &rest
+			if c.blobOff >= l.tailStart && c.blobEnd <= tailEnd {
+				part = &in
+			}
+			if len(part.chunks) == 0 {
+				part.start, part.end = c.blobOff, c.blobEnd
+			}
+			part.start, part.end = min(part.start, c.blobOff), max(part.end, c.blobEnd)
+			part.chunks = append(part.chunks, c)
+		}
+		for _, p := range []run{rest, in} {
+			if len(p.chunks) > 0 {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}

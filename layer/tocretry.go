@@ -1,0 +1,37 @@
+package layer
+
+import (
+	"context"
+	"errors"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+)
+
+// fetchError marks a TOC read that failed in transport: the BlobReader has
+// already spent its own retries on it, so fetching again here would only
+// multiply the wait.
+type fetchError struct{ err error }
+
+func (e *fetchError) Error() string { return e.err.Error() }
+func (e *fetchError) Unwrap() error { return e.err }
+
+// readTOCVerified is readTOC, fetched again (up to verifyAttempts in all)
+// when the bytes that arrived do not make a valid TOC: a footer, gzip
+// stream, JSON or TOC digest spoiled in transit must not fail the layer, and
+// above all must not make the pool remember it as "not eStargz" forever.
+// A blob that really is not eStargz costs verifyAttempts tail reads once.
+func readTOCVerified(ctx context.Context, blob BlobReader, want digest.Digest, log *logrus.Entry) (*rawTOC, error) {
+	for attempt := 1; ; attempt++ {
+		raw, err := readTOC(ctx, blob, want)
+		var fe *fetchError
+		if err == nil || errors.As(err, &fe) || attempt >= verifyAttempts || ctx.Err() != nil {
+			return raw, err
+		}
+		if blob.Size() < legacyFooterSize {
+			return raw, err // decided without fetching: nothing to gain
+		}
+		log.WithFields(logrus.Fields{"attempt": attempt, "size": blob.Size()}).WithError(err).
+			Warn("TOC failed its checks; fetching it again")
+	}
+}

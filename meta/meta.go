@@ -1,0 +1,177 @@
+// Package meta keeps what the pool learned about layers (the registry's
+// layer descriptor and the eStargz TOC) in an embedded bbolt database, so
+// that after a restart a known layer is served again without a registry
+// round trip. It stores and returns records; deciding whether a record can
+// still be trusted (TOC digest check) is the caller's job.
+package meta
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/remote"
+)
+
+// Record is everything needed to reopen one layer without the registry.
+type Record struct {
+	Desc remote.LayerDesc
+	TOC  layer.TOC
+}
+
+var (
+	bucketRefs   = []byte("refs")   // ref + "\x00" + lookup digest -> blob digest
+	bucketLayers = []byte("layers") // blob digest -> JSON layerRecord
+	bucketTOCs   = []byte("tocs")   // TOC digest -> gzip of the TOC JSON
+)
+
+// layerRecord is the stored form of Record without the (big) TOC JSON,
+// which lives in its own bucket.
+type layerRecord struct {
+	Desc      remote.LayerDesc `json:"desc"`
+	TOCDigest digest.Digest    `json:"toc_digest"`
+	TOCOffset int64            `json:"toc_offset"`
+}
+
+// maxTOCJSON bounds what a damaged record can make Lookup allocate.
+const maxTOCJSON = 1 << 30
+
+// Store is the metadata database; it is safe for concurrent use.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the database at path. It fails after a
+// few seconds if another process holds it, rather than blocking a daemon
+// start forever.
+func Open(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("opening metadata store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("initialising metadata store %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func refKey(ref string, d digest.Digest) []byte {
+	return []byte(ref + "\x00" + d.String())
+}
+
+// Put records rec as the answer for (ref, d), where d is the digest the
+// layer was asked for (blob or TOC digest).
+func (s *Store) Put(ref string, d digest.Digest, rec Record) error {
+	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset})
+	if err != nil {
+		return fmt.Errorf("encoding record of layer %s: %w", rec.Desc.Digest, err)
+	}
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	if _, err := zw.Write(rec.TOC.JSON); err != nil {
+		return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		blob := []byte(rec.Desc.Digest.String())
+		if err := tx.Bucket(bucketTOCs).Put([]byte(rec.TOC.Digest.String()), z.Bytes()); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketLayers).Put(blob, lr); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketRefs).Put(refKey(ref, d), blob)
+	})
+	if err != nil {
+		return fmt.Errorf("storing record of layer %s for %s: %w", rec.Desc.Digest, ref, err)
+	}
+	return nil
+}
+
+// ErrNotFound says the store knows nothing about the layer.
+var ErrNotFound = errors.New("no stored record")
+
+// Lookup returns the record stored for (ref, d), or ErrNotFound.
+func (s *Store) Lookup(ref string, d digest.Digest) (Record, error) {
+	var (
+		lr layerRecord
+		z  []byte
+	)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		blob := tx.Bucket(bucketRefs).Get(refKey(ref, d))
+		if blob == nil {
+			return ErrNotFound
+		}
+		raw := tx.Bucket(bucketLayers).Get(blob)
+		if raw == nil {
+			return ErrNotFound
+		}
+		if err := json.Unmarshal(raw, &lr); err != nil {
+			return fmt.Errorf("decoding record of layer %s: %w", blob, err)
+		}
+		tz := tx.Bucket(bucketTOCs).Get([]byte(lr.TOCDigest.String()))
+		if tz == nil {
+			return ErrNotFound
+		}
+		z = append([]byte(nil), tz...) // only valid inside the transaction
+		return nil
+	})
+	if err != nil {
+		return Record{}, err
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(z))
+	if err != nil {
+		return Record{}, fmt.Errorf("reading stored TOC %s: %w", lr.TOCDigest, err)
+	}
+	tocJSON, err := io.ReadAll(io.LimitReader(zr, maxTOCJSON))
+	if err != nil {
+		return Record{}, fmt.Errorf("reading stored TOC %s: %w", lr.TOCDigest, err)
+	}
+	return Record{
+		Desc: lr.Desc,
+		TOC:  layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, JSON: tocJSON},
+	}, nil
+}
+
+// Delete forgets the layer with blob digest blob (refs that point at it
+// then find nothing).
+func (s *Store) Delete(blob digest.Digest) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		lb := tx.Bucket(bucketLayers)
+		if raw := lb.Get([]byte(blob.String())); raw != nil {
+			var lr layerRecord
+			if json.Unmarshal(raw, &lr) == nil && lr.TOCDigest != "" {
+				if err := tx.Bucket(bucketTOCs).Delete([]byte(lr.TOCDigest.String())); err != nil {
+					return err
+				}
+			}
+		}
+		return lb.Delete([]byte(blob.String()))
+	})
+	if err != nil {
+		return fmt.Errorf("deleting record of layer %s: %w", blob, err)
+	}
+	return nil
+}

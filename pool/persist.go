@@ -1,0 +1,96 @@
+package pool
+
+import (
+	"context"
+	"errors"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/meta"
+	"github.com/poolfs/poolfs/remote"
+)
+
+// SetMeta makes the pool record every layer it opens in m and, on a
+// lookup it has not served since it started, reopen the layer from m
+// without asking the registry. Call it before the pool serves lookups.
+//
+// Records are keyed by the reference and digest the client asked for. For
+// a tag reference this trusts the tag's resolution from when the record
+// was made, for the daemon's life and across restarts: the record names
+// the layer by digest, and a (tag, layer digest) pair that resolved once
+// names the same content forever, even if the tag has moved since (the
+// client asks by layer digest, and that layer's bytes do not change).
+func (p *Pool) SetMeta(m *meta.Store) { p.meta = m }
+
+// openStored returns the layer key names from the metadata store, or nil
+// if the store does not know it or its record fails verification (then
+// the record is dropped, and the caller goes to the registry).
+func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) *Layer {
+	if p.meta == nil {
+		return nil
+	}
+	rec, err := p.meta.Lookup(key.Ref, key.Digest)
+	if errors.Is(err, meta.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		log.WithError(err).Warn("reading stored layer record failed; asking the registry")
+		return nil
+	}
+	if key.TOCDigest != "" && rec.TOC.Digest != key.TOCDigest {
+		return nil // let the registry path report the mismatch
+	}
+	drop := func(err error) *Layer {
+		log.WithError(err).Warn("stored layer record is damaged; dropping it and asking the registry")
+		if derr := p.meta.Delete(rec.Desc.Digest); derr != nil {
+			log.WithError(derr).Warn("dropping damaged layer record failed")
+		}
+		return nil
+	}
+	if rec.Desc.TOCDigest != "" && rec.Desc.TOCDigest != rec.TOC.Digest {
+		return drop(errors.New("record's descriptor and TOC name different TOC digests"))
+	}
+
+	p.mu.Lock()
+	if l, ok := p.layers[rec.Desc.Digest]; ok {
+		p.mu.Unlock()
+		return l
+	}
+	p.mu.Unlock()
+
+	// Blob access needs no network until the first read.
+	blob, err := p.resolver.Blob(ctx, rec.Desc)
+	if err != nil {
+		return drop(err)
+	}
+	view, err := layer.OpenStored(blob, rec.TOC, p.cache, log)
+	if err != nil {
+		return drop(err)
+	}
+	l := &Layer{Desc: rec.Desc, Blob: blob, View: view}
+	p.mu.Lock()
+	if prev, ok := p.layers[rec.Desc.Digest]; ok {
+		l = prev
+	} else {
+		p.layers[rec.Desc.Digest] = l
+		// Like a layer opened from the registry; after a restart its
+		// prioritized chunks are usually in the disk cache already.
+		p.startPrefetch(l, log)
+	}
+	p.mu.Unlock()
+	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
+	return l
+}
+
+// persist records a layer just opened from the registry. A failure costs
+// only a registry round trip after the next restart, so it is logged, not
+// returned.
+func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
+	if p.meta == nil {
+		return
+	}
+	if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
+		log.WithError(err).Warn("storing layer record failed")
+	}
+}

@@ -1,0 +1,514 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/test/fixture"
+)
+
+func lookPath(p string) (string, error) {
+	if _, err := exec.LookPath(p); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		if _, err := os.Stat(filepath.Join(d, p)); err == nil {
+			return filepath.Join(d, p), nil
+		}
+	}
+	return exec.LookPath(p)
+}
+
+type bench struct {
+	c    config
+	reg  *fixture.Registry
+	link *link
+	repo string
+	ctx  context.Context
+	seq  int
+}
+
+// preparedWorkload is a workload with its images pushed and what it reads.
+type preparedWorkload struct {
+	image    string
+	w        workload
+	gzipRef  string
+	lazyRef  string
+	optRef   string
+	files    []string // regular files the workload opens, real paths in first-open order
+	needUnc  int64    // their uncompressed size
+	needComp int64    // their compressed size in the eStargz layer
+	gzipSize int64    // compressed size of the gzip layer
+	lazySize int64    // of the eStargz layer
+	optPrio  int      // files before the landmark in the optimized layer
+}
+
+func (b *bench) prepare(spec imageSpec) ([]*preparedWorkload, error) {
+	rf, err := buildRootfs(b.c.work, spec.name, spec.packages)
+	if err != nil {
+		return nil, err
+	}
+	logf("%s rootfs: %d MiB tar", spec.name, len(rf.tar)>>20)
+	tars := [][]byte{rf.tar}
+	opts := fixture.ImageOptions{Cmd: []string{"/bin/sh"}}
+
+	gzipRef := fixture.ImageRef(b.reg.Host, "bench/"+spec.name, "gzip")
+	lazyRef := fixture.ImageRef(b.reg.Host, "bench/"+spec.name, "estargz")
+	t0 := time.Now()
+	gzo := opts
+	gzo.Gzip = true
+	gzImg, err := fixture.BuildImage(tars, gzo)
+	if err != nil {
+		return nil, err
+	}
+	if err := gzImg.Push(b.ctx, gzipRef); err != nil {
+		return nil, err
+	}
+	lazyImg, err := fixture.BuildImage(tars, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := lazyImg.Push(b.ctx, lazyRef); err != nil {
+		return nil, err
+	}
+	logf("pushed %s (%d MiB) and %s (%d MiB) in %v", gzipRef, gzImg.Layers[0].Info.Size>>20,
+		lazyRef, lazyImg.Layers[0].Info.Size>>20, time.Since(t0).Round(time.Second))
+	lazyLayer, err := openLayer(lazyImg.Layers[0].Blob)
+	if err != nil {
+		return nil, err
+	}
+
+	var out []*preparedWorkload
+	for i, w := range spec.workloads {
+		files, err := rf.filesRead(w.argv)
+		if err != nil {
+			return nil, err
+		}
+		p := &preparedWorkload{
+			image: spec.name, w: w, gzipRef: gzipRef, lazyRef: lazyRef, files: files,
+			gzipSize: gzImg.Layers[0].Info.Size, lazySize: lazyImg.Layers[0].Info.Size,
+		}
+		p.needUnc, p.needComp = neededBytes(lazyLayer, files)
+		o := opts
+		o.PrioritizedFiles = files
+		p.optRef = fixture.ImageRef(b.reg.Host, "bench/"+spec.name, fmt.Sprintf("opt%d", i))
+		optImg, err := fixture.BuildImage(tars, o)
+		if err != nil {
+			return nil, fmt.Errorf("optimized image for %s: %w", w.name, err)
+		}
+		if err := optImg.Push(b.ctx, p.optRef); err != nil {
+			return nil, err
+		}
+		ol, err := openLayer(optImg.Layers[0].Blob)
+		if err != nil {
+			return nil, err
+		}
+		p.optPrio = len(ol.Prioritized())
+		logf("%s %q opens %d files: %.1f MB, %.1f MB compressed; optimized image %s has %d prioritized files",
+			spec.name, w.name, len(files), mb(p.needUnc), mb(p.needComp), p.optRef, p.optPrio)
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+type memBlob []byte
+
+func (m memBlob) Size() int64 { return int64(len(m)) }
+func (m memBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return bytes.NewReader(m).ReadAt(p, off)
+}
+
+func openLayer(blob []byte) (*layer.Layer, error) {
+	return layer.Open(context.Background(), memBlob(blob), "", nil, nil)
+}
+
+func lookupEntry(l *layer.Layer, p string) *layer.Entry {
+	e := l.Root()
+	for _, part := range strings.Split(p, "/") {
+		if e == nil || e.Children == nil {
+			return nil
+		}
+		e = e.Children[part]
+	}
+	return e
+}
+
+// neededBytes sums the sizes of files, uncompressed and as compressed
+// ranges of the layer (each range counted once).
+func neededBytes(l *layer.Layer, files []string) (unc, comp int64) {
+	type span struct{ s, e int64 }
+	var spans []span
+	for _, f := range files {
+		e := lookupEntry(l, f)
+		if e == nil || e.Type != layer.TypeReg {
+			continue
+		}
+		unc += e.Size
+		s, en := l.CompressedRange(e)
+		if en > s {
+			spans = append(spans, span{s, en})
+		}
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i].s < spans[j].s })
+	var end int64 = -1
+	for _, sp := range spans {
+		if sp.s >= end {
+			comp += sp.e - sp.s
+			end = sp.e
+		} else if sp.e > end {
+			comp += sp.e - end
+			end = sp.e
+		}
+	}
+	return unc, comp
+}
+
+// caseResult is one case (pull, lazy, ...) of a workload, over all runs.
+type caseResult struct {
+	name     string
+	times    []time.Duration
+	bytes    []int64
+	requests []int64
+	blobReqs []int64
+}
+
+type workloadResult struct {
+	p       *preparedWorkload
+	cases   []*caseResult // in display order; "local" is among them
+	lower   time.Duration
+	byName  map[string]*caseResult
+	rtts    int
+	rttCost time.Duration
+}
+
+const lowerBoundRTTs = 3 // manifest, config, one range request
+
+func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
+	r := &workloadResult{p: p, byName: map[string]*caseResult{}, rtts: lowerBoundRTTs}
+	add := func(name string) *caseResult {
+		c := &caseResult{name: name}
+		r.cases = append(r.cases, c)
+		r.byName[name] = c
+		return c
+	}
+	pull, local := add("full pull (gzip)"), add("local (image already pulled)")
+	lazy, opt := add("poolfs, eStargz"), add("poolfs, eStargz optimized")
+	warm := add("poolfs optimized, daemon cache warm")
+	var vars []*caseResult
+	for _, v := range b.c.variants {
+		vars = append(vars, add("poolfs optimized, "+v.name))
+	}
+	logf("measuring %s %q: %d runs", p.image, p.w.name, b.c.runs)
+	for i := 0; i < b.c.runs; i++ {
+		if !b.c.noPull {
+			if err := b.runCase(p, p.gzipRef, false, nil, pull, local); err != nil {
+				return nil, err
+			}
+		}
+		if err := b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil); err != nil {
+			return nil, err
+		}
+		if err := b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm); err != nil {
+			return nil, err
+		}
+		for j, v := range b.c.variants {
+			args := append(append([]string{}, b.c.daemonArg...), v.args...)
+			if err := b.runCase(p, p.optRef, true, args, vars[j], nil); err != nil {
+				return nil, err
+			}
+		}
+	}
+	r.rttCost = time.Duration(r.rtts) * b.c.delay
+	r.lower = median(local.times) + r.rttCost + b.link.transferTime(p.needComp)
+	return r, nil
+}
+
+// runCase runs the workload once cold: fresh podman store, and with
+// poolfs a fresh daemon with an empty cache. If local is not nil, the
+// workload runs a second time from the now local image.
+func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs []string, c, local *caseResult) error {
+	b.seq++
+	dir := filepath.Join(b.c.work, "runs", fmt.Sprintf("%03d", b.seq))
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if !b.c.keep {
+		defer os.RemoveAll(dir)
+	}
+	als := ""
+	var d *fixture.Daemon
+	if pool {
+		als = filepath.Join(dir, "store")
+		var err error
+		d, err = fixture.StartDaemon(fixture.DaemonOptions{
+			Binary:             b.c.poolfs,
+			Root:               als,
+			CacheDir:           filepath.Join(dir, "cache"),
+			InsecureRegistries: []string{b.reg.Host},
+			LogLevel:           "info",
+			LogFile:            filepath.Join(dir, "poolfs.log"),
+			ExtraArgs:          daemonArgs,
+		})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := d.Stop(); err != nil {
+				logf("stopping poolfs: %v", err)
+			}
+		}()
+	}
+	pm, err := fixture.NewPodman(filepath.Join(dir, "podman"), fixture.PodmanOptions{
+		RepoRoot: b.repo, ALS: als, InsecureRegistries: []string{b.reg.Host},
+	})
+	if err != nil {
+		return err
+	}
+	defer pm.Cleanup()
+
+	args := append([]string{"run", "--rm", "--network=none", "--tls-verify=false", ref}, p.w.argv...)
+	if b.c.podmanLog != "" {
+		args = append([]string{"--log-level=" + b.c.podmanLog}, args...)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
+	defer cancel()
+	b.reg.ResetStats()
+	t0 := time.Now()
+	out, stderr, err := pm.Run(ctx, args...)
+	took := time.Since(t0)
+	st := b.reg.Stats()
+	if b.c.keep {
+		_ = os.WriteFile(filepath.Join(dir, "podman.stderr"), []byte(stderr), 0o644)
+		logText := fmt.Sprintf("podman run started %s\n%s", t0.Format("15:04:05.000"), b.reg.RequestLog())
+		_ = os.WriteFile(filepath.Join(dir, "requests.log"), []byte(logText), 0o644)
+	}
+	if err != nil {
+		if d != nil {
+			err = fmt.Errorf("%w\npoolfs log:\n%s", err, d.LogTail(8<<10))
+		}
+		return err
+	}
+	if p.w.want != "" && !strings.Contains(out+stderr, p.w.want) {
+		return fmt.Errorf("%s: output %q does not contain %q", pm.CommandLine(args...), out+stderr, p.w.want)
+	}
+	c.times = append(c.times, took)
+	c.bytes = append(c.bytes, st.BlobBytes)
+	c.requests = append(c.requests, st.Requests)
+	c.blobReqs = append(c.blobReqs, st.BlobGets)
+	logf("  %-34s %7.3f s  %8.2f MB  %3d requests (%d blob GETs)", c.name, took.Seconds(), mb(st.BlobBytes), st.Requests, st.BlobGets)
+	if local != nil {
+		// Without poolfs: the image is now in the store. With poolfs: a
+		// fresh podman store on the same daemon, whose cache is now warm.
+		if pool {
+			if pm, err = fixture.NewPodman(filepath.Join(dir, "podman2"), fixture.PodmanOptions{
+				RepoRoot: b.repo, ALS: als, InsecureRegistries: []string{b.reg.Host},
+			}); err != nil {
+				return err
+			}
+			defer pm.Cleanup()
+		}
+		b.reg.ResetStats()
+		t0 := time.Now()
+		if _, _, err := pm.Run(ctx, args...); err != nil {
+			return err
+		}
+		took := time.Since(t0)
+		st := b.reg.Stats()
+		local.times = append(local.times, took)
+		local.bytes = append(local.bytes, st.BlobBytes)
+		local.requests = append(local.requests, st.Requests)
+		local.blobReqs = append(local.blobReqs, st.BlobGets)
+		logf("  %-34s %7.3f s", local.name, took.Seconds())
+	}
+	return nil
+}
+
+// fsResult holds the warm read and metadata walk measurements.
+type fsResult struct {
+	bigMiB                  int
+	mountRead, diskRead     []time.Duration
+	entries                 int
+	mountWalk1, mountWalk2  []time.Duration
+	diskWalk1, diskWalk2    []time.Duration
+	mountEntries, diskCount int
+}
+
+func dropCaches() error {
+	exec.Command("sync").Run()
+	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o644)
+}
+
+func readAll(p string) (time.Duration, int64, error) {
+	if err := dropCaches(); err != nil {
+		return 0, 0, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	t0 := time.Now()
+	n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf)
+	return time.Since(t0), n, err
+}
+
+func walk(root string) (time.Duration, int, error) {
+	n := 0
+	t0 := time.Now()
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if _, err := os.Lstat(p); err != nil {
+			return err
+		}
+		n++
+		return nil
+	})
+	return time.Since(t0), n, err
+}
+
+func (b *bench) measureFS() (*fsResult, error) {
+	r := &fsResult{bigMiB: b.c.bigMiB}
+	logf("read throughput: building a %d MiB file", b.c.bigMiB)
+	data := fixture.RandomBytes(7, b.c.bigMiB<<20)
+	bigTar := fixture.BuildTar([]fixture.TarEntry{{Name: "big.bin", Mode: 0o644, Content: data}})
+	bigRef := fixture.ImageRef(b.reg.Host, "bench/big", "estargz")
+	img, err := fixture.BuildImage([][]byte{bigTar}, fixture.ImageOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if err := img.Push(b.ctx, bigRef); err != nil {
+		return nil, err
+	}
+	diskBig := filepath.Join(b.c.work, "big.bin")
+	if err := os.WriteFile(diskBig, data, 0o644); err != nil {
+		return nil, err
+	}
+	defer os.Remove(diskBig)
+	data, bigTar = nil, nil
+
+	pyRef := fixture.ImageRef(b.reg.Host, "bench/python", "estargz")
+	pyDigest := ""
+	if body, _, _, err := fixture.FetchManifest(b.ctx, pyRef); err == nil {
+		pyDigest = layerDigestOf(body)
+	}
+
+	dir := filepath.Join(b.c.work, "runs", "fs")
+	os.RemoveAll(dir)
+	if !b.c.keep {
+		defer os.RemoveAll(dir)
+	}
+	d, err := fixture.StartDaemon(fixture.DaemonOptions{
+		Binary: b.c.poolfs, Root: filepath.Join(dir, "store"), CacheDir: filepath.Join(dir, "cache"),
+		InsecureRegistries: []string{b.reg.Host}, LogLevel: "info", LogFile: filepath.Join(dir, "poolfs.log"),
+		ExtraArgs: b.c.daemonArg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Stop()
+	diffOf := func(ref, dgst string) string {
+		return filepath.Join(d.Mountpoint, base64.StdEncoding.EncodeToString([]byte(ref)), dgst, "diff")
+	}
+	mountBig := filepath.Join(diffOf(bigRef, img.Layers[0].Info.Digest.String()), "big.bin")
+	if _, n, err := readAll(mountBig); err != nil || n != int64(b.c.bigMiB)<<20 {
+		return nil, fmt.Errorf("first read of %s: %d bytes, %v", mountBig, n, err)
+	}
+	for i := 0; i < b.c.fsRuns; i++ {
+		t, _, err := readAll(mountBig)
+		if err != nil {
+			return nil, err
+		}
+		r.mountRead = append(r.mountRead, t)
+		t2, _, err := readAll(diskBig)
+		if err != nil {
+			return nil, err
+		}
+		r.diskRead = append(r.diskRead, t2)
+		logf("  warm read %d MiB: mount %.3f s, disk %.3f s", b.c.bigMiB, t.Seconds(), t2.Seconds())
+	}
+
+	if pyDigest != "" {
+		mountPy := diffOf(pyRef, pyDigest)
+		diskPy := filepath.Join(b.c.work, "python.rootfs")
+		for i := 0; i < b.c.fsRuns; i++ {
+			if err := dropCaches(); err != nil {
+				return nil, err
+			}
+			t1, n1, err := walk(mountPy)
+			if err != nil {
+				return nil, err
+			}
+			t2, _, err := walk(mountPy)
+			if err != nil {
+				return nil, err
+			}
+			if err := dropCaches(); err != nil {
+				return nil, err
+			}
+			t3, n3, err := walk(diskPy)
+			if err != nil {
+				return nil, err
+			}
+			t4, _, err := walk(diskPy)
+			if err != nil {
+				return nil, err
+			}
+			r.mountWalk1, r.mountWalk2 = append(r.mountWalk1, t1), append(r.mountWalk2, t2)
+			r.diskWalk1, r.diskWalk2 = append(r.diskWalk1, t3), append(r.diskWalk2, t4)
+			r.mountEntries, r.diskCount = n1, n3
+			logf("  metadata walk: mount %d entries %.3f s then %.3f s; disk %d entries %.3f s then %.3f s",
+				n1, t1.Seconds(), t2.Seconds(), n3, t3.Seconds(), t4.Seconds())
+		}
+	}
+	return r, nil
+}
+
+// layerDigestOf returns the first layer digest of a manifest.
+func layerDigestOf(manifest []byte) string {
+	i := bytes.Index(manifest, []byte(`"layers"`))
+	if i < 0 {
+		return ""
+	}
+	rest := manifest[i:]
+	j := bytes.Index(rest, []byte(`"sha256:`))
+	if j < 0 {
+		return ""
+	}
+	rest = rest[j+1:]
+	k := bytes.IndexByte(rest, '"')
+	return string(rest[:k])
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func medianInt(xs []int64) int64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]int64(nil), xs...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func mb(n int64) float64 { return float64(n) / 1e6 }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func printWorkload(w io.Writer, c config, r *workloadResult) {
+	fmt.Fprintln(w)
+	writeWorkload(w, c, r)
+}
+
+// writeWorkload writes one workload's table (Markdown, readable as text).
+func writeWorkload(w io.Writer, c config, r *workloadResult) {
+	p := r.p
+	pull := median(r.byName["full pull (gzip)"].times)
+	fmt.Fprintf(w, "### %s: `%s`\n\n", p.image, strings.Join(quoteArgs(p.w.argv), " "))
+	fmt.Fprintf(w, "Layer: %.1f MB gzip, %.1f MB eStargz. The workload opens %d files, %.1f MB (%.1f MB compressed). "+
+		"Lower bound = local run %.3f s + %d round trips (%v) + %.1f MB at %g Mbit/s (%.3f s) = **%.3f s**.\n\n",
+		mb(p.gzipSize), mb(p.lazySize), len(p.files), mb(p.needUnc), mb(p.needComp),
+		median(r.byName["local (image already pulled)"].times).Seconds(), r.rtts, r.rttCost, mb(p.needComp), c.mbit,
+		(r.lower - median(r.byName["local (image already pulled)"].times) - r.rttCost).Seconds(), r.lower.Seconds())
+	fmt.Fprintln(w, "| case | median time | x lower bound | faster than full pull | blob MB fetched | x needed | requests (blob GETs) | runs |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, cr := range r.cases {
+		t := median(cr.times)
+		by := medianInt(cr.bytes)
+		need := "-"
+		if p.needComp > 0 && by > 0 {
+			need = fmt.Sprintf("%.2fx", float64(by)/float64(p.needComp))
+		}
+		fmt.Fprintf(w, "| %s | %.3f s | %.2fx | %.1fx | %.2f | %s | %d (%d) | %s |\n",
+			cr.name, t.Seconds(), ratio(t, r.lower), ratio(pull, t), mb(by), need,
+			medianInt(cr.requests), medianInt(cr.blobReqs), secondsList(cr.times))
+	}
+	fmt.Fprintln(w)
+}
+
+func printFS(w io.Writer, r *fsResult) {
+	fmt.Fprintln(w)
+	writeFS(w, r)
+}
+
+func writeFS(w io.Writer, r *fsResult) {
+	fmt.Fprintln(w, "### Through the mount vs local disk")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| measurement | poolfs mount | local disk | mount / disk speed |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: |")
+	mr, dr := median(r.mountRead), median(r.diskRead)
+	mib := float64(r.bigMiB)
+	fmt.Fprintf(w, "| warm sequential read of a %d MiB file, page cache dropped | %.3f s (%.0f MiB/s) | %.3f s (%.0f MiB/s) | %.0f%% |\n",
+		r.bigMiB, mr.Seconds(), mib/mr.Seconds(), dr.Seconds(), mib/dr.Seconds(), 100*dr.Seconds()/mr.Seconds())
+	if len(r.mountWalk1) > 0 {
+		m1, m2, d1, d2 := median(r.mountWalk1), median(r.mountWalk2), median(r.diskWalk1), median(r.diskWalk2)
+		fmt.Fprintf(w, "| metadata walk of the python root (%d / %d entries), first, caches dropped | %.3f s | %.3f s | %.2fx disk time |\n",
+			r.mountEntries, r.diskCount, m1.Seconds(), d1.Seconds(), ratio(m1, d1))
+		fmt.Fprintf(w, "| metadata walk, second | %.3f s | %.3f s | %.2fx disk time |\n", m2.Seconds(), d2.Seconds(), ratio(m2, d2))
+	}
+	fmt.Fprintln(w)
+}
+
+type report struct {
+	c         config
+	workloads []*workloadResult
+	fs        *fsResult
+	took      time.Duration
+	date      time.Time
+}
+
+func (rep report) write(path string) error {
+	var b strings.Builder
+	c := rep.c
+	fmt.Fprintln(&b, "# Benchmarks")
+	fmt.Fprintln(&b)
+	fmt.Fprintf(&b, "Written by `make bench` (`go run ./test/bench`) on %s; the run took %v.\n\n", rep.date.Format("2006-01-02 15:04 MST"), rep.took.Round(time.Second))
+	fmt.Fprintf(&b, "Machine: %s.\n\n", machine())
+	fmt.Fprintf(&b, "Link: %v per request, %g Mbit/s shared by all responses (in-process registry on 127.0.0.1 behind a user-space delay and token bucket). "+
+		"%d cold run(s) per case, medians shown (all runs in the last column, seconds). Flags: `%s`.\n\n",
+		c.delay, c.mbit, c.runs, strings.Join(os.Args[1:], " "))
+	fmt.Fprintln(&b, "Cold means a fresh podman store, and for poolfs a freshly started daemon with an empty cache. "+
+		"Each image is one layer holding a debootstrap minbase root. *Optimized* images are standard eStargz with the files the workload opens "+
+		"(found with strace in a chroot, plus /etc/passwd and /etc/group which the runtime reads) first, before `.prefetch.landmark`. "+
+		"*Needed* bytes are the compressed ranges of those files in the eStargz layer. Times are `podman run --rm --network=none IMAGE WORKLOAD`, pull included. "+
+		"*Daemon cache warm* is a second run on a fresh podman store against the same daemon, whose cache now holds what the first run read: "+
+		"the floor poolfs could reach with no network at all, i.e. the cost of a cold podman store, which the lower bound (a warm store) does not pay. "+
+		"The ratios compare cases measured side by side in this run.")
+	fmt.Fprintln(&b)
+	for _, r := range rep.workloads {
+		writeWorkload(&b, c, r)
+	}
+	if rep.fs != nil {
+		writeFS(&b, rep.fs)
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+func machine() string {
+	var u syscall.Utsname
+	kernel := "?"
+	if syscall.Uname(&u) == nil {
+		kernel = utsString(u.Release[:])
+	}
+	var si syscall.Sysinfo_t
+	mem := "?"
+	if syscall.Sysinfo(&si) == nil {
+		mem = fmt.Sprintf("%.1f GiB", float64(si.Totalram)*float64(si.Unit)/(1<<30))
+	}
+	return fmt.Sprintf("%d CPUs (nproc), %s memory, Linux %s", runtime.NumCPU(), mem, kernel)
+}
+
+func utsString(b []int8) string {
+	var s []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func secondsList(ds []time.Duration) string {
+	var s []string
+	for _, d := range ds {
+		s = append(s, fmt.Sprintf("%.2f", d.Seconds()))
+	}
+	return strings.Join(s, ", ")
+}
+
+func quoteArgs(argv []string) []string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if strings.ContainsAny(a, " ()'") {
+			a = "'" + a + "'"
+		}
+		out[i] = a
+	}
+	return out
+}

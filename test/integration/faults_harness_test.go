@@ -1,0 +1,136 @@
+package integration
+
+import (
+	"archive/tar"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/poolfs/poolfs/cache"
+	layerfs "github.com/poolfs/poolfs/fs"
+	"github.com/poolfs/poolfs/fs/fstest"
+	"github.com/poolfs/poolfs/meta"
+	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/remote"
+	"github.com/poolfs/poolfs/test/fixture"
+)
+
+// mountOpts tunes mountPoolOpts beyond what mountPool fixes.
+type mountOpts struct {
+	Remote   remote.Options // Insecure and Log are filled in
+	CacheDir string         // "": a fresh one
+	MemoryMB int64          // 0: 256
+	Quiet    bool           // log at info level only (fault tests log a lot)
+	Meta     *meta.Store    // nil: no metadata store
+}
+
+// mountPoolOpts is mountPool with a tunable resolver and cache location.
+func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
+	t.Helper()
+	requireFUSE(t)
+	log := logrus.New()
+	log.SetLevel(logrus.DebugLevel)
+	if o.Quiet {
+		log.SetLevel(logrus.InfoLevel)
+	}
+	log.SetOutput(testWriter{t})
+	entry := logrus.NewEntry(log)
+
+	dir := filepath.Join(t.TempDir(), "als", ".pool")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if o.CacheDir == "" {
+		o.CacheDir = filepath.Join(t.TempDir(), "cache")
+	}
+	if o.MemoryMB == 0 {
+		o.MemoryMB = 256
+	}
+	disk, err := cache.NewDisk(o.CacheDir, entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cache.NewTiered(cache.NewMemory(o.MemoryMB<<20), disk)
+	ro := o.Remote
+	ro.Insecure = append(ro.Insecure, reg.Host)
+	ro.Log = entry
+	p := pool.New(remote.New(ro), c, entry)
+	if o.Meta != nil {
+		p.SetMeta(o.Meta)
+	}
+	server, err := layerfs.Mount(dir, pool.NewRoot(p), layerfs.Options())
+	if err != nil {
+		t.Fatalf("mounting pool: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := server.Unmount(); err != nil {
+			t.Logf("unmount: %v; detaching", err)
+			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+	})
+	return &mounted{Dir: dir, Pool: p}
+}
+
+// layerTar is a layer of many small and a few multi-chunk files with
+// incompressible content, so that reading it takes many range requests.
+func layerTar(seed uint64, files int) []byte {
+	entries := []fixture.TarEntry{{Name: "d", Type: tar.TypeDir, Mode: 0o755}}
+	for i := range files {
+		size := 1000 + int(seed%7)*300 + i*997
+		if i%5 == 0 {
+			size = 200<<10 + i*1013 // several 64 KiB chunks
+		}
+		entries = append(entries, fixture.TarEntry{
+			Name:    fmt.Sprintf("d/f%03d", i),
+			Mode:    0o644,
+			Content: fixture.RandomBytes(seed*1000+uint64(i), size),
+		})
+	}
+	return fixture.BuildTar(entries)
+}
+
+// treeDiffs reads every file of the view at dir and returns its
+// differences from tarBytes (nil: identical) and the number of regular
+// files read.
+func treeDiffs(t *testing.T, dir string, tarBytes []byte) (diffs []string, files int) {
+	t.Helper()
+	want, err := fstest.TarView(tarBytes)
+	if err != nil {
+		t.Fatalf("expected view of tar: %v", err)
+	}
+	got, err := fstest.DirView(dir, true)
+	if err != nil {
+		return []string{fmt.Sprintf("walking %s: %v", dir, err)}, 0
+	}
+	for _, e := range got {
+		if e.Type == "reg" {
+			files++
+		}
+	}
+	return fstest.Diff(want, got), files
+}
+
+// dropPageCache makes the kernel forget the cached pages of every regular
+// file under dir, so the next read goes to the daemon again.
+func dropPageCache(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	})
+	if err != nil {
+		t.Fatalf("dropping page cache under %s: %v", dir, err)
+	}
+}
