@@ -72,7 +72,7 @@ func FilesOpened(root string, argv []string) ([]string, error) {
 	var files []string
 	add := func(p string) {
 		real, ok := r.resolve(p)
-		if !ok || seen[real] {
+		if !ok || seen[real] || isPseudo(real) {
 			return
 		}
 		fi, err := os.Lstat(filepath.Join(r.dir, real))
@@ -173,4 +173,15 @@ func (r rootDir) resolve(p string) (string, bool) {
 		parts = append(tparts, parts...)
 	}
 	return strings.Join(done, "/"), len(done) > 0
+}
+
+// isPseudo tells the kernel's file systems mounted for the run (/proc,
+// /dev, /sys) from files of the image.
+func isPseudo(p string) bool {
+	for _, d := range []string{"proc", "dev", "sys"} {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
 }

@@ -80,7 +80,7 @@ func main() {
 	flag.IntVar(&c.runs, "runs", 3, "cold runs per case (medians are reported)")
 	flag.DurationVar(&c.delay, "delay", 20*time.Millisecond, "emulated delay per request (one round trip)")
 	flag.Float64Var(&c.mbit, "bandwidth", 200, "emulated link bandwidth in Mbit/s, shared by all responses (0: no cap)")
-	flag.StringVar(&images, "images", "python,java", "images to measure: python, java")
+	flag.StringVar(&images, "images", "python,java", "images to measure: python, java (none: only the read and walk measurements)")
 	flag.BoolVar(&c.quick, "quick", false, "quick run: python image only, 1 run per case, 256 MiB read test")
 	flag.BoolVar(&c.skipFS, "skip-fs", false, "skip the read throughput and metadata walk measurements")
 	flag.IntVar(&c.bigMiB, "big-file-mb", 512, "`MiB` of the file read sequentially through the mount")
@@ -175,6 +175,9 @@ func run(c config) error {
 	b := &bench{c: c, reg: reg, link: lnk, repo: repo, ctx: ctx}
 	var results []*workloadResult
 	for _, name := range c.images {
+		if name == "none" {
+			continue // only the file system measurements
+		}
 		var spec *imageSpec
 		for i := range specs {
 			if specs[i].name == name {

@@ -96,6 +96,7 @@ func (rep report) write(path string) error {
 	if rep.fs != nil {
 		writeFS(&b, rep.fs)
 	}
+	b.WriteString(reportNotes)
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
@@ -149,3 +150,18 @@ func quoteArgs(argv []string) []string {
 	}
 	return out
 }
+
+const reportNotes = `### Notes
+
+- *Needed* counts whole files. java maps lib/modules (about 130 MB) and
+  reads little of it, so its needed bytes and lower bound are overstated,
+  and its optimized image, which prioritizes whole files, prefetches all of
+  modules: it fetches more than the unoptimized image, whose on-demand reads
+  take only the chunks touched. Prioritizing whole files suits workloads
+  that read the files they open.
+- The gap between *daemon cache warm* and *local* is what a cold podman
+  store costs (store setup, pull bookkeeping, layer lookups through the
+  store); it counts against poolfs in "x lower bound".
+- The registry, podman and the daemon share the machine's CPUs; on a busy
+  machine the times spread (see the runs column).
+`
