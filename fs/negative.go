@@ -22,11 +22,16 @@ func NewNodeFS(root gofs.InodeEmbedder, opts *gofs.Options) fuse.RawFileSystem {
 
 // Mount is go-fuse's fs.Mount with the file system from NewNodeFS.
 func Mount(dir string, root gofs.InodeEmbedder, opts *gofs.Options) (*fuse.Server, error) {
+	return serve(dir, NewNodeFS(root, opts), opts)
+}
+
+// serve mounts raw at dir and serves it until unmounted.
+func serve(dir string, raw fuse.RawFileSystem, opts *gofs.Options) (*fuse.Server, error) {
 	var mo *fuse.MountOptions
 	if opts != nil {
 		mo = &opts.MountOptions
 	}
-	server, err := fuse.NewServer(NewNodeFS(root, opts), dir, mo)
+	server, err := fuse.NewServer(raw, dir, mo)
 	if err != nil {
 		return nil, err
 	}

@@ -20,19 +20,7 @@ func MountObserved(dir string, root gofs.InodeEmbedder, opts *gofs.Options, obs 
 	if obs == nil {
 		return Mount(dir, root, opts)
 	}
-	var mo *fuse.MountOptions
-	if opts != nil {
-		mo = &opts.MountOptions
-	}
-	server, err := fuse.NewServer(observed{NewNodeFS(root, opts), obs}, dir, mo)
-	if err != nil {
-		return nil, err
-	}
-	go server.Serve()
-	if err := server.WaitMount(); err != nil {
-		return nil, err
-	}
-	return server, nil
+	return serve(dir, observed{NewNodeFS(root, opts), obs}, opts)
 }
 
 // observed wraps a RawFileSystem, timing the operations it overrides; the

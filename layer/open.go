@@ -3,7 +3,6 @@ package layer
 import (
 	"context"
 	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 
@@ -43,14 +42,7 @@ type Layer struct {
 // verified against the TOC's digests when read. A blob without an eStargz
 // footer gives ErrNotEStargz. c may be nil (no caching); log may be nil.
 func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry) (*Layer, error) {
-	if log == nil {
-		l := logrus.New()
-		l.Out = io.Discard
-		log = logrus.NewEntry(l)
-	}
-	if c == nil {
-		c = nopCache{}
-	}
+	c, log = defaults(c, log)
 	if tocDigest != "" {
 		if err := tocDigest.Validate(); err != nil {
 			return nil, fmt.Errorf("expected TOC digest %q: %w", tocDigest, err)

@@ -6,16 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
-	"github.com/poolfs/poolfs/cache"
-	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/pool"
-	"github.com/poolfs/poolfs/remote"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -39,34 +33,7 @@ func requireFUSE(t *testing.T) {
 // mountPool mounts a fresh pool (empty caches) at a temp <ALS root>/.pool.
 func mountPool(t *testing.T, reg *fixture.Registry) *mounted {
 	t.Helper()
-	requireFUSE(t)
-	log := logrus.New()
-	log.SetLevel(logrus.DebugLevel)
-	log.SetOutput(testWriter{t})
-	entry := logrus.NewEntry(log)
-
-	dir := filepath.Join(t.TempDir(), "als", ".pool")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	disk, err := cache.NewDisk(filepath.Join(t.TempDir(), "cache"), entry)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := cache.NewTiered(cache.NewMemory(256<<20), disk)
-	res := remote.New(remote.Options{Insecure: []string{reg.Host}, Log: entry})
-	p := pool.New(res, c, entry)
-	server, err := layerfs.Mount(dir, pool.NewRoot(p), layerfs.Options())
-	if err != nil {
-		t.Fatalf("mounting pool: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := server.Unmount(); err != nil {
-			t.Logf("unmount: %v; detaching", err)
-			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return &mounted{Dir: dir, Pool: p}
+	return mountPoolOpts(t, reg, mountOpts{})
 }
 
 // testWriter sends daemon logs to the test log, shown on failure or -v.
