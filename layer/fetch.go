@@ -55,16 +55,13 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, res
 			runs = l.splitTail(runs)
 		}
 		for _, r := range runs {
-			buf, ok := l.fromTail(r.start, r.end)
-			if !ok || attempt > 1 {
-				buf = make([]byte, r.end-r.start)
-				if err := readFull(ctx, l.blob, buf, r.start); err != nil {
-					err = fmt.Errorf("reading blob range [%d, %d): %w", r.start, r.end, err)
-					for _, c := range r.chunks {
-						errs[c.key()] = err
-					}
-					continue
+			buf, err := l.readRun(ctx, r, attempt == 1)
+			if err != nil {
+				err = fmt.Errorf("reading blob range [%d, %d): %w", r.start, r.end, err)
+				for _, c := range r.chunks {
+					errs[c.key()] = err
 				}
+				continue
 			}
 			for _, c := range r.chunks {
 				data, err := decodeChunk(c, buf[c.blobOff-r.start:c.blobEnd-r.start])
@@ -85,9 +82,38 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, res
 	}
 }
 
+// readRun returns the compressed bytes of r. With useTail, bytes Open
+// already fetched are not fetched again: a run inside the tail costs no
+// request, and a run that reaches into it (a chunk straddling the tail's
+// start) fetches only the part before it. Refetches after a failed
+// verification (useTail false) go to the registry for every byte.
+func (l *Layer) readRun(ctx context.Context, r run, useTail bool) ([]byte, error) {
+	if useTail {
+		if buf, ok := l.fromTail(r.start, r.end); ok {
+			return buf, nil
+		}
+		if r.start < l.tailStart && r.end > l.tailStart {
+			if rest, ok := l.fromTail(l.tailStart, r.end); ok && len(rest) > 0 {
+				buf := make([]byte, r.end-r.start)
+				head := buf[:l.tailStart-r.start]
+				if err := readFull(ctx, l.blob, head, r.start); err != nil {
+					return nil, err
+				}
+				copy(buf[len(head):], rest)
+				return buf, nil
+			}
+		}
+	}
+	buf := make([]byte, r.end-r.start)
+	if err := readFull(ctx, l.blob, buf, r.start); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
 // fromTail returns blob bytes [start, end) if Open already fetched them.
 func (l *Layer) fromTail(start, end int64) ([]byte, bool) {
-	if start < l.tailStart || end > l.tailStart+int64(len(l.tail)) {
+	if start < l.tailStart || end < start || end > l.tailStart+int64(len(l.tail)) {
 		return nil, false
 	}
 	return l.tail[start-l.tailStart : end-l.tailStart], true

@@ -357,3 +357,43 @@ func TestCorruptTailRefetched(t *testing.T) {
 		t.Error("bad chunk from the tail was not refetched")
 	}
 }
+
+// A chunk that straddles the start of the tail Open fetched costs only its
+// bytes before the tail: the rest is taken from what Open already has.
+func TestChunkStraddlingTail(t *testing.T) {
+	data, toc := fstest.EStargz(t, fstest.SampleTar(t), buildOptions[0].opts...)
+	probe, err := Open(context.Background(), fstest.NewMemBlob(data), toc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := lookup(t, probe, fstest.SampleBigFile).file.chunks[1]
+	mid := c.blobOff + (c.blobEnd-c.blobOff)/2
+
+	old := tailSize
+	tailSize = int64(len(data)) - mid
+	t.Cleanup(func() { tailSize = old })
+	blob := fstest.NewMemBlob(data)
+	l, err := Open(context.Background(), blob, toc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.tailStart != mid {
+		t.Fatalf("tail starts at %d, want %d", l.tailStart, mid)
+	}
+	e := lookup(t, l, fstest.SampleBigFile)
+	blob.ResetStats()
+	p := make([]byte, 10)
+	if _, err := l.ReadAt(context.Background(), e, p, c.fileOff); err != nil {
+		t.Fatal(err)
+	}
+	if got := blob.Reads(); len(got) != 1 || got[0] != [2]int64{c.blobOff, mid - c.blobOff} {
+		t.Errorf("reading the straddling chunk fetched %v, want [[%d %d]]", got, c.blobOff, mid-c.blobOff)
+	}
+	want := make([]byte, 10)
+	if _, err := probe.ReadAt(context.Background(), lookup(t, probe, fstest.SampleBigFile), want, c.fileOff); err != nil {
+		t.Fatal(err)
+	}
+	if string(p) != string(want) {
+		t.Error("straddling chunk read wrong bytes")
+	}
+}
