@@ -52,12 +52,9 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 		return drop(errors.New("record's descriptor and TOC name different TOC digests"))
 	}
 
-	p.mu.Lock()
-	if l, ok := p.layers[rec.Desc.Digest]; ok {
-		p.mu.Unlock()
+	if l := p.byDigest(rec.Desc.Digest); l != nil {
 		return l
 	}
-	p.mu.Unlock()
 
 	// Blob access needs no network until the first read.
 	blob, err := p.resolver.Blob(ctx, rec.Desc)
@@ -68,17 +65,9 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	if err != nil {
 		return drop(err)
 	}
-	l := &Layer{Desc: rec.Desc, Blob: blob, View: view}
-	p.mu.Lock()
-	if prev, ok := p.layers[rec.Desc.Digest]; ok {
-		l = prev
-	} else {
-		p.layers[rec.Desc.Digest] = l
-		// Like a layer opened from the registry; after a restart its
-		// prioritized chunks are usually in the disk cache already.
-		p.startPrefetch(l, log)
-	}
-	p.mu.Unlock()
+	// Prefetched like a layer opened from the registry; after a restart
+	// its prioritized chunks are usually in the disk cache already.
+	l := p.adopt(&Layer{Desc: rec.Desc, Blob: blob, View: view}, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	return l
 }

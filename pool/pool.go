@@ -172,16 +172,15 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		tocDigest = key.TOCDigest
 	}
 
-	p.mu.Lock()
-	if l, ok := p.layers[desc.Digest]; ok {
-		p.mu.Unlock()
+	if l := p.byDigest(desc.Digest); l != nil {
 		return l, nil
 	}
-	if ne, ok := p.notEStargz[desc.Digest]; ok && time.Since(ne.at) < notEStargzTTL {
-		p.mu.Unlock()
+	p.mu.Lock()
+	ne, known := p.notEStargz[desc.Digest]
+	p.mu.Unlock()
+	if known && time.Since(ne.at) < notEStargzTTL {
 		return nil, ne.err
 	}
-	p.mu.Unlock()
 
 	blob, err := p.resolver.Blob(ctx, desc)
 	if err != nil {
@@ -202,21 +201,27 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		desc.TOCDigest = view.TOCDigest()
 	}
 	p.persist(key, desc, toc, log)
-	l := &Layer{Desc: desc, Blob: blob, View: view}
-	p.mu.Lock()
-	if prev, ok := p.layers[desc.Digest]; ok {
-		l = prev
-	} else {
-		p.layers[desc.Digest] = l
-		p.startPrefetch(l, log)
-	}
-	p.mu.Unlock()
+	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, log)
 	log.WithFields(logrus.Fields{
 		"toc_digest": desc.TOCDigest,
 		"size":       desc.Size,
 		"elapsed":    time.Since(start).Round(time.Millisecond),
 	}).Info("layer opened")
 	return l, nil
+}
+
+// adopt makes l the pool's layer for its blob digest and starts its
+// prefetch, unless a concurrent open (another reference to the same blob)
+// got there first: then that layer is kept and returned.
+func (p *Pool) adopt(l *Layer, log *logrus.Entry) *Layer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if prev, ok := p.layers[l.Desc.Digest]; ok {
+		return prev
+	}
+	p.layers[l.Desc.Digest] = l
+	p.startPrefetch(l, log)
+	return l
 }
 
 // Layers lists the layers opened so far.
