@@ -17,19 +17,12 @@ const cacheTimeout = 24 * time.Hour
 // OnAdd, so lookups and listings are answered from memory.
 type dirNode struct {
 	node
+	ReadOnlyDir
 }
 
 var (
 	_ = (gofs.NodeLookuper)((*dirNode)(nil))
 	_ = (gofs.NodeReaddirer)((*dirNode)(nil))
-	_ = (gofs.NodeCreater)((*dirNode)(nil))
-	_ = (gofs.NodeMkdirer)((*dirNode)(nil))
-	_ = (gofs.NodeMknoder)((*dirNode)(nil))
-	_ = (gofs.NodeLinker)((*dirNode)(nil))
-	_ = (gofs.NodeSymlinker)((*dirNode)(nil))
-	_ = (gofs.NodeUnlinker)((*dirNode)(nil))
-	_ = (gofs.NodeRmdirer)((*dirNode)(nil))
-	_ = (gofs.NodeRenamer)((*dirNode)(nil))
 )
 
 // Lookup answers from the children built in OnAdd. A miss is final for
@@ -73,36 +66,4 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		list = append(list, de)
 	}
 	return gofs.NewListDirStream(list), gofs.OK
-}
-
-func (d *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EROFS
-}
-
-func (d *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (d *dirNode) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (d *dirNode) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (d *dirNode) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (d *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
-	return syscall.EROFS
-}
-
-func (d *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
-	return syscall.EROFS
-}
-
-func (d *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
-	return syscall.EROFS
 }

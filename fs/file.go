@@ -30,7 +30,7 @@ type fileHandle struct{}
 // Open refuses anything that could write. The content never changes, so
 // the kernel may keep its page cache across opens (FOPEN_KEEP_CACHE).
 func (f *fileNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+	if OpensForWrite(flags) {
 		return nil, 0, syscall.EROFS
 	}
 	return &fileHandle{}, fuse.FOPEN_KEEP_CACHE, gofs.OK

@@ -17,6 +17,7 @@ import (
 // nodes. The view is immutable, so every mutation is EROFS.
 type node struct {
 	gofs.Inode
+	ReadOnly
 	e  *layer.Entry
 	sh *shared
 }
@@ -26,9 +27,6 @@ var (
 	_ = (gofs.NodeGetxattrer)((*node)(nil))
 	_ = (gofs.NodeListxattrer)((*node)(nil))
 	_ = (gofs.NodeStatfser)((*node)(nil))
-	_ = (gofs.NodeSetattrer)((*node)(nil))
-	_ = (gofs.NodeSetxattrer)((*node)(nil))
-	_ = (gofs.NodeRemovexattrer)((*node)(nil))
 )
 
 // viewNode lets a directory reach the attributes of any child node.
@@ -105,18 +103,6 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	out.Files = n.sh.files
 	out.NameLen = 255
 	return gofs.OK
-}
-
-func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
-}
-
-func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EROFS
-}
-
-func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	return syscall.EROFS
 }
 
 // symlinkNode serves a symbolic link.

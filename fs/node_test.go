@@ -1,10 +1,7 @@
 package fs
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"io"
 	"syscall"
 	"testing"
 	"time"
@@ -14,33 +11,11 @@ import (
 	"github.com/poolfs/poolfs/layer"
 )
 
-func tarContent(t testing.TB, tarBytes []byte, name string) []byte {
-	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(tarBytes))
-	var body []byte
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h.Name == name {
-			body, _ = io.ReadAll(tr)
-		}
-	}
-	if body == nil {
-		t.Fatalf("no %q in tar", name)
-	}
-	return body
-}
-
 // The nodes answer EROFS themselves, whatever the mount options.
 func TestNodesRefuseMutation(t *testing.T) {
 	root, f := tinyView()
 	sh := &shared{r: &fakeReader{root: root}}
-	d := &dirNode{node{e: root, sh: sh}}
+	d := &dirNode{node: node{e: root, sh: sh}}
 	fn := &fileNode{node{e: f, sh: sh}}
 	ctx := context.Background()
 	var out fuse.EntryOut

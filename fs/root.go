@@ -55,7 +55,7 @@ func NewLayerRoot(l Reader, log *logrus.Entry) gofs.InodeEmbedder {
 		root = &layer.Entry{Type: layer.TypeDir, Mode: 0o755, NLink: 2}
 	}
 	sh.bytes, sh.files = totals(root)
-	return &rootNode{dirNode{node{e: root, sh: sh}}}
+	return &rootNode{dirNode{node: node{e: root, sh: sh}}}
 }
 
 // OnAdd creates an inode for every entry of the view. The tree is small
@@ -94,7 +94,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 func newNode(e *layer.Entry, sh *shared) gofs.InodeEmbedder {
 	switch e.Type {
 	case layer.TypeDir:
-		return &dirNode{node{e: e, sh: sh}}
+		return &dirNode{node: node{e: e, sh: sh}}
 	case layer.TypeReg:
 		return &fileNode{node{e: e, sh: sh}}
 	case layer.TypeSymlink:

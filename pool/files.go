@@ -10,33 +10,24 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+
+	layerfs "github.com/poolfs/poolfs/fs"
 )
 
 // readOnlyFile is what the synthetic files share: EROFS for changes and
 // opens that keep the kernel's page cache, since the bytes never change.
 type readOnlyFile struct {
 	gofs.Inode
+	layerfs.ReadOnly
 }
 
-var (
-	_ gofs.NodeOpener     = (*readOnlyFile)(nil)
-	_ gofs.NodeSetattrer  = (*readOnlyFile)(nil)
-	_ gofs.NodeSetxattrer = (*readOnlyFile)(nil)
-)
+var _ gofs.NodeOpener = (*readOnlyFile)(nil)
 
 func (f *readOnlyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+	if layerfs.OpensForWrite(flags) {
 		return nil, 0, syscall.EROFS
 	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
-}
-
-func (f *readOnlyFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
-}
-
-func (f *readOnlyFile) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return syscall.EROFS
 }
 
 func fileAttr(out *fuse.AttrOut, size int64) {
