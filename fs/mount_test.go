@@ -62,7 +62,7 @@ func TestReaddirTypes(t *testing.T) {
 func TestReadThroughMount(t *testing.T) {
 	s := openSample(t)
 	dir := mount(t, NewLayerRoot(s.l, nil), nil)
-	want := tarContent(t, s.tar, fstest.SampleBigFile)
+	want := fstest.TarFile(t, s.tar, fstest.SampleBigFile)
 
 	got, err := os.ReadFile(filepath.Join(dir, fstest.SampleBigFile))
 	if err != nil {

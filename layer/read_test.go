@@ -1,48 +1,25 @@
 package layer
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
-	"github.com/containerd/stargz-snapshotter/estargz"
 	"io"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
+
 	"github.com/poolfs/poolfs/fs/fstest"
 )
-
-// content returns the body of a regular file in the tar.
-func content(t testing.TB, tarBytes []byte, name string) []byte {
-	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(tarBytes))
-	var body []byte
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h.Name == name {
-			body, _ = io.ReadAll(tr)
-		}
-	}
-	if body == nil {
-		t.Fatalf("no %q in tar", name)
-	}
-	return body
-}
 
 func TestReadAtRanges(t *testing.T) {
 	for _, bo := range buildOptions {
 		t.Run(bo.name, func(t *testing.T) {
 			s := openSample(t, bo.opts...)
 			e := lookup(t, s.l, fstest.SampleBigFile)
-			want := content(t, s.tar, fstest.SampleBigFile)
+			want := fstest.TarFile(t, s.tar, fstest.SampleBigFile)
 			size := int64(len(want))
 			tests := []struct {
 				name    string
@@ -224,7 +201,7 @@ func TestRefetchAfterBadFetch(t *testing.T) {
 	if _, err := l.ReadAt(context.Background(), e, p, c.fileOff); err != nil {
 		t.Fatalf("ReadAt after one bad fetch: %v", err)
 	}
-	want := content(t, tarBytes, fstest.SampleBigFile)
+	want := fstest.TarFile(t, tarBytes, fstest.SampleBigFile)
 	if !bytes.Equal(p, want[c.fileOff:c.fileOff+c.size]) {
 		t.Error("wrong bytes after refetch")
 	}

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
 )
@@ -207,45 +206,25 @@ func TestBlobRedirect(t *testing.T) {
 	// survive the redirect and credentials must not.
 	var (
 		mu     sync.Mutex
-		blobs  = map[string][]byte{}
 		ranges []string
 		leaked atomic.Bool
 	)
-	cdn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	cdn := newCDN(t, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Header.Get("Authorization") != "" {
 			leaked.Store(true)
 		}
 		mu.Lock()
-		data, ok := blobs[strings.TrimPrefix(r.URL.Path, "/cdn/")]
 		ranges = append(ranges, r.Header.Get("Range"))
 		mu.Unlock()
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
-	}))
-	defer cdn.Close()
+		return true
+	})
 
 	f := newFixture(t, func(h http.Handler) http.Handler {
-		return requireBasic("u", "p", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if isBlobGet(r) {
-				d := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
-				http.Redirect(w, r, cdn.URL+"/cdn/"+d, http.StatusTemporaryRedirect)
-				return
-			}
-			h.ServeHTTP(w, r)
-		}))
+		return requireBasic("u", "p", redirectBlobs(h, func(d string) string { return cdn.URL + "/cdn/" + d }))
 	})
 	ti := makeImage(t, 1, 32<<10, 0, nil)
 	tagRef, _ := f.pushImage(t, "redirected", "v1", ti.img)
-	cfgName, _ := ti.img.ConfigName()
-	cfg, _ := ti.img.RawConfigFile()
-	data := layerBytes(t, ti.layers[0])
-	mu.Lock()
-	blobs[cfgName.String()] = cfg
-	blobs[layerDigest(t, ti.layers[0]).String()] = data
-	mu.Unlock()
+	data := cdn.addImage(t, ti)
 
 	r, _ := newTestResolver(t, Options{Keychain: staticKeychain{"u", "p"}})
 	ld, err := r.ResolveLayer(context.Background(), tagRef, ti.toc)

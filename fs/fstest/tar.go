@@ -11,6 +11,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"testing"
 )
 
 // Names with special meaning in layer tars. They are spelled out here
@@ -289,4 +290,31 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// TarFile returns the body of the regular file name in the tar (the last
+// entry of that name, as extraction would leave it), failing tb if there is
+// none.
+func TarFile(tb testing.TB, tarBytes []byte, name string) []byte {
+	tb.Helper()
+	tr := tar.NewReader(bytes.NewReader(tarBytes))
+	var body []byte
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if h.Name == name {
+			if body, err = io.ReadAll(tr); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	if body == nil {
+		tb.Fatalf("no %q in tar", name)
+	}
+	return body
 }
