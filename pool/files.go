@@ -24,7 +24,8 @@ type readOnlyFile struct {
 var _ gofs.NodeOpener = (*readOnlyFile)(nil)
 
 func (f *readOnlyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if layerfs.OpensForWrite(flags) {
+	// O_APPEND stays refused here, as it always was for these files.
+	if layerfs.OpensForWrite(flags) || flags&syscall.O_APPEND != 0 {
 		return nil, 0, syscall.EROFS
 	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
