@@ -6,7 +6,8 @@ import (
 )
 
 // NewNodeFS is go-fuse's fs.NewNodeFS plus cached negative lookups for
-// nodes that ask for them.
+// nodes that ask for them and directory listings kept by the kernel (see
+// cachedListings).
 //
 // The kernel caches a failed lookup only when the reply is success with
 // node ID 0 and an entry timeout; an ENOENT error reply is never cached.
@@ -17,7 +18,7 @@ import (
 // as the cacheable form. Buffers are zeroed per request, so only lookups
 // that set a timeout on purpose are affected.
 func NewNodeFS(root gofs.InodeEmbedder, opts *gofs.Options) fuse.RawFileSystem {
-	return negativeEntries{gofs.NewNodeFS(root, opts)}
+	return negativeEntries{cachedListings{gofs.NewNodeFS(root, opts)}}
 }
 
 // Mount is go-fuse's fs.Mount with the file system from NewNodeFS.

@@ -30,6 +30,10 @@ func Options() *gofs.Options {
 			MaxReadAhead: 1 << 20,
 			MaxWrite:     1 << 20,
 			EnableLocks:  false,
+			// Link targets never change: without this every path through a
+			// symlink is a READLINK round trip, and each one also marks
+			// the link's atime stale, costing a GETATTR on the next stat.
+			EnableSymlinkCaching: true,
 		},
 		EntryTimeout:    &entry,
 		AttrTimeout:     &attr,

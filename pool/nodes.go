@@ -50,15 +50,15 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	default:
 		return nil, refuse(log, out, err)
 	}
-	return addDir(ctx, &r.Inode, name, node, out), 0
+	return addDir(ctx, &r.syntheticDir, name, node, out), 0
 }
 
 // addDir makes a persistent synthetic directory child. Persistent because
 // the path a client was given (a diff dir, a rootfs symlink target) must
 // keep resolving to the same inode even after the kernel forgets it.
-func addDir(ctx context.Context, parent *gofs.Inode, name string, node gofs.InodeEmbedder, out *fuse.EntryOut) *gofs.Inode {
+func addDir(ctx context.Context, parent *syntheticDir, name string, node gofs.InodeEmbedder, out *fuse.EntryOut) *gofs.Inode {
 	ch := parent.NewPersistentInode(ctx, node, gofs.StableAttr{Mode: syscall.S_IFDIR})
-	parent.AddChild(name, ch, false)
+	parent.addChild(name, ch)
 	dirAttr(&out.Attr)
 	out.SetEntryTimeout(entryTimeout)
 	out.SetAttrTimeout(entryTimeout)
@@ -119,7 +119,7 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 			return nil, refuse(log, out, err)
 		}
 		ch := d.NewPersistentInode(ctx, layerfs.NewLayerRoot(l.View, log), gofs.StableAttr{Mode: syscall.S_IFDIR})
-		d.AddChild(name, ch, false)
+		d.addChild(name, ch)
 		return ch, childAttr(ctx, ch, out)
 	}
 	el, err := ParseElement(name)
@@ -138,7 +138,7 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 	}
 	ann[el.Key] = el.Value
 	node := &annotationDir{pool: d.pool, ann: ann, path: d.path + "/" + name}
-	return addDir(ctx, &d.Inode, name, node, out), 0
+	return addDir(ctx, &d.syntheticDir, name, node, out), 0
 }
 
 // refDir is the image-reference element of a grammar-2 path. The client
@@ -174,7 +174,7 @@ func (d *refDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
-	return addDir(ctx, &d.Inode, name, newLayerDir(l, d.pool.cache, log), out), 0
+	return addDir(ctx, &d.syntheticDir, name, newLayerDir(l, d.pool.cache, log), out), 0
 }
 
 // Rmdir of <digest> is the client saying "one user fewer". It must fail

@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -325,4 +327,67 @@ func firstRegular(t *testing.T, dir string) string {
 		t.Fatal("no regular file in the layer")
 	}
 	return found
+}
+
+// TestListings: the kernel keeps directory listings (see fs.cachedListings),
+// so the grammar directories, which gain children as layers are looked up,
+// must show every child looked up so far, even when listed in between.
+func TestListings(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarBytes := fixture.BuildTar([]fixture.TarEntry{{Name: "f", Mode: 0o644, Content: []byte("x")}})
+	refA, layersA := pushImage(t, reg, "test/list-a", [][]byte{tarBytes}, fixture.ImageOptions{})
+	refB, layersB := pushImage(t, reg, "test/list-b", [][]byte{tarBytes}, fixture.ImageOptions{})
+	m := mountPool(t, reg)
+	names := func(dir string) []string {
+		t.Helper()
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	check := func(dir string, want ...string) {
+		t.Helper()
+		sort.Strings(want)
+		if got := names(dir); !slices.Equal(got, want) {
+			t.Errorf("listing of %s: %q, want %q", dir, got, want)
+		}
+	}
+	encA, encB := base64.StdEncoding.EncodeToString([]byte(refA)), base64.StdEncoding.EncodeToString([]byte(refB))
+	check(m.Dir)
+	a := m.grammar2(refA, layersA[0].Digest.String())
+	if _, err := os.Stat(a); err != nil {
+		t.Fatal(err)
+	}
+	check(m.Dir, encA)
+	check(filepath.Dir(a), layersA[0].Digest.String())
+	check(a, "blob", "diff", "info")
+	check(filepath.Join(a, "diff"), "f")
+
+	b := m.grammar2(refB, layersB[0].Digest.String())
+	if _, err := os.Stat(b); err != nil {
+		t.Fatal(err)
+	}
+	check(m.Dir, encA, encB)
+	// Same layer by its TOC digest: a second child of the listed ref dir.
+	if _, err := os.Stat(m.grammar2(refA, layersA[0].TOCDigest.String())); err != nil {
+		t.Fatal(err)
+	}
+	check(filepath.Dir(a), layersA[0].Digest.String(), layersA[0].TOCDigest.String())
+	// Grammar 1: annotation directories gain children too.
+	refKV := pool.RefAnnotation + "=" + refA
+	dgKV := pool.LayerAnnotation + "=" + layersA[0].Digest.String()
+	l1 := m.grammar1(base64.URLEncoding, "l1", refKV, dgKV)
+	if _, err := os.Stat(filepath.Dir(l1)); err != nil {
+		t.Fatal(err)
+	}
+	check(filepath.Dir(l1))
+	if _, err := os.Stat(l1); err != nil {
+		t.Fatal(err)
+	}
+	check(filepath.Dir(l1), filepath.Base(l1))
 }
