@@ -10,3 +10,10 @@ type Cache interface {
 	Get(key string) ([]byte, bool)
 	Add(key string, b []byte)
 }
+
+// Peeker is a Cache that can tell whether it holds a key without reading
+// the entry or changing its place in the LRU order. The answer is a hint:
+// a Disk entry may still fail verification (or vanish) when it is read.
+type Peeker interface {
+	Has(key string) bool
+}

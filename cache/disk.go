@@ -16,7 +16,9 @@ import (
 
 // Disk keeps entries as files under one directory, one file per key, each
 // holding the bytes followed by their sha256 (see entryPath and encode). It
-// is meant to be the only user of its directory while open.
+// also keeps whole files (see whole.go), exact copies of file contents
+// without a trailer, in the same index and under the same cap. It is meant
+// to be the only user of its directory while open.
 //
 // File contents are only trusted after verification on every Get, so a
 // torn write, bit rot or an edited file turns into a miss, never bad data.
@@ -31,10 +33,14 @@ type Disk struct {
 	// order; its oldest entry is the next to evict.
 	index *simplelru.LRU[string, int64]
 	size  int64
+	// wholeFiles and wholeBytes are the part of the index and of size that
+	// whole files (see whole.go) take.
+	wholeFiles, wholeBytes int64
 
 	maxBytes atomic.Int64
 
 	hits, misses, adds, evictions atomic.Int64
+	wholeAdds                     atomic.Int64
 
 	// warned records which kinds of write failure have been logged at
 	// warning level, so that a full disk does not log once per chunk.
@@ -52,7 +58,10 @@ type tempFile interface {
 	Name() string
 }
 
-var _ Cache = (*Disk)(nil)
+var (
+	_ Cache  = (*Disk)(nil)
+	_ Peeker = (*Disk)(nil)
+)
 
 // NewDisk opens the cache in dir, creating it (0700) if missing, and indexes
 // what earlier runs left there, oldest modification time first as the least
@@ -143,6 +152,13 @@ func (d *Disk) Get(key string) ([]byte, bool) {
 	_ = os.Chtimes(path, now, now)
 	d.hits.Add(1)
 	return body, true
+}
+
+// Has reports whether the index holds an entry for key, without reading
+// or verifying it and without counting it as a use.
+func (d *Disk) Has(key string) bool {
+	name, _ := d.entryPath(key)
+	return d.has(name)
 }
 
 // Add stores b under key. It never fails from the caller's point of view:

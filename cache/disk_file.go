@@ -42,7 +42,12 @@ func (d *Disk) entryPath(key string) (name, path string) {
 	return name, filepath.Join(d.dir, name[:2], name)
 }
 
+// pathOf maps an index name back to its file: a chunk entry's name is the
+// file name, a whole file's is wholeNamePrefix and its content digest's hex.
 func (d *Disk) pathOf(name string) string {
+	if hex, ok := strings.CutPrefix(name, wholeNamePrefix); ok {
+		return d.wholePath(hex)
+	}
 	return filepath.Join(d.dir, name[:2], name)
 }
 

@@ -18,20 +18,17 @@ import (
 // bytes itself.
 const maxIndexLen = math.MaxInt
 
-// scan indexes the entry files left by earlier runs, oldest modification
-// time first (Get refreshes mtimes, so that approximates access order), and
-// removes temp files left by an Add interrupted by a crash. Unknown files
-// are left alone and not counted. Entries are not verified here; Get does
-// that lazily, so startup stays cheap on a large cache.
+// scan indexes the entry files left by earlier runs, chunks and whole
+// files alike, oldest modification time first (Get and OpenWhole refresh
+// mtimes, so that approximates access order), and removes temp files left
+// by an Add or AddWhole interrupted by a crash. Unknown files are left
+// alone and not counted. Entries are not verified here; Get does that
+// lazily for chunks (whole files were verified and synced before they got
+// their name), so startup stays cheap on a large cache.
 func (d *Disk) scan() error {
 	top, err := os.ReadDir(d.dir)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", d.dir, err)
-	}
-	type found struct {
-		name  string
-		size  int64
-		mtime time.Time
 	}
 	var all []found
 	for _, e := range top {
@@ -42,25 +39,25 @@ func (d *Disk) scan() error {
 			}
 			continue
 		}
+		if e.IsDir() && e.Name() == wholeSubdir {
+			// Whole files: a second kind of entry, in the same index and
+			// under the same cap, with <2 hex>/<64 hex> below wholeSubdir.
+			subs, err := os.ReadDir(p)
+			if err != nil {
+				d.log.WithField("path", p).WithError(err).Warn("cache: skipping unreadable whole-file dir")
+				continue
+			}
+			for _, s := range subs {
+				if s.IsDir() && len(s.Name()) == 2 {
+					all = d.scanSubdir(filepath.Join(p, s.Name()), s.Name(), wholeNamePrefix, all)
+				}
+			}
+			continue
+		}
 		if !e.IsDir() || len(e.Name()) != 2 {
 			continue
 		}
-		sub, err := os.ReadDir(p)
-		if err != nil {
-			// One unreadable subdir should not cost the whole cache.
-			d.log.WithField("path", p).WithError(err).Warn("cache: skipping unreadable cache subdir")
-			continue
-		}
-		for _, f := range sub {
-			if !f.Type().IsRegular() || !isEntryName(f.Name()) || f.Name()[:2] != e.Name() {
-				continue
-			}
-			info, err := f.Info()
-			if err != nil {
-				continue // removed meanwhile
-			}
-			all = append(all, found{f.Name(), info.Size(), info.ModTime()})
-		}
+		all = d.scanSubdir(p, e.Name(), "", all)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].mtime.Before(all[j].mtime) })
 
@@ -73,13 +70,57 @@ func (d *Disk) scan() error {
 	return nil
 }
 
+// found is an entry file scan met.
+type found struct {
+	name  string
+	size  int64
+	mtime time.Time
+}
+
+// scanSubdir appends the entry files of one <2 hex> subdir to all, their
+// index names prefixed with prefix ("" for chunks, wholeNamePrefix for
+// whole files).
+func (d *Disk) scanSubdir(p, sub, prefix string, all []found) []found {
+	ents, err := os.ReadDir(p)
+	if err != nil {
+		// One unreadable subdir should not cost the whole cache.
+		d.log.WithField("path", p).WithError(err).Warn("cache: skipping unreadable cache subdir")
+		return all
+	}
+	for _, f := range ents {
+		if !f.Type().IsRegular() || !isEntryName(f.Name()) || f.Name()[:2] != sub {
+			continue
+		}
+		info, err := f.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		all = append(all, found{prefix + f.Name(), info.Size(), info.ModTime()})
+	}
+	return all
+}
+
 // accountLocked records name as most recently used with the given file size.
 func (d *Disk) accountLocked(name string, size int64) {
 	if old, ok := d.index.Peek(name); ok {
-		d.size -= old
+		d.uncountLocked(name, old)
 	}
 	d.index.Add(name, size)
 	d.size += size
+	if isWholeName(name) {
+		d.wholeFiles++
+		d.wholeBytes += size
+	}
+}
+
+// uncountLocked subtracts an entry that has left the index (or is about to
+// be re-added) from the totals.
+func (d *Disk) uncountLocked(name string, size int64) {
+	d.size -= size
+	if isWholeName(name) {
+		d.wholeFiles--
+		d.wholeBytes -= size
+	}
 }
 
 // evictLocked removes least recently used entries until the cache is under
@@ -94,7 +135,7 @@ func (d *Disk) evictLocked() {
 		if !ok {
 			return
 		}
-		d.size -= size
+		d.uncountLocked(name, size)
 		d.evictions.Add(1)
 		p := d.pathOf(name)
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -157,6 +198,6 @@ func (d *Disk) forget(name string, bad fs.FileInfo) {
 	}
 	if size, ok := d.index.Peek(name); ok {
 		d.index.Remove(name)
-		d.size -= size
+		d.uncountLocked(name, size)
 	}
 }

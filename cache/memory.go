@@ -21,7 +21,10 @@ type Memory struct {
 	stats    Stats
 }
 
-var _ Cache = (*Memory)(nil)
+var (
+	_ Cache  = (*Memory)(nil)
+	_ Peeker = (*Memory)(nil)
+)
 
 // NewMemory returns a Memory holding at most maxBytes bytes of values (keys
 // and bookkeeping are not counted). A maxBytes <= 0 keeps nothing.
@@ -45,6 +48,14 @@ func (m *Memory) Get(key string) ([]byte, bool) {
 	}
 	m.stats.Hits++
 	return b[:len(b):len(b)], true
+}
+
+// Has reports whether key is held, without marking it used or counting a
+// hit or miss.
+func (m *Memory) Has(key string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lru.Contains(key)
 }
 
 // Add stores a copy of b under key, evicting least recently used entries

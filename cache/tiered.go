@@ -28,3 +28,14 @@ func (t *tiered) Add(key string, b []byte) {
 	t.mem.Add(key, b)
 	t.disk.Add(key, b)
 }
+
+// Has reports whether either tier holds key; a tier that cannot peek counts
+// as not holding it.
+func (t *tiered) Has(key string) bool {
+	for _, c := range []Cache{t.mem, t.disk} {
+		if p, ok := c.(Peeker); ok && p.Has(key) {
+			return true
+		}
+	}
+	return false
+}

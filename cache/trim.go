@@ -23,7 +23,7 @@ func (d *Disk) TrimTo(keep int64) int64 {
 		if !ok {
 			break
 		}
-		d.size -= size
+		d.uncountLocked(name, size)
 		freed += size
 		d.evictions.Add(1)
 		p := d.pathOf(name)
