@@ -38,6 +38,8 @@ func (c *chunk) key() chunkKey { return chunkKey{c.digest, c.size} }
 // also blob order).
 type fileChunks struct {
 	chunks []*chunk
+	// digest is the TOC's digest of the whole content ("" if none).
+	digest digest.Digest
 }
 
 // find returns the index of the chunk holding byte off of the file.
@@ -151,7 +153,7 @@ func buildFileChunks(reg *estargz.TOCEntry, parts []*estargz.TOCEntry, nextOffse
 		}
 		fileDigest = d
 	}
-	fc := &fileChunks{chunks: make([]*chunk, 0, len(parts))}
+	fc := &fileChunks{chunks: make([]*chunk, 0, len(parts)), digest: fileDigest}
 	var covered int64
 	for _, p := range parts {
 		if p.ChunkOffset != covered {

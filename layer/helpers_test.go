@@ -48,6 +48,9 @@ func (c *memCache) has(k string) bool {
 	return ok
 }
 
+// Has makes memCache a cache.Peeker, as the daemon's caches are.
+func (c *memCache) Has(k string) bool { return c.has(k) }
+
 // sample is SampleTar as an eStargz layer served from memory.
 type sample struct {
 	tar   []byte

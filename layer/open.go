@@ -30,6 +30,8 @@ type Layer struct {
 	inflight map[chunkKey]*flight // chunks being fetched, for singleflight
 
 	reading atomic.Int64 // ReadAt calls in progress; background fetches yield to them
+
+	whole atomic.Pointer[WholeFiles] // whole-file copies (SetWholeFiles); nil: none
 }
 
 // Open reads the eStargz footer and TOC from blob and builds the view.
