@@ -16,7 +16,7 @@ func TestNodesRefuseMutation(t *testing.T) {
 	root, f := tinyView()
 	sh := &shared{r: &fakeReader{root: root}}
 	d := &dirNode{node: node{e: root, sh: sh}}
-	fn := &fileNode{node{e: f, sh: sh}}
+	fn := &fileNode{node: node{e: f, sh: sh}}
 	ctx := context.Background()
 	var out fuse.EntryOut
 	_, _, _, createErr := d.Create(ctx, "x", 0, 0o644, &out)

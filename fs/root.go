@@ -6,6 +6,7 @@ package fs
 import (
 	"context"
 	"io"
+	"os"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -20,10 +21,23 @@ type Reader interface {
 	ReadAt(ctx context.Context, e *layer.Entry, p []byte, off int64) (int, error)
 }
 
+// WholeFiler is implemented by Readers that can keep whole-file copies of
+// files for FUSE passthrough; *layer.Layer does (its copies exist once
+// layer.Layer.SetWholeFiles is called).
+type WholeFiler interface {
+	// OpenWhole opens the local copy of e's whole content, if one exists.
+	// It must be quick: it runs on the open(2) it answers.
+	OpenWhole(e *layer.Entry) (*os.File, bool)
+	// MaterializeWhole asks for a copy of e to be made in the background;
+	// it must return at once.
+	MaterializeWhole(e *layer.Entry)
+}
+
 // shared is the state every node of one layer view points to.
 type shared struct {
-	r   Reader
-	log *logrus.Entry
+	r     Reader
+	whole WholeFiler // nil: every read goes through the daemon
+	log   *logrus.Entry
 	// Totals for statfs, computed once: the view never changes.
 	bytes, files uint64
 }
@@ -48,6 +62,9 @@ func NewLayerRoot(l Reader, log *logrus.Entry) gofs.InodeEmbedder {
 		log = logrus.NewEntry(lg)
 	}
 	sh := &shared{r: l, log: log}
+	if w, ok := l.(WholeFiler); ok {
+		sh.whole = w
+	}
 	root := l.Root()
 	if root == nil {
 		// Show an empty directory rather than crash the daemon.
@@ -96,7 +113,7 @@ func newNode(e *layer.Entry, sh *shared) gofs.InodeEmbedder {
 	case layer.TypeDir:
 		return &dirNode{node: node{e: e, sh: sh}}
 	case layer.TypeReg:
-		return &fileNode{node{e: e, sh: sh}}
+		return &fileNode{node: node{e: e, sh: sh}}
 	case layer.TypeSymlink:
 		return &symlinkNode{node{e: e, sh: sh}}
 	default:
