@@ -48,6 +48,10 @@ type CacheStatus struct {
 	Hits        int64  `json:"hits"`
 	Misses      int64  `json:"misses"`
 	Evictions   int64  `json:"evictions"`
+	// Whole-file copies kept for FUSE passthrough, part of Bytes.
+	WholeFiles   int64 `json:"whole_files"`
+	WholeBytes   int64 `json:"whole_bytes"`
+	WholeWritten int64 `json:"whole_written"` // copies written since the daemon started
 }
 
 // Credentials is one entry of the ALS auth-helper input.

@@ -30,6 +30,7 @@ type Sources struct {
 	Resolver *remote.Resolver
 	Disk     *cache.Disk
 	Memory   *cache.Memory
+	Whole    *layer.WholeFiles // nil: passthrough copies are off
 	Layers   func() []Layer
 }
 
@@ -124,6 +125,10 @@ var (
 	dCacheEvicted = prometheus.NewDesc("poolfs_cache_evictions_total", "Chunk cache entries evicted to stay under the cap, by tier.", []string{"tier"}, nil)
 	dCacheBytes   = prometheus.NewDesc("poolfs_cache_bytes", "Bytes held by the chunk cache, by tier.", []string{"tier"}, nil)
 	dCacheMax     = prometheus.NewDesc("poolfs_cache_max_bytes", "Cap of the on-disk chunk cache (0: none).", nil, nil)
+	dWholeFiles   = prometheus.NewDesc("poolfs_whole_files", "Whole-file copies the disk cache holds for FUSE passthrough.", nil, nil)
+	dWholeBytes   = prometheus.NewDesc("poolfs_whole_file_bytes", "Bytes of the whole-file copies the disk cache holds (part of poolfs_cache_bytes{tier=\"disk\"}).", nil, nil)
+	dWholeWritten = prometheus.NewDesc("poolfs_whole_files_written_total", "Whole-file copies written for FUSE passthrough.", nil, nil)
+	dWholeFailed  = prometheus.NewDesc("poolfs_whole_file_failures_total", "Whole-file copies not written, by reason: mismatch (contents do not hash to the TOC's file digest) or error.", []string{"reason"}, nil)
 	dLayers       = prometheus.NewDesc("poolfs_layers_served", "Layers the pool has opened.", nil, nil)
 	dLayerFetched = prometheus.NewDesc("poolfs_layer_fetched_ratio", "Share of a layer's compressed blob fetched so far.", []string{"ref", "digest"}, nil)
 	dLayerUses    = prometheus.NewDesc("poolfs_layer_uses", "Users of a layer (containers/storage's use count).", []string{"ref", "digest"}, nil)
@@ -133,7 +138,8 @@ type collector struct{ src Sources }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{dRegRequests, dRegBytes, dRegFetches, dRegFailures, dRetries, dVerify,
-		dCacheHits, dCacheMisses, dCacheEvicted, dCacheBytes, dCacheMax, dLayers, dLayerFetched, dLayerUses} {
+		dCacheHits, dCacheMisses, dCacheEvicted, dCacheBytes, dCacheMax, dWholeFiles, dWholeBytes, dWholeWritten, dWholeFailed,
+		dLayers, dLayerFetched, dLayerUses} {
 		ch <- d
 	}
 }
@@ -164,6 +170,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if c.src.Disk != nil {
 		tier("disk", c.src.Disk.Stats())
 		gauge(dCacheMax, float64(c.src.Disk.MaxBytes()))
+		ws := c.src.Disk.WholeStats()
+		gauge(dWholeFiles, float64(ws.Files))
+		gauge(dWholeBytes, float64(ws.Bytes))
+		counter(dWholeWritten, ws.Written)
+	}
+	if c.src.Whole != nil {
+		st := c.src.Whole.Stats()
+		counter(dWholeFailed, st.Mismatches, "mismatch")
+		counter(dWholeFailed, st.Failures, "error")
 	}
 	if c.src.Memory != nil {
 		tier("memory", c.src.Memory.Stats())

@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"net/http/httptest"
@@ -12,6 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/poolfs/poolfs/cache"
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -32,12 +35,19 @@ func TestScrape(t *testing.T) {
 		disk.Get(key)
 	}
 	mem.Get("sha256:missing")
+	whole := []byte(fmt.Sprintf("%01500d", 42))
+	if err := disk.AddWhole(context.Background(), fmt.Sprintf("sha256:%x", sha256.Sum256(whole)), int64(len(whole)), bytes.NewReader(whole)); err != nil {
+		t.Fatal(err)
+	}
+	wf := layer.NewWholeFiles(context.Background(), disk, layer.WholeOptions{})
+	defer wf.Close()
 
 	m := New()
 	m.Watch(Sources{
 		Resolver: remote.New(remote.Options{}),
 		Disk:     disk,
 		Memory:   mem,
+		Whole:    wf,
 		Layers: func() []Layer {
 			return []Layer{{Ref: "reg/app:1", Digest: "sha256:aa", Size: 200, FetchedBytes: 50, Uses: 3}}
 		},
@@ -88,6 +98,10 @@ func TestScrape(t *testing.T) {
 		{get("poolfs_cache_evictions_total", "tier", "disk"), float64(disk.Stats().Evictions), "disk evictions"},
 		{get("poolfs_cache_hits_total", "tier", "disk"), float64(disk.Stats().Hits), "disk hits"},
 		{get("poolfs_cache_misses_total", "tier", "memory"), 1, "memory misses"},
+		{get("poolfs_whole_files"), 1, "whole files"},
+		{get("poolfs_whole_file_bytes"), 1500, "whole file bytes"},
+		{get("poolfs_whole_files_written_total"), 1, "whole files written"},
+		{get("poolfs_whole_file_failures_total", "reason", "mismatch"), 0, "whole file mismatches"},
 		{get("poolfs_layers_served"), 1, "layers"},
 		{get("poolfs_layer_fetched_ratio", "digest", "sha256:aa"), 0.25, "fetched ratio"},
 		{get("poolfs_layer_uses", "ref", "reg/app:1"), 3, "uses"},

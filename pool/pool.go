@@ -90,6 +90,8 @@ type Pool struct {
 	meta *meta.Store // nil: nothing persists across restarts (see SetMeta)
 
 	prefetch PrefetchOptions // see SetPrefetch
+
+	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
 }
 
 // New returns an empty pool.
@@ -220,8 +222,22 @@ func (p *Pool) adopt(l *Layer, log *logrus.Entry) *Layer {
 		return prev
 	}
 	p.layers[l.Desc.Digest] = l
+	if p.whole != nil {
+		// Before the layer is published: its views offer passthrough for
+		// the files whose copies exist, and ask for the rest.
+		l.View.SetWholeFiles(p.whole)
+	}
 	p.startPrefetch(l, log)
 	return l
+}
+
+// SetWholeFiles makes the layers opened from now on keep whole-file copies
+// of their fully cached large files through w, for FUSE passthrough (see
+// layer.WholeFiles). Call it before the pool serves lookups.
+func (p *Pool) SetWholeFiles(w *layer.WholeFiles) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.whole = w
 }
 
 // Layers lists the layers opened so far.

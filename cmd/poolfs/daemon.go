@@ -13,6 +13,7 @@ import (
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/config"
 	"github.com/poolfs/poolfs/control"
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/metrics"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/remote"
@@ -142,6 +143,7 @@ type daemonState struct {
 	pool     *pool.Pool
 	disk     *cache.Disk
 	mem      *cache.Memory
+	whole    *layer.WholeFiles // nil: --passthrough=false
 	resolver *remote.Resolver
 	keychain *remote.SessionKeychain
 }
@@ -188,6 +190,8 @@ func (s *daemonState) cacheStatus() control.CacheStatus {
 	if s.mem != nil {
 		cs.MemoryBytes = s.mem.Stats().Bytes
 	}
+	ws := s.disk.WholeStats()
+	cs.WholeFiles, cs.WholeBytes, cs.WholeWritten = ws.Files, ws.Bytes, ws.Written
 	return cs
 }
 

@@ -47,6 +47,7 @@ func serveMetrics(addr string, s *daemonState, m *metrics.Metrics, log *logrus.E
 		Resolver: s.resolver,
 		Disk:     s.disk,
 		Memory:   s.mem,
+		Whole:    s.whole,
 		Layers: func() []metrics.Layer {
 			var out []metrics.Layer
 			for _, l := range s.Status().Layers {

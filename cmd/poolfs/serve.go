@@ -13,6 +13,7 @@ import (
 	"github.com/poolfs/poolfs/cache"
 	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/internal/mountpoint"
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/remote"
@@ -32,6 +33,7 @@ func serve(ctx context.Context, args []string) error {
 	logFormat := fl.String("log-format", "text", "log `FORMAT`: text or json")
 	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened")
 	backgroundFetch := fl.Bool("background-fetch", false, "after the prefetch, fetch the rest of each layer in the background, yielding to reads")
+	passthrough := fl.Bool("passthrough", true, "keep a whole-file copy of each fully cached file of 1 MiB or more in the cache dir and let the kernel read it directly (FUSE passthrough), without a request to the daemon per read")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -89,13 +91,23 @@ func serve(ctx context.Context, args []string) error {
 	}
 	defer metaStore.Close()
 	p.SetMeta(metaStore)
+	var whole *layer.WholeFiles
+	if *passthrough {
+		// Copies live in the disk cache (<cache-dir>/chunks/whole), under
+		// its cap. Copies stop when ctx ends (a signal); Close, when serve
+		// returns after the unmount, also covers an unmount from outside
+		// and waits until the copy in progress has removed its temp file.
+		whole = layer.NewWholeFiles(ctx, disk, layer.WholeOptions{Log: log.WithField("component", "wholefiles")})
+		defer whole.Close()
+		p.SetWholeFiles(whole)
+	}
 
 	server, err := layerfs.MountObserved(mnt, pool.NewRoot(p), layerfs.Options(), dflags.fuseObserver())
 	if err != nil {
 		return fmt.Errorf("mounting %s: %w", mnt, err)
 	}
 	log.WithFields(logrus.Fields{"path": mnt, "cache_dir": *cacheDir}).Info("serving")
-	state := &daemonState{mnt: mnt, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, resolver: resolver, keychain: rs.keychain}
+	state := &daemonState{mnt: mnt, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, whole: whole, resolver: resolver, keychain: rs.keychain}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
 	if err != nil {
 		_ = unmount(server, mnt)

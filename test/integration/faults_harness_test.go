@@ -2,18 +2,22 @@ package integration
 
 import (
 	"archive/tar"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/poolfs/poolfs/cache"
 	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/fs/fstest"
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/remote"
@@ -27,6 +31,11 @@ type mountOpts struct {
 	MemoryMB int64          // 0: 256
 	Quiet    bool           // log at info level only (fault tests log a lot)
 	Meta     *meta.Store    // nil: no metadata store
+	// Passthrough turns on whole-file copies (the daemon's default
+	// --passthrough), with layer.DefaultWholeMinSize unless WholeMinSize
+	// is set.
+	Passthrough  bool
+	WholeMinSize int64
 }
 
 // mountPoolOpts is mountPool with a tunable resolver and cache location.
@@ -63,7 +72,17 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
 	}
-	server, err := layerfs.Mount(dir, pool.NewRoot(p), layerfs.Options())
+	if o.Passthrough {
+		w := layer.NewWholeFiles(context.Background(), disk, layer.WholeOptions{MinSize: o.WholeMinSize, Log: entry})
+		t.Cleanup(w.Close) // after the unmount below, as in the daemon
+		p.SetWholeFiles(w)
+	}
+	m := &mounted{Dir: dir, Pool: p, Disk: disk}
+	server, err := layerfs.MountObserved(dir, pool.NewRoot(p), layerfs.Options(), func(op string, _ time.Duration, _ fuse.Status) {
+		if op == "read" {
+			m.Reads.Add(1)
+		}
+	})
 	if err != nil {
 		t.Fatalf("mounting pool: %v", err)
 	}
@@ -73,7 +92,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
 		}
 	})
-	return &mounted{Dir: dir, Pool: p}
+	return m
 }
 
 // layerTar is a layer of many small and a few multi-chunk files with

@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/test/fixture"
 )
@@ -16,8 +18,10 @@ import (
 // mounted is one pool mounted for a test, served in-process so the test can
 // look at the pool's state as well as the files.
 type mounted struct {
-	Dir  string // <ALS root>/.pool
-	Pool *pool.Pool
+	Dir   string // <ALS root>/.pool
+	Pool  *pool.Pool
+	Disk  *cache.Disk
+	Reads atomic.Int64 // FUSE READ requests the daemon answered
 }
 
 func requireFUSE(t *testing.T) {

@@ -1,0 +1,118 @@
+package integration
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/test/fixture"
+)
+
+// readDropping reads p through one open and drops its pages from the
+// kernel's page cache before closing, so that the next open must read
+// from the daemon or from a passthrough backing file. It returns the bytes
+// and the READ requests the daemon answered meanwhile.
+func (m *mounted) readDropping(t *testing.T, p string) ([]byte, int64) {
+	t.Helper()
+	before := m.Reads.Load()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatalf("reading %s: %v", p, err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	return b, m.Reads.Load() - before
+}
+
+func (m *mounted) waitWholeFiles(t *testing.T, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for m.Disk.WholeStats().Files < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d whole-file copies after 20 s, want %d", m.Disk.WholeStats().Files, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Through the pool as the daemon wires it (default minimum size): a large
+// file read once is then read with no FUSE READ at all, also by a daemon
+// started again on the same cache dir; a small file keeps going through
+// the daemon; the tree still matches its tar; and with passthrough off
+// the same reads work through the daemon.
+func TestPassthroughThroughPool(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	big := fixture.RandomBytes(11, 3<<20+12345) // several 256 KiB chunks, above the minimum size
+	small := fixture.RandomBytes(12, 100<<10)
+	if int64(len(small)) >= layer.DefaultWholeMinSize || int64(len(big)) < layer.DefaultWholeMinSize {
+		t.Fatal("test setup: big.bin and small.bin must straddle the minimum size")
+	}
+	tarBytes := fixture.BuildTar([]fixture.TarEntry{
+		{Name: "data/big.bin", Mode: 0o644, Content: big},
+		{Name: "data/small.bin", Mode: 0o644, Content: small},
+	})
+	ref, layers := pushImage(t, reg, "test/passthrough", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 256 << 10})
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	diff := func(m *mounted) string { return filepath.Join(m.grammar2(ref, layers[0].Digest.String()), "diff") }
+
+	t.Run("first daemon", func(t *testing.T) {
+		m := mountPoolOpts(t, reg, mountOpts{CacheDir: cacheDir, Passthrough: true})
+		bigPath, smallPath := filepath.Join(diff(m), "data/big.bin"), filepath.Join(diff(m), "data/small.bin")
+		if got, reads := m.readDropping(t, bigPath); !bytes.Equal(got, big) || reads == 0 {
+			t.Fatalf("first read of big.bin: right bytes %v, %d daemon reads", bytes.Equal(got, big), reads)
+		}
+		m.waitWholeFiles(t, 1)
+		for i := range 2 {
+			if got, reads := m.readDropping(t, bigPath); !bytes.Equal(got, big) || reads != 0 {
+				t.Errorf("read %d of big.bin after its copy: right bytes %v, %d daemon reads (want 0)", i+2, bytes.Equal(got, big), reads)
+			}
+		}
+		for i := range 2 {
+			if got, reads := m.readDropping(t, smallPath); !bytes.Equal(got, small) || reads == 0 {
+				t.Errorf("read %d of small.bin: right bytes %v, %d daemon reads (want some: below the minimum size)", i+1, bytes.Equal(got, small), reads)
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // a copy of small.bin would be asked for by now
+		if ws := m.Disk.WholeStats(); ws.Files != 1 || ws.Bytes != int64(len(big)) {
+			t.Errorf("whole-file copies %+v, want only big.bin's", ws)
+		}
+		compareTree(t, diff(m), tarBytes)
+	})
+
+	t.Run("after restart", func(t *testing.T) {
+		// The copy is found by the startup scan and served at once.
+		m := mountPoolOpts(t, reg, mountOpts{CacheDir: cacheDir, Passthrough: true})
+		if ws := m.Disk.WholeStats(); ws.Files != 1 {
+			t.Fatalf("after restart: %+v, want big.bin's copy indexed", ws)
+		}
+		if got, reads := m.readDropping(t, filepath.Join(diff(m), "data/big.bin")); !bytes.Equal(got, big) || reads != 0 {
+			t.Errorf("first read after restart: right bytes %v, %d daemon reads (want 0)", bytes.Equal(got, big), reads)
+		}
+	})
+
+	t.Run("passthrough off", func(t *testing.T) {
+		m := mountPoolOpts(t, reg, mountOpts{CacheDir: filepath.Join(t.TempDir(), "cache")})
+		p := filepath.Join(diff(m), "data/big.bin")
+		for i := range 2 {
+			if got, reads := m.readDropping(t, p); !bytes.Equal(got, big) || reads == 0 {
+				t.Errorf("read %d: right bytes %v, %d daemon reads (want some)", i+1, bytes.Equal(got, big), reads)
+			}
+		}
+		if ws := m.Disk.WholeStats(); ws.Files != 0 {
+			t.Errorf("whole-file copies with passthrough off: %+v", ws)
+		}
+		compareTree(t, diff(m), tarBytes)
+	})
+}
