@@ -147,7 +147,7 @@ func indexChunks(entries []*estargz.TOCEntry, tocOffset int64) (map[int]*fileChu
 func buildFileChunks(reg *estargz.TOCEntry, parts []*estargz.TOCEntry, nextOffset func(int64) int64) (*fileChunks, error) {
 	var fileDigest digest.Digest
 	if reg.Digest != "" {
-		d, err := digest.Parse(reg.Digest)
+		d, err := parseDigest(reg.Digest)
 		if err != nil {
 			return nil, fmt.Errorf("file digest %q: %w", reg.Digest, err)
 		}
@@ -180,7 +180,7 @@ func buildFileChunks(reg *estargz.TOCEntry, parts []*estargz.TOCEntry, nextOffse
 			return nil, fmt.Errorf("chunk at %d claims %d bytes from %d compressed bytes", p.ChunkOffset, c.inner+c.size, c.blobEnd-c.blobOff)
 		}
 		if p.ChunkDigest != "" {
-			d, err := digest.Parse(p.ChunkDigest)
+			d, err := parseDigest(p.ChunkDigest)
 			if err != nil {
 				return nil, fmt.Errorf("chunk at %d: digest %q: %w", p.ChunkOffset, p.ChunkDigest, err)
 			}

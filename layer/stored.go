@@ -2,11 +2,9 @@ package layer
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 
-	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 )
@@ -56,9 +54,9 @@ func OpenStored(blob BlobReader, toc TOC, c Cache, log *logrus.Entry) (*Layer, e
 	if toc.Offset < 0 || toc.Offset > blob.Size()-legacyFooterSize {
 		return nil, fmt.Errorf("stored TOC offset %d outside the %d byte blob", toc.Offset, blob.Size())
 	}
-	jtoc := new(estargz.JTOC)
-	if err := json.Unmarshal(toc.JSON, jtoc); err != nil {
-		return nil, fmt.Errorf("decoding stored TOC JSON %s: %w", toc.Digest, err)
+	jtoc, err := decodeTOC(toc.JSON)
+	if err != nil {
+		return nil, fmt.Errorf("stored TOC %s: %w", toc.Digest, err)
 	}
 	return fromRaw(&rawTOC{toc: jtoc, digest: toc.Digest, tocOffset: toc.Offset, json: toc.JSON}, blob, c, log)
 }

@@ -3,7 +3,6 @@ package layer
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -87,9 +86,9 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 		return nil, fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
 	}
 
-	toc := new(estargz.JTOC)
-	if err := json.Unmarshal(tocJSON, toc); err != nil {
-		return nil, fmt.Errorf("decoding TOC JSON %s: %w", got, err)
+	toc, err := decodeTOC(tocJSON)
+	if err != nil {
+		return nil, fmt.Errorf("TOC %s: %w", got, err)
 	}
 	raw := &rawTOC{toc: toc, digest: got, tocOffset: tocOffset, json: tocJSON, chunkTailStart: tailStart}
 	if tocOffset > tailStart {
