@@ -22,6 +22,9 @@ import (
 
 // Resolver is the registry side the pool needs; *remote.Resolver is one.
 type Resolver interface {
+	// ResolveBlob finds the layer in the manifest, without its DiffID;
+	// ResolveLayer adds the DiffID from the config.
+	ResolveBlob(ctx context.Context, ref string, dgst digest.Digest) (remote.LayerDesc, error)
 	ResolveLayer(ctx context.Context, ref string, dgst digest.Digest) (remote.LayerDesc, error)
 	Blob(ctx context.Context, ld remote.LayerDesc) (remote.Blob, error)
 }
@@ -161,7 +164,7 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	if l := p.openStored(ctx, key, log); l != nil {
 		return l, nil
 	}
-	desc, err := p.resolver.ResolveLayer(ctx, key.Ref, key.Digest)
+	desc, err := p.resolver.ResolveBlob(ctx, key.Ref, key.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("resolving layer %s of %s: %w", key.Digest, key.Ref, err)
 	}
@@ -188,6 +191,24 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening blob %s of %s: %w", desc.Digest, key.Ref, err)
 	}
+	// The config (for the DiffID) is fetched while the TOC is: one round
+	// trip less before the client sees the layer.
+	type resolved struct {
+		desc remote.LayerDesc
+		err  error
+	}
+	withConfig := make(chan resolved, 1)
+	go func() {
+		d, err := p.resolver.ResolveLayer(ctx, key.Ref, key.Digest)
+		withConfig <- resolved{d, err}
+	}()
+	diffID := func() (digest.Digest, error) {
+		r := <-withConfig
+		if r.err != nil {
+			return "", fmt.Errorf("resolving layer %s of %s: %w", key.Digest, key.Ref, r.err)
+		}
+		return r.desc.DiffID, nil
+	}
 	start := time.Now()
 	view, toc, err := layer.OpenWithTOC(ctx, blob, tocDigest, p.cache, log)
 	if err != nil {
@@ -201,6 +222,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	if tocDigest == "" {
 		desc.TOCDigest = view.TOCDigest()
+	}
+	if desc.DiffID, err = diffID(); err != nil {
+		return nil, err
 	}
 	p.persist(key, desc, toc, log)
 	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, log)

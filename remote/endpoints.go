@@ -36,13 +36,13 @@ func (r *Resolver) endpoints(ref string) ([]name.Reference, error) {
 // fetchImageFrom tries each endpoint in turn until one serves the image, as
 // podman does with mirrors: a mirror that is down or lacks the image falls
 // through to the next one and finally to the registry itself.
-func (r *Resolver) fetchImageFrom(ctx context.Context, eps []name.Reference) ([]LayerDesc, error) {
+func (r *Resolver) fetchImageFrom(ctx context.Context, eps []name.Reference) (*imageEntry, error) {
 	var failed []string
 	var last error
 	for i, ep := range eps {
-		layers, err := r.fetchImage(ctx, ep)
+		img, err := r.fetchImage(ctx, ep)
 		if err == nil {
-			return layers, nil
+			return img, nil
 		}
 		if ctx.Err() != nil {
 			return nil, err

@@ -15,8 +15,10 @@ import (
 )
 
 // fetchImage fetches ref's manifest (walking indexes down to the
-// configured platform) and config, and lists the layers.
-func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) ([]LayerDesc, error) {
+// configured platform) and lists the layers. Their diff IDs come from the
+// config, which is fetched apart (see imageEntry.diffIDs) so that a layer
+// can be opened while it is on the way.
+func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEntry, error) {
 	repo := ref.Context()
 	log := r.s.log.WithField("ref", ref.String())
 
@@ -54,15 +56,9 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) ([]LayerD
 	if err != nil {
 		return nil, fmt.Errorf("parse manifest of %s: %w", ref, err)
 	}
-	diffIDs, err := r.diffIDs(ctx, ref, mf.Config, log)
-	if err != nil {
+	if err := checkConfig(ref, mf.Config); err != nil {
 		return nil, err
 	}
-	if diffIDs != nil && len(diffIDs) != len(mf.Layers) {
-		log.Warnf("config lists %d diff_ids for %d layers; diff IDs unknown", len(diffIDs), len(mf.Layers))
-		diffIDs = nil
-	}
-
 	layers := make([]LayerDesc, len(mf.Layers))
 	for i, l := range mf.Layers {
 		ld := LayerDesc{
@@ -70,9 +66,6 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) ([]LayerD
 			Size:        l.Size,
 			MediaType:   string(l.MediaType),
 			Annotations: l.Annotations,
-		}
-		if diffIDs != nil {
-			ld.DiffID = digest.Digest(diffIDs[i].String())
 		}
 		if toc := l.Annotations[TOCDigestAnnotation]; toc != "" {
 			if d := digest.Digest(toc); d.Validate() == nil {
@@ -83,7 +76,7 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) ([]LayerD
 		}
 		layers[i] = ld
 	}
-	return layers, nil
+	return &imageEntry{layers: layers, config: mf.Config, from: ref}, nil
 }
 
 // getManifest fetches one manifest with ggcr (Accept headers, digest
@@ -121,13 +114,10 @@ func (r *Resolver) getManifest(ctx context.Context, ref name.Reference, log *log
 // diffIDs fetches and parses the image config for rootfs.diff_ids. A config
 // that is not an image config (artifacts) yields nil: diff IDs unknown.
 func (r *Resolver) diffIDs(ctx context.Context, ref name.Reference, cfg v1.Descriptor, log *logrus.Entry) ([]v1.Hash, error) {
+	if err := checkConfig(ref, cfg); err != nil {
+		return nil, err
+	}
 	dgst := digest.Digest(cfg.Digest.String())
-	if err := dgst.Validate(); err != nil {
-		return nil, fmt.Errorf("config of %s: bad digest %q: %w", ref, dgst, err)
-	}
-	if cfg.Size <= 0 || cfg.Size > maxConfigSize {
-		return nil, fmt.Errorf("config %s of %s: unreasonable size %d", dgst, ref, cfg.Size)
-	}
 	// OCI allows the config to be embedded in the manifest; use it if it
 	// checks out, saving a round trip.
 	raw := cfg.Data
@@ -161,6 +151,19 @@ func (r *Resolver) diffIDs(ctx context.Context, ref name.Reference, cfg v1.Descr
 		return []v1.Hash{}, nil
 	}
 	return cf.RootFS.DiffIDs, nil
+}
+
+// checkConfig refuses a manifest whose config descriptor cannot be
+// fetched, before the manifest is cached: such a manifest is junk.
+func checkConfig(ref name.Reference, cfg v1.Descriptor) error {
+	dgst := digest.Digest(cfg.Digest.String())
+	if err := dgst.Validate(); err != nil {
+		return fmt.Errorf("config of %s: bad digest %q: %w", ref, dgst, err)
+	}
+	if cfg.Size <= 0 || cfg.Size > maxConfigSize {
+		return fmt.Errorf("config %s of %s: unreasonable size %d", dgst, ref, cfg.Size)
+	}
+	return nil
 }
 
 type manifestType int

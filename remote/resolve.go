@@ -11,35 +11,61 @@ import (
 
 // ResolveLayer fetches the manifest of ref (tag or digest; an index is
 // resolved to Options.Platform) and its config, and returns the layer
-// whose compressed blob digest or whose TOC digest annotation equals dgst.
-// It returns ErrLayerNotFound (wrapped) if there is none. Results are
-// cached per reference (digest references forever, tags for 30 seconds)
-// and concurrent calls for one reference share a single fetch.
+// whose compressed blob digest or whose TOC digest annotation equals dgst,
+// DiffID included. It returns ErrLayerNotFound (wrapped) if there is none.
+// Results are cached per reference (digest references forever, tags for
+// 30 seconds) and concurrent calls for one reference share a single fetch.
 func (r *Resolver) ResolveLayer(ctx context.Context, ref string, dgst digest.Digest) (LayerDesc, error) {
-	if err := dgst.Validate(); err != nil {
-		return LayerDesc{}, fmt.Errorf("resolve layer %q in %s: %w", dgst, ref, err)
-	}
-	nref, err := r.parseRef(ref)
+	ld, img, i, err := r.resolve(ctx, ref, dgst)
 	if err != nil {
-		return LayerDesc{}, fmt.Errorf("resolve layer %s: %w", dgst, err)
+		return LayerDesc{}, err
 	}
-	eps, err := r.endpoints(ref)
-	if err != nil {
-		return LayerDesc{}, fmt.Errorf("resolve layer %s: %w", dgst, err)
-	}
-	layers, err := r.image(ctx, nref, eps)
+	ids, err := r.imageDiffIDs(ctx, img)
 	if err != nil {
 		return LayerDesc{}, fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, err)
 	}
-	for _, l := range layers {
+	if ids != nil {
+		ld.DiffID = ids[i]
+	}
+	return ld, nil
+}
+
+// ResolveBlob is ResolveLayer without the config: DiffID is left empty.
+// It costs one round trip less, so a caller can start reading the blob
+// while ResolveLayer fetches the config (which the two share).
+func (r *Resolver) ResolveBlob(ctx context.Context, ref string, dgst digest.Digest) (LayerDesc, error) {
+	ld, _, _, err := r.resolve(ctx, ref, dgst)
+	return ld, err
+}
+
+// resolve finds dgst among the layers of ref: the layer, its image and its
+// index in the image.
+func (r *Resolver) resolve(ctx context.Context, ref string, dgst digest.Digest) (LayerDesc, *imageEntry, int, error) {
+	fail := func(err error) (LayerDesc, *imageEntry, int, error) { return LayerDesc{}, nil, 0, err }
+	if err := dgst.Validate(); err != nil {
+		return fail(fmt.Errorf("resolve layer %q in %s: %w", dgst, ref, err))
+	}
+	nref, err := r.parseRef(ref)
+	if err != nil {
+		return fail(fmt.Errorf("resolve layer %s: %w", dgst, err))
+	}
+	eps, err := r.endpoints(ref)
+	if err != nil {
+		return fail(fmt.Errorf("resolve layer %s: %w", dgst, err))
+	}
+	img, err := r.image(ctx, nref, eps)
+	if err != nil {
+		return fail(fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, err))
+	}
+	for i, l := range img.layers {
 		if l.Digest == dgst || (l.TOCDigest != "" && l.TOCDigest == dgst) {
 			l.Ref = ref
 			// The cached map is shared; hand out a copy callers may modify.
 			l.Annotations = maps.Clone(l.Annotations)
-			return l, nil
+			return l, img, i, nil
 		}
 	}
-	return LayerDesc{}, fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, ErrLayerNotFound)
+	return fail(fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, ErrLayerNotFound))
 }
 
 // image returns the layers of ref from the cache or the registry. The fetch
@@ -50,28 +76,28 @@ func (r *Resolver) ResolveLayer(ctx context.Context, ref string, dgst digest.Dig
 //
 // ref is the logical reference (the cache key); eps are where it is fetched
 // from, in order (see endpoints).
-func (r *Resolver) image(ctx context.Context, ref name.Reference, eps []name.Reference) ([]LayerDesc, error) {
+func (r *Resolver) image(ctx context.Context, ref name.Reference, eps []name.Reference) (*imageEntry, error) {
 	key := ref.Name()
-	if layers, ok := r.cachedImage(key); ok {
-		return layers, nil
+	if img, ok := r.cachedImage(key); ok {
+		return img, nil
 	}
 	ch := r.imgSF.DoChan(key, func() (any, error) {
-		if layers, ok := r.cachedImage(key); ok {
-			return layers, nil
+		if img, ok := r.cachedImage(key); ok {
+			return img, nil
 		}
-		layers, err := r.fetchImageFrom(context.WithoutCancel(ctx), eps)
+		img, err := r.fetchImageFrom(context.WithoutCancel(ctx), eps)
 		if err != nil {
 			return nil, err
 		}
-		r.storeImage(key, ref, layers)
-		return layers, nil
+		r.storeImage(key, ref, img)
+		return img, nil
 	})
 	select {
 	case res := <-ch:
 		if res.Err != nil {
 			return nil, res.Err
 		}
-		return res.Val.([]LayerDesc), nil
+		return res.Val.(*imageEntry), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

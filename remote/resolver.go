@@ -27,6 +27,7 @@ type Resolver struct {
 	imgMu sync.Mutex
 	imgs  map[string]*imageEntry
 	imgSF singleflight.Group
+	cfgSF singleflight.Group // config fetches, by config digest
 }
 
 // New returns a Resolver. It does no I/O.

@@ -6,13 +6,17 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -390,4 +394,40 @@ func TestListings(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(filepath.Dir(l1), filepath.Base(l1))
+}
+
+// TestConfigWhileTOC: the image config (only needed for the layer's
+// DiffID) is fetched while the TOC is, not before it: the registry holds
+// the config back until the layer's tail has been asked for, and the
+// layer still opens, with the right info.
+func TestConfigWhileTOC(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarBytes := fixture.BuildTar([]fixture.TarEntry{{Name: "f", Mode: 0o644, Content: []byte("x")}})
+	ref, layers := pushImage(t, reg, "test/parallel", [][]byte{tarBytes}, fixture.ImageOptions{})
+	li := layers[0]
+	tailAsked := make(chan struct{})
+	var once sync.Once
+	var heldConfig atomic.Bool
+	reg.SetMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/blobs/") {
+				if strings.HasSuffix(r.URL.Path, li.Digest.String()) {
+					once.Do(func() { close(tailAsked) })
+				} else {
+					select {
+					case <-tailAsked:
+						heldConfig.Store(true)
+					case <-time.After(5 * time.Second):
+					}
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	m := mountPool(t, reg)
+	dir := m.grammar2(ref, li.Digest.String())
+	checkInfo(t, filepath.Join(dir, "info"), li)
+	if !heldConfig.Load() {
+		t.Error("the config request was answered before the layer's tail was asked for: the two were fetched one after the other")
+	}
 }
