@@ -46,7 +46,7 @@ func mountPassthrough(t *testing.T, on bool, wrap func(*layer.Layer) Reader) *pt
 		t.Fatal(err)
 	}
 	if on {
-		w := layer.NewWholeFiles(context.Background(), disk, layer.WholeOptions{MinSize: 1})
+		w := layer.NewWholeFiles(context.Background(), disk, layer.WholeOptions{MinSize: 1, Quiet: -1})
 		t.Cleanup(w.Close) // after the unmount, registered below
 		l.SetWholeFiles(w)
 	}

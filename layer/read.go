@@ -40,6 +40,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 		}
 	}
 
+	if w := l.whole.Load(); w != nil {
+		w.readSeen()
+	}
 	l.reading.Add(1)
 	data, err := l.getChunks(ctx, e.Path, chunks)
 	l.reading.Add(-1)

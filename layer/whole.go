@@ -50,6 +50,7 @@ const (
 	defaultWholeParallel   = 1
 	defaultWholeMaxPending = 1024
 	defaultWholeRetryAfter = time.Minute
+	defaultWholeQuiet      = time.Second
 )
 
 // WholeStore keeps whole-file copies by content digest ("sha256:<hex>");
@@ -78,6 +79,13 @@ type WholeOptions struct {
 	// may pass (I/O, a chunk that had to be fetched and failed) is left
 	// alone (default 1 minute). A digest mismatch is never retried.
 	RetryAfter time.Duration
+	// Quiet is how long reads through the layers must have paused before
+	// a copy starts (default 1 s; negative: no wait). A copy reads,
+	// hashes, writes and fsyncs a whole file: done while a container is
+	// starting, it competes with it for the CPU and the disk (in the
+	// bench, the import workload took 1.45 s with copies made at once vs
+	// 1.33 s without passthrough). A copy only pays off on later opens.
+	Quiet time.Duration
 	// Log is where failures are reported (nil: the standard logger).
 	Log *logrus.Entry
 }
@@ -109,6 +117,8 @@ type WholeFiles struct {
 	skip    map[digest.Digest]time.Time // not before this time; zero time: not again in this run
 
 	written, mismatches, failures atomic.Int64
+
+	lastRead atomic.Int64 // Unix nanoseconds of the latest read through a layer
 }
 
 // wholeJob is one request: the copy of e, whose digest is d, from l.
@@ -132,6 +142,9 @@ func NewWholeFiles(ctx context.Context, store WholeStore, o WholeOptions) *Whole
 	}
 	if o.RetryAfter <= 0 {
 		o.RetryAfter = defaultWholeRetryAfter
+	}
+	if o.Quiet == 0 {
+		o.Quiet = defaultWholeQuiet
 	}
 	log := o.Log
 	if log == nil {
@@ -161,12 +174,34 @@ func (w *WholeFiles) work() {
 	for {
 		select {
 		case j := <-w.jobs:
+			if !w.waitQuiet() {
+				return
+			}
 			w.materialize(j)
 			w.mu.Lock()
 			delete(w.pending, j.d)
 			w.mu.Unlock()
 		case <-w.ctx.Done():
 			return
+		}
+	}
+}
+
+// readSeen records a read through a layer (see WholeOptions.Quiet).
+func (w *WholeFiles) readSeen() { w.lastRead.Store(time.Now().UnixNano()) }
+
+// waitQuiet returns once no read has been seen for o.Quiet, or false if
+// the WholeFiles is closed first.
+func (w *WholeFiles) waitQuiet() bool {
+	for {
+		left := w.o.Quiet - time.Since(time.Unix(0, w.lastRead.Load()))
+		if left <= 0 {
+			return true
+		}
+		select {
+		case <-time.After(left):
+		case <-w.ctx.Done():
+			return false
 		}
 	}
 }

@@ -142,7 +142,7 @@ func (g getOnly) Add(k string, b []byte)      { g.c.Add(k, b) }
 func TestMaterializeWhole(t *testing.T) {
 	s := openSample(t)
 	store := diskStore(t)
-	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1})
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
 	defer w.Close()
 	s.l.SetWholeFiles(w)
 	e := lookup(t, s.l, fstest.SampleBigFile)
@@ -198,7 +198,7 @@ func TestMaterializeWholeSkips(t *testing.T) {
 	}
 	s := openSample(t)
 	store := &fakeStore{}
-	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 8})
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 8, Quiet: -1})
 	l.SetWholeFiles(w)
 	s.l.SetWholeFiles(w)
 	tests := []struct {
@@ -237,7 +237,7 @@ func TestMaterializeWholeSkips(t *testing.T) {
 func TestMaterializeWholeOnceAndOneAtATime(t *testing.T) {
 	s := openSample(t)
 	store := &fakeStore{block: make(chan struct{})}
-	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1})
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
 	defer w.Close()
 	s.l.SetWholeFiles(w)
 	files := []*Entry{lookup(t, s.l, fstest.SampleBigFile), lookup(t, s.l, fstest.SampleZeroFile), lookup(t, s.l, fstest.SampleLinkedTo)}
@@ -290,7 +290,7 @@ func TestMaterializeWholeMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := diskStore(t)
-	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1})
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
 	l.SetWholeFiles(w)
 	e := lookup(t, l, "m")
 	if got := readEntry(t, l, e); string(got) != "0123456789" {
@@ -325,7 +325,7 @@ func TestMaterializeWholeMismatch(t *testing.T) {
 func TestMaterializeWholeRetry(t *testing.T) {
 	s := openSample(t)
 	store := &fakeStore{err: errors.New("disk on fire")}
-	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, RetryAfter: 300 * time.Millisecond})
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, RetryAfter: 300 * time.Millisecond, Quiet: -1})
 	defer w.Close()
 	s.l.SetWholeFiles(w)
 	e := lookup(t, s.l, fstest.SampleBigFile)
@@ -348,7 +348,7 @@ func TestMaterializeWholeRetry(t *testing.T) {
 func TestWholeFilesClose(t *testing.T) {
 	s := openSample(t)
 	store := &fakeStore{waitCtx: true}
-	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1})
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
 	s.l.SetWholeFiles(w)
 	e := lookup(t, s.l, fstest.SampleBigFile)
 	readEntry(t, s.l, e)
@@ -467,7 +467,7 @@ func (f *fakeStore) content(d digest.Digest) []byte {
 func TestMaterializeWholeQueueBound(t *testing.T) {
 	s := openSample(t)
 	store := &fakeStore{block: make(chan struct{})}
-	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, MaxPending: 1})
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, MaxPending: 1, Quiet: -1})
 	defer w.Close()
 	s.l.SetWholeFiles(w)
 	a, b, c := lookup(t, s.l, fstest.SampleBigFile), lookup(t, s.l, fstest.SampleZeroFile), lookup(t, s.l, "etc/passwd")
@@ -486,4 +486,27 @@ func TestMaterializeWholeQueueBound(t *testing.T) {
 	}
 	s.l.MaterializeWhole(c)
 	eventually(t, "the copy asked again", func() bool { return store.adds() == 3 })
+}
+
+// Copies wait for reads to pause (WholeOptions.Quiet): while a file is
+// being read, nothing is written; once reads stop, the copy follows.
+func TestMaterializeWholeWaitsForQuiet(t *testing.T) {
+	s := openSample(t)
+	store := diskStore(t)
+	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: time.Second})
+	defer w.Close()
+	s.l.SetWholeFiles(w)
+	e := lookup(t, s.l, fstest.SampleBigFile)
+	readEntry(t, s.l, e)
+	s.l.MaterializeWhole(e)
+	buf := make([]byte, 100)
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if _, err := s.l.ReadAt(context.Background(), e, buf, 0); err != nil {
+			t.Fatal(err)
+		}
+		if store.HasWhole(string(e.Digest())) {
+			t.Fatal("a copy was written while the layer was being read")
+		}
+	}
+	eventually(t, "the copy after reads stopped", func() bool { return store.HasWhole(string(e.Digest())) })
 }

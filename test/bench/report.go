@@ -94,12 +94,16 @@ func (rep report) write(path string) error {
 	fmt.Fprintf(&b, "Link: %v per request, %g Mbit/s shared by all responses (in-process registry on 127.0.0.1 behind a user-space delay and token bucket). "+
 		"%d cold run(s) per case, medians shown (all runs in the last column, seconds). Flags: `%s`.\n\n",
 		c.delay, c.mbit, c.runs, strings.Join(os.Args[1:], " "))
-	fmt.Fprintln(&b, "Cold means a fresh podman store, and for poolfs a freshly started daemon with an empty cache. "+
+	store := "a podman store holding no images, initialized beforehand by one `podman images` (its database and the overlay driver's feature probes, which a machine pays once, not per container start)"
+	if c.newStore {
+		store = "a podman store never used before (-new-store: its setup is timed too)"
+	}
+	fmt.Fprintln(&b, "Cold means "+store+", and for poolfs a freshly started daemon with an empty cache. "+
 		"Each image is one layer holding a debootstrap minbase root. *Optimized* images are standard eStargz with the files the workload opens "+
 		"(found with strace in a chroot, plus /etc/passwd and /etc/group which the runtime reads) first, before `.prefetch.landmark`. "+
 		"*Needed* bytes are the compressed ranges of those files in the eStargz layer. Times are `podman run --rm --network=none IMAGE WORKLOAD`, pull included. "+
-		"*Daemon cache warm* is a second run on a fresh podman store against the same daemon, whose cache now holds what the first run read: "+
-		"the floor poolfs could reach with no network at all, i.e. the cost of a cold podman store, which the lower bound (a warm store) does not pay. "+
+		"*Daemon cache warm* is a second run on another such store against the same daemon, whose cache now holds what the first run read: "+
+		"the floor poolfs could reach with no network at all, i.e. the cost of pulling into a store without the image (the registry round trips and bookkeeping of the pull), which the lower bound (image already local) does not pay. "+
 		"The ratios compare cases measured side by side in this run.")
 	fmt.Fprintln(&b)
 	for _, r := range rep.workloads {
@@ -171,9 +175,10 @@ const reportNotes = `### Notes
   modules: it fetches more than the unoptimized image, whose on-demand reads
   take only the chunks touched. Prioritizing whole files suits workloads
   that read the files they open.
-- The gap between *daemon cache warm* and *local* is what a cold podman
-  store costs (store setup, pull bookkeeping, layer lookups through the
-  store); it counts against poolfs in "x lower bound".
+- The gap between *daemon cache warm* and *local* is what a pull into a
+  store without the image costs (podman's own registry round trips, pull
+  bookkeeping, layer lookups through the store); it counts against poolfs
+  in "x lower bound".
 - The registry, podman and the daemon share the machine's CPUs; on a busy
   machine the times spread (see the runs column).
 `
