@@ -72,14 +72,24 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	return l
 }
 
-// persist records a layer just opened from the registry. A failure costs
-// only a registry round trip after the next restart, so it is logged, not
-// returned.
+// persist records a layer just opened from the registry, in the
+// background: compressing the TOC and committing it (fsync) takes tens of
+// milliseconds that the client, waiting for the layer, need not wait. A
+// failure costs only a registry round trip after the next restart, so it
+// is logged, not returned. Flush waits for the records.
 func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
 	if p.meta == nil {
 		return
 	}
-	if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
-		log.WithError(err).Warn("storing layer record failed")
-	}
+	p.persisting.Add(1)
+	go func() {
+		defer p.persisting.Done()
+		if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
+			log.WithError(err).Warn("storing layer record failed")
+		}
+	}()
 }
+
+// Flush waits until the records of the layers opened so far are written
+// to the metadata store. Call it before closing the store.
+func (p *Pool) Flush() { p.persisting.Wait() }

@@ -90,7 +90,8 @@ type Pool struct {
 	notEStargz map[digest.Digest]notEStargz // content never changes, so neither does this answer (but see notEStargzTTL)
 	opening    singleflight.Group
 
-	meta *meta.Store // nil: nothing persists across restarts (see SetMeta)
+	meta       *meta.Store    // nil: nothing persists across restarts (see SetMeta)
+	persisting sync.WaitGroup // records being written (see persist, Flush)
 
 	prefetch PrefetchOptions // see SetPrefetch
 
@@ -226,8 +227,8 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	if desc.DiffID, err = diffID(); err != nil {
 		return nil, err
 	}
-	p.persist(key, desc, toc, log)
 	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, log)
+	p.persist(key, desc, toc, log)
 	log.WithFields(logrus.Fields{
 		"toc_digest": desc.TOCDigest,
 		"size":       desc.Size,

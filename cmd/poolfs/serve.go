@@ -91,6 +91,7 @@ func serve(ctx context.Context, args []string) error {
 	}
 	defer metaStore.Close()
 	p.SetMeta(metaStore)
+	defer p.Flush() // before the store closes
 	var whole *layer.WholeFiles
 	if *passthrough {
 		// Copies live in the disk cache (<cache-dir>/chunks/whole), under

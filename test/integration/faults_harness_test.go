@@ -91,6 +91,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 			t.Logf("unmount: %v; detaching", err)
 			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
 		}
+		p.Flush() // before the test closes the metadata store
 	})
 	return m
 }

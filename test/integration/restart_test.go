@@ -49,6 +49,7 @@ func TestRestartState(t *testing.T) {
 	store, closeStore := openMeta(t, metaPath)
 	m := mountPoolOpts(t, reg, mountOpts{CacheDir: cacheDir, Meta: store, Quiet: true})
 	compareTree(t, diff(m), tarBytes)
+	m.Pool.Flush()
 	closeStore()
 
 	t.Run("known layer while the registry is down", func(t *testing.T) {
