@@ -8,9 +8,10 @@ import (
 	digest "github.com/opencontainers/go-digest"
 )
 
-// decodeTOC decodes TOC JSON with encoding/json. (goccy/go-json decodes
-// the python layer's TOC 3-4x faster, but fuzzing found inputs on which it
-// panics and then hangs every later call: not for bytes from a registry.)
+// decodeTOC decodes TOC JSON with encoding/json. goccy/go-json decodes
+// the python layer's TOC 3-4x faster, but it is not for bytes from a
+// registry: its pooled decoder state can be left broken by malformed input
+// so that later calls panic (goccy/go-json issue 604, open, fix unmerged).
 func decodeTOC(b []byte) (*estargz.JTOC, error) {
 	toc := new(estargz.JTOC)
 	if err := json.Unmarshal(b, toc); err != nil {
