@@ -67,12 +67,15 @@ func walkAll(t *testing.T, root string) (entries, dirsAndLinks int) {
 }
 
 // Walks of a view the kernel has seen are answered by the kernel: no
-// opendir/releasedir, no listing, no lookup, no readlink. The one thing
-// left is the kernel's own: reading a listing from the daemon marks the
-// directory's atime stale (fuse_invalidate_atime; only a read-only
-// superblock is spared, and the pool cannot be one), and so does reading a
-// link, so the next stat of each directory and link asks for its
-// attributes once.
+// opendir/releasedir, no lookup, no readlink, listings from its cache. The
+// one thing left is the kernel's own: reading a listing from the daemon
+// marks the directory's atime stale (fuse_invalidate_atime; only a
+// read-only superblock is spared, and the pool cannot be one), and so does
+// reading a link, so the next stat of each directory and link asks for its
+// attributes once. A listing whose reading was interrupted (a signal
+// during getdents) is not kept and is read again on the next walk, which
+// happens under load (-race), so a few of those are tolerated; a walk
+// later on asks nothing at all.
 func TestLaterWalksAskNothing(t *testing.T) {
 	s := openSample(t)
 	c := &opCounts{n: map[string]int{}}
@@ -84,15 +87,25 @@ func TestLaterWalksAskNothing(t *testing.T) {
 	if ops["readdirplus"]+ops["readdir"] == 0 || ops["readlink"] == 0 {
 		t.Fatalf("first walk: %v; the daemon should have listed directories and read links", ops)
 	}
-	for walk := 2; walk <= 3; walk++ {
+	for walk := 2; ; walk++ {
 		if n, _ := walkAll(t, dir); n != entries {
 			t.Fatalf("walk %d saw %d entries, the first %d", walk, n, entries)
 		}
 		ops := c.take()
+		if len(ops) == 0 {
+			break
+		}
+		listings := ops["readdirplus"] + ops["readdir"]
 		getattrs := ops["getattr"]
+		delete(ops, "readdirplus")
+		delete(ops, "readdir")
 		delete(ops, "getattr")
-		if len(ops) != 0 || (walk == 2 && getattrs > dirsAndLinks) || (walk == 3 && getattrs != 0) {
-			t.Errorf("walk %d of %d entries (%d directories and links) asked the daemon %v and %d getattrs", walk, entries, dirsAndLinks, ops, getattrs)
+		if len(ops) != 0 || getattrs > dirsAndLinks || listings > dirsAndLinks/20 {
+			t.Fatalf("walk %d of %d entries (%d directories and links) asked the daemon for %d listings, %d getattrs and %v",
+				walk, entries, dirsAndLinks, listings, getattrs, ops)
+		}
+		if walk == 5 {
+			t.Fatalf("walk %d still asked the daemon for %d listings and %d getattrs", walk, listings, getattrs)
 		}
 	}
 	fstest.CompareTree(t, dir, s.tar)
