@@ -15,7 +15,8 @@ import (
 //
 // Layer views never change. Directories of the mount whose children do
 // change (the grammar directories above the layers) invalidate their
-// listing themselves when they gain a child (see pool's addDir).
+// listing themselves when they gain a child (see pool's
+// syntheticDir.addChild).
 //
 // READDIR and READDIRPLUS then arrive without a handle (Fh 0); each one
 // opens a directory stream on go-fuse's side for that one request. The
