@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -17,41 +18,54 @@ import (
 // ErrLive says another process still serves the mount point.
 var ErrLive = errors.New("mount point is in use by a live mount")
 
-// Mounted reports whether dir is a mount point, from /proc/self/mountinfo
-// (a stat would hang or fail on a dead FUSE mount).
-func Mounted(dir string) (bool, error) {
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return false, fmt.Errorf("resolving %s: %w", dir, err)
-	}
+// Info is one line of /proc/self/mountinfo.
+type Info struct {
+	MountPoint string
+	FSType     string
+	Source     string
+}
+
+// Mounts parses /proc/self/mountinfo. Reading it never touches the mounted
+// filesystems, so it cannot hang on a dead or stuck FUSE mount.
+func Mounts() ([]Info, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return false, fmt.Errorf("reading mount table: %w", err)
+		return nil, fmt.Errorf("reading mount table: %w", err)
 	}
 	defer f.Close()
+	var out []Info
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
+		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
 		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescape(fields[4]) == dir {
-			return true, nil
+		sep := slices.Index(fields, "-")
+		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
+			continue
 		}
+		out = append(out, Info{
+			MountPoint: unescape(fields[4]),
+			FSType:     fields[sep+1],
+			Source:     unescape(fields[sep+2]),
+		})
 	}
-	return false, sc.Err()
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading mount table: %w", err)
+	}
+	return out, nil
 }
 
-// unescape undoes the octal escapes mountinfo uses for space, tab, newline
-// and backslash.
+// unescape undoes the octal escapes (\040 for a space, ...) mountinfo uses
+// for space, tab, newline and backslash.
 func unescape(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var c byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &c); err == nil {
-				b.WriteByte(c)
+		if s[i] == '\\' {
+			if v, ok := octal3(s[i+1:]); ok {
+				b.WriteByte(v)
 				i += 3
 				continue
 			}
@@ -59,6 +73,39 @@ func unescape(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+func octal3(s string) (byte, bool) {
+	if len(s) < 3 {
+		return 0, false
+	}
+	var v int
+	for _, c := range s[:3] {
+		if c < '0' || c > '7' {
+			return 0, false
+		}
+		v = v*8 + int(c-'0')
+	}
+	return byte(v), v < 256
+}
+
+// Mounted reports whether dir is a mount point, from /proc/self/mountinfo
+// (a stat would hang or fail on a dead FUSE mount).
+func Mounted(dir string) (bool, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return false, fmt.Errorf("resolving %s: %w", dir, err)
+	}
+	ms, err := Mounts()
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if m.MountPoint == dir {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Prepare makes dir ready to mount on: it creates it, detaches a dead mount
