@@ -288,10 +288,26 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 		args = append([]string{"--log-level=" + b.c.podmanLog}, args...)
 	}
 	b.reg.ResetStats()
+	var before procStat
+	var stopPerf func()
+	if d != nil {
+		before = readProcStat(d.Pid())
+		if b.c.perf {
+			stopPerf = startPerf(filepath.Join(dir, "perf.data"), d.Pid())
+		}
+	}
 	t0 := time.Now()
 	out, stderr, err := pm.Run(ctx, args...)
 	took := time.Since(t0)
 	st := b.reg.Stats()
+	if stopPerf != nil {
+		stopPerf()
+	}
+	daemonCost := ""
+	if d != nil {
+		after := readProcStat(d.Pid())
+		daemonCost = fmt.Sprintf("  daemon: %.0f ms CPU, %d page faults", float64(after.cpuTicks-before.cpuTicks)*1000/clockTicks, after.minflt-before.minflt)
+	}
 	if b.c.keep {
 		_ = os.WriteFile(filepath.Join(dir, "podman.stderr"), []byte(stderr), 0o644)
 		logText := fmt.Sprintf("podman run started %s\n%s", t0.Format("15:04:05.000"), b.reg.RequestLog())
@@ -310,7 +326,7 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	c.bytes = append(c.bytes, st.BlobBytes)
 	c.requests = append(c.requests, st.Requests)
 	c.blobReqs = append(c.blobReqs, st.BlobGets)
-	logf("  %-34s %7.3f s  %8.2f MB  %3d requests (%d blob GETs)", c.name, took.Seconds(), mb(st.BlobBytes), st.Requests, st.BlobGets)
+	logf("  %-34s %7.3f s  %8.2f MB  %3d requests (%d blob GETs)%s", c.name, took.Seconds(), mb(st.BlobBytes), st.Requests, st.BlobGets, daemonCost)
 	if local != nil {
 		// Without poolfs: the image is now in the store. With poolfs: a
 		// fresh podman store on the same daemon, whose cache is now warm.

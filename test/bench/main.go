@@ -48,6 +48,7 @@ type config struct {
 	workload  string
 	noPull    bool
 	podmanLog string
+	perf      bool
 	hold      bool
 	newStore  bool
 }
@@ -91,10 +92,12 @@ func main() {
 	flag.BoolVar(&c.keep, "keep", false, "keep temporary directories (daemon logs, request logs)")
 	flag.StringVar(&c.workload, "workload", "", "only workloads whose name contains `TEXT`")
 	flag.StringVar(&c.podmanLog, "podman-log-level", "", "podman --log-level for the timed runs (kept in podman.stderr with -keep)")
+	flag.BoolVar(&c.perf, "perf", false, "record the daemon with `perf record -g` during each timed poolfs run (perf.data in the run's directory; implies -keep)")
 	flag.BoolVar(&c.newStore, "new-store", false, "time cold runs on a podman store never used before (default: a store with no images, initialized by one `podman images`)")
 	flag.BoolVar(&c.hold, "hold", false, "push the images, then serve them behind the link until interrupted (for experiments by hand)")
 	flag.BoolVar(&c.noPull, "no-pull", false, "skip the full pull and local cases (no lower bound; for quick iterations)")
 	flag.Parse()
+	c.keep = c.keep || c.perf
 	c.images = strings.Split(images, ",")
 	c.daemonArg = strings.Fields(daemonArgs)
 	c.variants = variants
