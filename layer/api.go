@@ -23,6 +23,17 @@ type BlobReader interface {
 	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
 }
 
+// ProgressReader is a BlobReader that can say, while one read is still
+// arriving, how many bytes at the start of p are filled; progress runs on
+// the caller's goroutine with non-decreasing counts, and bytes below a
+// reported count are final. A Layer verifies and hands out each chunk as
+// soon as its bytes are in, so a reader waiting on the first file of a
+// large prefetch range does not wait for the whole range. remote.Blob
+// satisfies it.
+type ProgressReader interface {
+	ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error)
+}
+
 // Cache keeps verified, uncompressed chunk contents keyed by their digest
 // string ("sha256:..."); cache.Cache satisfies it.
 type Cache interface {

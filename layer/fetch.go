@@ -41,12 +41,14 @@ type run struct {
 	chunks     []*chunk
 }
 
-// fetchChunks fetches, decompresses and verifies todo, putting verified
-// contents into results (and the cache) and failures into errs; path only
+// fetchChunks fetches, decompresses and verifies todo, handing each
+// verified chunk to deliver as soon as its compressed bytes are in (a
+// BlobReader that reports progress lets that happen while the rest of the
+// range is still arriving) and putting failures into errs; path only
 // labels logs. Chunks that fail verification are refetched up to
 // verifyAttempts times in all; transport errors are final here (the
 // BlobReader retries on its own).
-func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, results map[chunkKey][]byte, errs map[chunkKey]error) {
+func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, deliver func(*chunk, []byte), errs map[chunkKey]error) {
 	pending := append([]*chunk(nil), todo...)
 	for attempt := 1; attempt <= verifyAttempts && len(pending) > 0; attempt++ {
 		var failed []*chunk
@@ -55,39 +57,46 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, res
 			runs = l.splitTail(runs)
 		}
 		for _, r := range runs {
-			buf, err := l.readRun(ctx, r, attempt == 1)
+			done := 0 // r.chunks[:done] are decoded
+			decode := func(buf []byte, filled int64) {
+				for done < len(r.chunks) && r.chunks[done].blobEnd-r.start <= filled {
+					c := r.chunks[done]
+					done++
+					data, err := decodeChunk(c, buf[c.blobOff-r.start:c.blobEnd-r.start])
+					if err != nil {
+						verifyFailures.Add(1)
+						l.log.WithFields(logrus.Fields{"path": path, "digest": c.digest, "blob_offset": c.blobOff, "attempt": attempt}).
+							WithError(err).Warn("chunk failed verification")
+						errs[c.key()] = err
+						failed = append(failed, c)
+						continue
+					}
+					delete(errs, c.key())
+					deliver(c, data)
+				}
+			}
+			buf, err := l.readRun(ctx, r, attempt == 1, decode)
 			if err != nil {
 				err = fmt.Errorf("reading blob range [%d, %d): %w", r.start, r.end, err)
-				for _, c := range r.chunks {
+				for _, c := range r.chunks[done:] {
 					errs[c.key()] = err
 				}
 				continue
 			}
-			for _, c := range r.chunks {
-				data, err := decodeChunk(c, buf[c.blobOff-r.start:c.blobEnd-r.start])
-				if err != nil {
-					verifyFailures.Add(1)
-					l.log.WithFields(logrus.Fields{"path": path, "digest": c.digest, "blob_offset": c.blobOff, "attempt": attempt}).
-						WithError(err).Warn("chunk failed verification")
-					errs[c.key()] = err
-					failed = append(failed, c)
-					continue
-				}
-				delete(errs, c.key())
-				results[c.key()] = data
-				l.cache.Add(string(c.digest), data)
-			}
+			decode(buf, r.end-r.start)
 		}
 		pending = failed
 	}
 }
 
-// readRun returns the compressed bytes of r. With useTail, bytes Open
-// already fetched are not fetched again: a run inside the tail costs no
-// request, and a run that reaches into it (a chunk straddling the tail's
-// start) fetches only the part before it. Refetches after a failed
-// verification (useTail false) go to the registry for every byte.
-func (l *Layer) readRun(ctx context.Context, r run, useTail bool) ([]byte, error) {
+// readRun returns the compressed bytes of r, calling progress with the
+// buffer and how much of it is filled while a read is under way (never
+// concurrently with the caller). With useTail, bytes Open already fetched
+// are not fetched again: a run inside the tail costs no request, and a run
+// that reaches into it (a chunk straddling the tail's start) fetches only
+// the part before it. Refetches after a failed verification (useTail
+// false) go to the registry for every byte.
+func (l *Layer) readRun(ctx context.Context, r run, useTail bool, progress func(buf []byte, filled int64)) ([]byte, error) {
 	if useTail {
 		if buf, ok := l.fromTail(r.start, r.end); ok {
 			return buf, nil
@@ -105,7 +114,7 @@ func (l *Layer) readRun(ctx context.Context, r run, useTail bool) ([]byte, error
 		}
 	}
 	buf := make([]byte, r.end-r.start)
-	if err := readFull(ctx, l.blob, buf, r.start); err != nil {
+	if err := readFullProgress(ctx, l.blob, buf, r.start, func(n int) { progress(buf, int64(n)) }); err != nil {
 		return nil, err
 	}
 	return buf, nil

@@ -9,14 +9,16 @@ import (
 
 const (
 	// prefetchPiece is how many compressed bytes one prefetch range
-	// request asks for: big enough that round trips do not dominate, small
-	// enough that the first files land (and readers waiting on them go on)
-	// long before the whole prefetch set has arrived.
-	prefetchPiece = 1 << 20
+	// request asks for. Chunks are handed out as their bytes arrive (see
+	// ProgressReader), so a big piece does not delay the first files; but
+	// pieces in flight share the link, so the first piece, which holds
+	// the files wanted first, should not compete with many others.
+	prefetchPiece = 4 << 20
 
 	// prefetchParallel range requests are in flight at once, so the link
-	// stays busy across round trips.
-	prefetchParallel = 4
+	// stays busy across round trips. Measured on the python image (bench,
+	// 20 ms, 200 Mbit/s): 4 MiB x 2 beat 1 MiB x 4 and 16 MiB x 1.
+	prefetchParallel = 2
 
 	// backgroundPiece is the size of one range request of FetchAll; it
 	// runs one at a time, so a reader waits for at most one of them.

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
@@ -155,7 +156,7 @@ func TestPrefetchFetchesPrioritizedFilesOnly(t *testing.T) {
 	if got != want {
 		t.Errorf("Prefetch fetched %d bytes in %d requests, want exactly the prioritized files' %d", got, calls, want)
 	}
-	// 230 KiB in 1 MiB pieces: one request.
+	// 230 KiB in 4 MiB pieces: one request.
 	if calls != 1 {
 		t.Errorf("Prefetch made %d requests, want 1", calls)
 	}
@@ -261,5 +262,62 @@ func TestFetchAllFetchesEachByteOnce(t *testing.T) {
 	}
 	if calls, _ := b.blob.Stats(); calls != 0 {
 		t.Errorf("reads after FetchAll made %d requests, want none", calls)
+	}
+}
+
+// A reader waiting on a chunk that a long range read is bringing in gets
+// it as soon as the chunk's own bytes are in, not when the whole range is:
+// the first prefetched file is readable while the rest of the prefetch is
+// still on the wire (here: held halfway), and reading it fetches nothing.
+func TestChunksLandWhileTheirRangeArrives(t *testing.T) {
+	b := openBigLayer(t, true)
+	first := lookup(t, b.l, prioritizedNames[0])
+	_, firstEnd := b.l.CompressedRange(first)
+	_, lastEnd := b.l.CompressedRange(lookup(t, b.l, prioritizedNames[len(prioritizedNames)-1]))
+
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	b.blob.SetMidway(func(ctx context.Context, off, filled int64) error {
+		if off+filled >= firstEnd && off+filled < lastEnd {
+			once.Do(func() { close(held) })
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.l.Prefetch(context.Background())
+		done <- err
+	}()
+	<-held
+
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		b.readFile(t, prioritizedNames[0])
+	}()
+	select {
+	case <-read:
+	case err := <-done:
+		t.Fatalf("Prefetch ended (%v) while its read was held", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first prioritized file is not readable while the rest of the prefetch range is held")
+	}
+	if calls, _ := b.blob.Stats(); calls != 1 {
+		t.Errorf("%d blob reads, want only the prefetch's", calls)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("Prefetch: %v", err)
+	}
+	for _, name := range prioritizedNames {
+		b.readFile(t, name)
+	}
+	if calls, _ := b.blob.Stats(); calls != 1 {
+		t.Errorf("%d blob reads, want only the prefetch's", calls)
 	}
 }

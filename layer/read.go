@@ -5,7 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
+
+	"github.com/sirupsen/logrus"
 )
+
+// slowRead is how long a read must wait for its chunks to be logged (at
+// debug level); cache hits take microseconds.
+const slowRead = time.Millisecond
 
 // ReadAt reads the content of regular-file entry e at off into p. It
 // returns len(p) bytes unless the file ends first, in which case it returns
@@ -44,8 +51,15 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 		w.readSeen()
 	}
 	l.reading.Add(1)
+	began := time.Now()
 	data, err := l.getChunks(ctx, e.Path, chunks)
 	l.reading.Add(-1)
+	if waited := time.Since(began); waited >= slowRead && l.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		// Which reads a starting container waits on, and for how long:
+		// what an optimized image's prefetch order should fix.
+		l.log.WithFields(logrus.Fields{"path": e.Path, "offset": off, "bytes": end - off, "waited": waited.Round(time.Microsecond)}).
+			Debug("read waited for chunks")
+	}
 	if err != nil {
 		return 0, fmt.Errorf("reading %q at %d: %w", e.Path, off, err)
 	}
@@ -153,29 +167,45 @@ func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, 
 }
 
 // lead obtains the chunks whose flights this reader registered and lands
-// every one of them, success or not, so no waiter is left hanging.
+// every one of them, success or not, so no waiter is left hanging. Each
+// lands as soon as it is verified: waiters on the first chunks of a long
+// range go on while the rest is still arriving.
 func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[chunkKey][]byte) (err error) {
-	results := make(map[chunkKey][]byte, len(mine))
+	landed := make(map[chunkKey]bool, len(mine))
+	// land wakes the chunk's waiters. The flight stays registered until
+	// retire: a reader that misses the cache in between finds it, already
+	// done, instead of fetching the chunk again.
+	land := func(c *chunk, data []byte, ferr error) {
+		landed[c.key()] = true
+		l.mu.Lock()
+		fl := l.inflight[c.key()]
+		l.mu.Unlock()
+		fl.data, fl.err = data, ferr
+		close(fl.done)
+		if ferr == nil {
+			got[c.key()] = data
+		}
+	}
+	retire := func(c *chunk) {
+		l.mu.Lock()
+		delete(l.inflight, c.key())
+		l.mu.Unlock()
+	}
 	errs := map[chunkKey]error{}
 	defer func() {
 		for _, c := range mine {
-			l.mu.Lock()
-			fl := l.inflight[c.key()]
-			delete(l.inflight, c.key())
-			l.mu.Unlock()
-			if b, ok := results[c.key()]; ok {
-				fl.data = b
-				got[c.key()] = b
-			} else {
-				fl.err = errs[c.key()]
-				if fl.err == nil {
-					fl.err = fmt.Errorf("fetching chunk %s: %w", c.digest, errNoResult)
-				}
-				if err == nil {
-					err = fl.err
-				}
+			if landed[c.key()] {
+				continue
 			}
-			close(fl.done)
+			ferr := errs[c.key()]
+			if ferr == nil {
+				ferr = fmt.Errorf("fetching chunk %s: %w", c.digest, errNoResult)
+			}
+			if err == nil {
+				err = ferr
+			}
+			land(c, nil, ferr)
+			retire(c)
 		}
 	}()
 
@@ -184,13 +214,29 @@ func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[ch
 	var todo []*chunk
 	for _, c := range mine {
 		if b, ok := l.cache.Get(string(c.digest)); ok && int64(len(b)) == c.size {
-			results[c.key()] = b
+			land(c, b, nil)
+			retire(c)
 			continue
 		}
 		todo = append(todo, c)
 	}
-	l.fetchChunks(ctx, path, todo, results, errs)
+	l.fetchChunks(ctx, path, todo, func(c *chunk, data []byte) {
+		land(c, data, nil)
+		l.keep(string(c.digest), data)
+		retire(c)
+	}, errs)
 	return nil
+}
+
+// keep caches a chunk this layer just decoded: nothing writes to it
+// afterwards (readers only copy out of it), so a cache that can keep it
+// without a copy does.
+func (l *Layer) keep(key string, data []byte) {
+	if k, ok := l.cache.(interface{ Keep(string, []byte) }); ok {
+		k.Keep(key, data)
+		return
+	}
+	l.cache.Add(key, data)
 }
 
 var errNoResult = errors.New("fetch ended without a result")

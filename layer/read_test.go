@@ -180,6 +180,21 @@ func (b *badOnceBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, err
 	return n, err
 }
 
+func (b *badOnceBlob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(int)) (int, error) {
+	return readThenReport(ctx, b, p, off, progress)
+}
+
+// readThenReport serves ReadAtProgress for test blobs that change what
+// their embedded MemBlob's ReadAt returns: the layer must see their
+// bytes, so they are reported once, when the read is done.
+func readThenReport(ctx context.Context, b BlobReader, p []byte, off int64, progress func(int)) (int, error) {
+	n, err := b.ReadAt(ctx, p, off)
+	if n > 0 && progress != nil {
+		progress(n)
+	}
+	return n, err
+}
+
 func TestRefetchAfterBadFetch(t *testing.T) {
 	noTail(t)
 	tarBytes := fstest.SampleTar(t)

@@ -119,7 +119,19 @@ func decompressTOC(compressed []byte) ([]byte, error) {
 // readFull fills p from blob at off. BlobReader returns io.EOF only when
 // the range runs past the end; a full buffer with io.EOF is still success.
 func readFull(ctx context.Context, blob BlobReader, p []byte, off int64) error {
-	n, err := blob.ReadAt(ctx, p, off)
+	return readFullProgress(ctx, blob, p, off, nil)
+}
+
+// readFullProgress is readFull that passes progress on to a blob that can
+// report it (see ProgressReader); other blobs read as with readFull.
+func readFullProgress(ctx context.Context, blob BlobReader, p []byte, off int64, progress func(n int)) error {
+	var n int
+	var err error
+	if pr, ok := blob.(ProgressReader); ok && progress != nil {
+		n, err = pr.ReadAtProgress(ctx, p, off, progress)
+	} else {
+		n, err = blob.ReadAt(ctx, p, off)
+	}
 	if n == len(p) && (err == nil || errors.Is(err, io.EOF)) {
 		return nil
 	}

@@ -27,6 +27,10 @@ func (b *spoilingBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, er
 	return n, err
 }
 
+func (b *spoilingBlob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(int)) (int, error) {
+	return readThenReport(ctx, b, p, off, progress)
+}
+
 // TestTOCSpoiledInTransitIsRefetched: a footer or TOC that arrives spoiled
 // is read again (up to verifyAttempts reads in all); transport errors are
 // not retried here, the BlobReader has its own retries.

@@ -38,4 +38,11 @@ type Blob interface {
 	// bounded retries). It returns an error rather than a short read unless
 	// the range runs past the end of the blob (then io.EOF, like io.ReaderAt).
 	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	// ReadAtProgress is ReadAt that also reports, while the response is
+	// still arriving, how many bytes at the start of p are filled: progress
+	// is called on the caller's goroutine with non-decreasing counts, so
+	// the caller can use p[:n] at once (a layer verifies and hands out the
+	// chunks in it). Bytes of p below a reported count are never written
+	// again. progress may be nil.
+	ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error)
 }

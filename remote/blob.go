@@ -88,6 +88,12 @@ func (b *blob) Size() int64           { return b.size }
 // ReadAt fills p from off with one range request (plus retries). Reads
 // that run past the end are clipped and return io.EOF, like io.ReaderAt.
 func (b *blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	return b.ReadAtProgress(ctx, p, off, nil)
+}
+
+// ReadAtProgress is ReadAt reporting the bytes filled so far as they
+// arrive (see Blob).
+func (b *blob) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read blob %s of %s: negative offset %d", b.digest, b.ref, off)
 	}
@@ -101,8 +107,11 @@ func (b *blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if len(want) == 0 {
 		return 0, nil
 	}
+	if progress == nil {
+		progress = func(int) {}
+	}
 	n, err := withFetchDeadline(ctx, b.r.s.fetchTO, func(ctx context.Context) (int, error) {
-		return b.readFull(ctx, want, off)
+		return b.readFull(ctx, want, off, progress)
 	})
 	if err != nil {
 		return n, err
@@ -112,34 +121,38 @@ func (b *blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 
 // readFull fills dst with the blob bytes at off from the first endpoint
 // that serves them, starting with the one that served the last read and
-// wrapping around, so a failing mirror falls through to the next.
-func (b *blob) readFull(ctx context.Context, dst []byte, off int64) (int, error) {
+// wrapping around, so a failing mirror falls through to the next. Every
+// endpoint serves the same content-addressed bytes, so the next one picks
+// up where the last one stopped.
+func (b *blob) readFull(ctx context.Context, dst []byte, off int64, progress func(int)) (int, error) {
 	n := len(b.eps)
 	start := int(b.pref.Load())
+	filled := 0
 	var err error
 	for i := range n {
 		k := (start + i) % n
 		var got int
 		began := time.Now()
-		got, err = b.readFrom(ctx, b.eps[k], dst, off)
+		got, err = b.readFrom(ctx, b.eps[k], dst[filled:], off+int64(filled), func(m int) { progress(filled + m) })
 		b.r.observeFetch(b.eps[k].repo.RegistryStr(), got, began, err)
+		filled += got
 		if err == nil {
 			b.pref.Store(int32(k))
-			b.fetched.add(off, off+int64(got))
-			return got, nil
+			b.fetched.add(off, off+int64(filled))
+			return filled, nil
 		}
 		if ctx.Err() != nil || n == 1 {
-			return got, err
+			return filled, err
 		}
 		b.log.WithField("endpoint", b.eps[k].repo.String()).WithError(err).Warn("endpoint failed; trying the next one")
 	}
-	return 0, err
+	return filled, err
 }
 
 // readFrom fills dst with the blob bytes at off from one endpoint. A body
 // cut short is not wasted: the next attempt asks only for the part still
 // missing.
-func (b *blob) readFrom(ctx context.Context, ep blobEndpoint, dst []byte, off int64) (int, error) {
+func (b *blob) readFrom(ctx context.Context, ep blobEndpoint, dst []byte, off int64, progress func(int)) (int, error) {
 	rng := fmt.Sprintf("bytes=%d-%d", off, off+int64(len(dst))-1)
 	log := b.log.WithField("range", rng)
 	filled := 0
@@ -151,7 +164,8 @@ func (b *blob) readFrom(ctx context.Context, ep blobEndpoint, dst []byte, off in
 			return err
 		}
 		used = e
-		n, err := b.rangeOnce(actx, e.client, ep.url, dst[filled:], off+int64(filled))
+		base := filled
+		n, err := b.rangeOnce(actx, e.client, ep.url, dst[filled:], off+int64(filled), func(m int) { progress(base + m) })
 		filled += n
 		if errors.Is(err, errPartialRange) {
 			// Not a failure: the server caps its answers. Ask for the
@@ -174,7 +188,7 @@ var errPartialRange = errors.New("server sent part of the range")
 
 // rangeOnce is one GET with Range: bytes=off-(off+len(dst)-1). It returns
 // how many bytes of dst it filled, which may be fewer on error.
-func (b *blob) rangeOnce(ctx context.Context, c *http.Client, url string, dst []byte, off int64) (int, error) {
+func (b *blob) rangeOnce(ctx context.Context, c *http.Client, url string, dst []byte, off int64, progress func(int)) (int, error) {
 	end := off + int64(len(dst)) - 1
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -200,7 +214,7 @@ func (b *blob) rangeOnce(ctx context.Context, c *http.Client, url string, dst []
 			// Servers may send less than asked; take it and ask again.
 			want = dst[:last-first+1]
 		}
-		n, err := io.ReadFull(resp.Body, want)
+		n, err := readReporting(resp.Body, want, progress)
 		b.r.stats.blobBytes.Add(int64(n))
 		if err != nil {
 			return n, fmt.Errorf("%w after %d of %d bytes: %v", errShortBody, n, len(want), err)
@@ -219,7 +233,13 @@ func (b *blob) rangeOnce(ctx context.Context, c *http.Client, url string, dst []
 		if skipped, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
 			return 0, fmt.Errorf("%w while skipping to %d (at %d): %v", errShortBody, off, skipped, err)
 		}
-		n, err := io.ReadFull(resp.Body, dst)
+		if resp.ContentLength < 0 {
+			// Unknown length: the rest is checked below so a
+			// different-sized body is not mistaken for our blob, so
+			// nothing is reported before that.
+			progress = func(int) {}
+		}
+		n, err := readReporting(resp.Body, dst, progress)
 		b.r.stats.blobBytes.Add(int64(n))
 		if err != nil {
 			return n, fmt.Errorf("%w after %d of %d bytes: %v", errShortBody, n, len(dst), err)
@@ -237,6 +257,30 @@ func (b *blob) rangeOnce(ctx context.Context, c *http.Client, url string, dst []
 	default:
 		return 0, statusError(resp)
 	}
+}
+
+// readReporting is io.ReadFull calling progress after each read that
+// added bytes, so a caller can use the start of dst while the rest is on
+// the wire.
+func readReporting(r io.Reader, dst []byte, progress func(int)) (int, error) {
+	n := 0
+	for n < len(dst) {
+		m, err := r.Read(dst[n:])
+		if m > 0 {
+			n += m
+			progress(n)
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+				if n == len(dst) {
+					err = nil
+				}
+			}
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // parseContentRange parses "bytes first-last/total" (total may be "*").

@@ -130,7 +130,7 @@ func (r *Resolver) diffIDs(ctx context.Context, ref name.Reference, cfg v1.Descr
 		// A config spoiled in transit is fetched again: the transport
 		// retries only cover errors it can see, not wrong bytes.
 		for attempt := 1; ; attempt++ {
-			if _, err := b.readFull(ctx, raw, 0); err != nil {
+			if _, err := b.readFull(ctx, raw, 0, func(int) {}); err != nil {
 				return nil, fmt.Errorf("fetch config: %w", err)
 			}
 			if verified(dgst, raw) {

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -259,5 +261,97 @@ func TestParseContentRange(t *testing.T) {
 		if f != tc.first || l != tc.last || ok != tc.ok {
 			t.Errorf("parseContentRange(%q) = %d, %d, %v", tc.in, f, l, ok)
 		}
+	}
+}
+
+// TestReadAtProgress: progress counts only grow, end at the read's length,
+// and the bytes below each count are already the blob's, also when a
+// response is cut short and the rest comes from a retry or, once a mirror
+// gives up, from the next endpoint, which picks up where the first stopped.
+func TestReadAtProgress(t *testing.T) {
+	cutForever := func(keep int) func(http.Handler) http.Handler { return cutBody(1<<40, keep, isBlobGet) }
+	tests := []struct {
+		name   string
+		mirror func(http.Handler) http.Handler // nil: no mirror in front
+		reg    func(http.Handler) http.Handler
+	}{
+		{"clean", nil, nil},
+		{"body cut twice", nil, cutBody(2, 5000, isBlobGet)},
+		{"mirror cuts every body", cutForever(7000), nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var ranges []string
+			var mu sync.Mutex
+			f := newFixture(t, func(h http.Handler) http.Handler {
+				if tc.reg != nil {
+					h = tc.reg(h)
+				}
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if isBlobGet(r) {
+						mu.Lock()
+						ranges = append(ranges, r.Header.Get("Range"))
+						mu.Unlock()
+					}
+					h.ServeHTTP(w, r)
+				})
+			})
+			ti := makeImage(t, 2, 64<<10, 1, nil)
+			f.pushImage(t, "library/app", "v1", ti.img)
+			want := layerBytes(t, ti.layers[1])
+			ref := f.host + "/library/app:v1"
+			var opts Options
+			if tc.mirror != nil {
+				m := newFixture(t, tc.mirror)
+				m.pushImage(t, "library/app", "v1", ti.img)
+				conf := filepath.Join(t.TempDir(), "registries.conf")
+				writeFile(t, conf, "[[registry]]\nprefix = \"registry.invalid\"\nlocation = \""+f.host+"\"\n[[registry.mirror]]\nlocation = \""+m.host+"\"\n")
+				rs, err := LoadRegistries(conf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				opts = Options{Registries: rs, Retries: 1}
+				ref = "registry.invalid/library/app:v1"
+			}
+			r, logs := newTestResolver(t, opts)
+			ld, err := r.ResolveLayer(context.Background(), ref, ti.toc)
+			if err != nil {
+				t.Fatalf("ResolveLayer: %v\n%s", err, logs)
+			}
+			b, err := r.Blob(context.Background(), ld)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			ranges = nil
+			mu.Unlock()
+
+			p := make([]byte, len(want))
+			last := 0
+			n, err := b.ReadAtProgress(context.Background(), p, 0, func(n int) {
+				if n < last || n > len(p) {
+					t.Errorf("progress %d after %d (read of %d)", n, last, len(p))
+				}
+				last = n
+				if !bytes.Equal(p[:n], want[:n]) {
+					t.Errorf("progress %d: the bytes below it are not the blob's", n)
+				}
+			})
+			if err != nil || n != len(want) || !bytes.Equal(p, want) {
+				t.Fatalf("ReadAtProgress = %d, %v (same bytes: %v)\n%s", n, err, bytes.Equal(p, want), logs)
+			}
+			if last != len(want) {
+				t.Errorf("last progress %d, want %d", last, len(want))
+			}
+			if tc.mirror != nil {
+				// The registry is asked only for what the mirror did not
+				// send: 7000 bytes in each of its two attempts (Retries 1).
+				mu.Lock()
+				defer mu.Unlock()
+				if len(ranges) != 1 || ranges[0] != fmt.Sprintf("bytes=14000-%d", len(want)-1) {
+					t.Errorf("registry asked for %q, want the rest after the mirror's 14000 bytes", ranges)
+				}
+			}
+		})
 	}
 }
