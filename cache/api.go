@@ -17,3 +17,12 @@ type Cache interface {
 type Peeker interface {
 	Has(key string) bool
 }
+
+// Keeper is a Cache that can keep b itself instead of a copy, for callers
+// handing over a buffer they never write to again (a chunk just decoded
+// and verified): the copy Add takes costs as much fresh memory as the
+// entry, which on a cold start is page faults on the path to the first
+// read.
+type Keeper interface {
+	Keep(key string, b []byte)
+}

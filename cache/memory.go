@@ -64,8 +64,18 @@ func (m *Memory) Has(key string) bool {
 // its key would be served as if it were verified. An entry larger than the
 // whole bound is dropped rather than flushing everything else for it.
 func (m *Memory) Add(key string, b []byte) {
+	if int64(len(b)) > m.maxBytes {
+		m.Keep(key, nil) // drops the key without copying b for nothing
+		return
+	}
+	m.Keep(key, append(make([]byte, 0, len(b)), b...))
+}
+
+// Keep is Add without the copy, for a caller that hands b over and never
+// writes to it again (see Keeper).
+func (m *Memory) Keep(key string, b []byte) {
 	n := int64(len(b))
-	if n > m.maxBytes {
+	if b == nil || n > m.maxBytes {
 		// An older value under the same key must not outlive a replacement
 		// that could not be kept.
 		m.mu.Lock()
@@ -73,13 +83,11 @@ func (m *Memory) Add(key string, b []byte) {
 		m.mu.Unlock()
 		return
 	}
-	c := make([]byte, len(b))
-	copy(c, b)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.removeLocked(key)
-	m.lru.Add(key, c)
+	m.lru.Add(key, b)
 	m.bytes += n
 	m.stats.Adds++
 	for m.bytes > m.maxBytes {

@@ -29,6 +29,17 @@ func (t *tiered) Add(key string, b []byte) {
 	t.disk.Add(key, b)
 }
 
+// Keep hands b to the memory tier without a copy where it can take it,
+// and writes it to disk like Add.
+func (t *tiered) Keep(key string, b []byte) {
+	if k, ok := t.mem.(Keeper); ok {
+		k.Keep(key, b)
+	} else {
+		t.mem.Add(key, b)
+	}
+	t.disk.Add(key, b)
+}
+
 // Has reports whether either tier holds key; a tier that cannot peek counts
 // as not holding it.
 func (t *tiered) Has(key string) bool {

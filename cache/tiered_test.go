@@ -31,18 +31,38 @@ func TestTieredPromotesDiskHits(t *testing.T) {
 	}
 }
 
+// Add and Keep write both tiers; Add keeps a copy in memory (the caller
+// may reuse its buffer), Keep the caller's buffer itself.
 func TestTieredAddWritesBoth(t *testing.T) {
-	mem := NewMemory(1 << 20)
+	for _, tc := range []struct {
+		name   string
+		add    func(c Cache, k string, v []byte)
+		shared bool
+	}{
+		{"Add", func(c Cache, k string, v []byte) { c.Add(k, v) }, false},
+		{"Keep", func(c Cache, k string, v []byte) { c.(Keeper).Keep(k, v) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := NewMemory(1 << 20)
+			disk, _ := openDisk(t, t.TempDir())
+			c := NewTiered(mem, disk)
+			v := []byte("both")
+			tc.add(c, digestKey(v), v)
+			got, ok := mem.Get(digestKey(v))
+			if !ok || !bytes.Equal(got, v) {
+				t.Fatalf("memory tier: %q, %v", got, ok)
+			}
+			if shared := &got[0] == &v[0]; shared != tc.shared {
+				t.Errorf("memory tier holds the caller's buffer: %v, want %v", shared, tc.shared)
+			}
+			if got, ok := disk.Get(digestKey(v)); !ok || !bytes.Equal(got, v) {
+				t.Errorf("disk tier: %q, %v", got, ok)
+			}
+		})
+	}
 	disk, _ := openDisk(t, t.TempDir())
-	c := NewTiered(mem, disk)
 	v := []byte("both")
-	c.Add(digestKey(v), v)
-	if _, ok := mem.Get(digestKey(v)); !ok {
-		t.Error("not in memory")
-	}
-	if _, ok := disk.Get(digestKey(v)); !ok {
-		t.Error("not on disk")
-	}
+	disk.Add(digestKey(v), v)
 
 	// Memory evicted it; disk still serves it.
 	small := NewTiered(NewMemory(0), disk)
