@@ -12,6 +12,7 @@ import (
 
 	"github.com/poolfs/poolfs/cache"
 	layerfs "github.com/poolfs/poolfs/fs"
+	"github.com/poolfs/poolfs/internal/heapwarm"
 	"github.com/poolfs/poolfs/internal/mountpoint"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
@@ -34,6 +35,7 @@ func serve(ctx context.Context, args []string) error {
 	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened")
 	backgroundFetch := fl.Bool("background-fetch", false, "after the prefetch, fetch the rest of each layer in the background, yielding to reads")
 	passthrough := fl.Bool("passthrough", true, "keep a whole-file copy of each fully cached file of 1 MiB or more in the cache dir and let the kernel read it directly (FUSE passthrough), without a request to the daemon per read")
+	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -64,6 +66,12 @@ func serve(ctx context.Context, args []string) error {
 	if err := mountpoint.Prepare(mnt); err != nil {
 		return err
 	}
+	// Warmed while the caches open; done before the first lookup can come.
+	warmed := make(chan struct{})
+	go func() {
+		defer close(warmed)
+		heapwarm.Warm(*warmHeap)
+	}()
 
 	disk, err := cache.NewDisk(filepath.Join(*cacheDir, "chunks"), log.WithField("component", "cache"))
 	if err != nil {
@@ -103,6 +111,7 @@ func serve(ctx context.Context, args []string) error {
 		p.SetWholeFiles(whole)
 	}
 
+	<-warmed
 	server, err := layerfs.MountObserved(mnt, pool.NewRoot(p), layerfs.Options(), dflags.fuseObserver())
 	if err != nil {
 		return fmt.Errorf("mounting %s: %w", mnt, err)
@@ -152,6 +161,11 @@ func unmount(server interface{ Unmount() error }, mnt string) error {
 	return nil
 }
 
+// logTime has milliseconds: a cold lookup and its prefetch take tens to
+// hundreds of them, and lining daemon events up with podman's and the
+// registry's needs them.
+const logTime = "2006-01-02T15:04:05.000Z07:00"
+
 func newLogger(level, format string) (*logrus.Entry, error) {
 	l := logrus.New()
 	l.SetOutput(os.Stderr)
@@ -162,9 +176,9 @@ func newLogger(level, format string) (*logrus.Entry, error) {
 	l.SetLevel(lv)
 	switch format {
 	case "text":
-		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: logTime})
 	case "json":
-		l.SetFormatter(&logrus.JSONFormatter{})
+		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: logTime})
 	default:
 		return nil, fmt.Errorf("--log-format: %q is neither text nor json", format)
 	}
