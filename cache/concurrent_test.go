@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestConcurrent hammers each implementation with Adds and Gets of shared
@@ -33,6 +34,11 @@ func TestConcurrent(t *testing.T) {
 		{"memory", func(t *testing.T) Cache { return NewMemory(keys / 2 * size) }},
 		{"disk", func(t *testing.T) Cache { return newDisk(t) }},
 		{"tiered", func(t *testing.T) Cache { return NewTiered(NewMemory(keys/4*size), newDisk(t)) }},
+		{"tiered write-behind", func(t *testing.T) Cache {
+			c := NewTieredWriteBehind(NewMemory(keys/4*size), newDisk(t), WriteBehind{Settle: time.Millisecond, MaxPending: keys / 8 * size})
+			t.Cleanup(c.Close)
+			return c
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

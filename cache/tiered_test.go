@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"testing"
+	"time"
 )
 
 func TestTieredPromotesDiskHits(t *testing.T) {
@@ -69,4 +70,84 @@ func TestTieredAddWritesBoth(t *testing.T) {
 	if got, ok := small.Get(digestKey(v)); !ok || !bytes.Equal(got, v) {
 		t.Errorf("Get through empty memory tier = %q, %v", got, ok)
 	}
+}
+
+func TestTieredWriteBehind(t *testing.T) {
+	v := []byte("written behind")
+	k := digestKey(v)
+	big := bytes.Repeat([]byte("x"), 100)
+
+	t.Run("pending entries are served, then flushed", func(t *testing.T) {
+		disk, _ := openDisk(t, t.TempDir())
+		c := NewTieredWriteBehind(NewMemory(0), disk, WriteBehind{Settle: time.Hour, MaxPending: 1 << 20})
+		defer c.Close()
+		c.Keep(k, v)
+		if disk.Has(k) {
+			t.Fatal("written to disk at once; want it held back while Adds keep coming")
+		}
+		// The memory tier holds nothing (size 0): this is the queue.
+		if got, ok := c.Get(k); !ok || !bytes.Equal(got, v) {
+			t.Errorf("Get of a pending entry = %q, %v", got, ok)
+		}
+		if !c.Has(k) {
+			t.Error("Has of a pending entry = false")
+		}
+		c.Flush()
+		if got, ok := disk.Get(k); !ok || !bytes.Equal(got, v) {
+			t.Errorf("after Flush, disk has %q, %v", got, ok)
+		}
+	})
+
+	t.Run("written once Adds stop", func(t *testing.T) {
+		disk, _ := openDisk(t, t.TempDir())
+		c := NewTieredWriteBehind(NewMemory(1<<20), disk, WriteBehind{Settle: 20 * time.Millisecond, MaxPending: 1 << 20})
+		defer c.Close()
+		c.Add(k, v)
+		for deadline := time.Now().Add(10 * time.Second); !disk.Has(k); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("entry never reached the disk")
+			}
+		}
+	})
+
+	t.Run("over MaxPending the caller writes", func(t *testing.T) {
+		disk, _ := openDisk(t, t.TempDir())
+		c := NewTieredWriteBehind(NewMemory(1<<20), disk, WriteBehind{Settle: time.Hour, MaxPending: 110})
+		defer c.Close()
+		c.Add(digestKey(big), big)
+		if disk.Has(digestKey(big)) {
+			t.Fatal("first entry written at once; it fits the queue")
+		}
+		c.Add(k, v)
+		if !disk.Has(k) {
+			t.Error("entry beyond MaxPending not written by the caller")
+		}
+	})
+
+	t.Run("Close writes what is pending; later Adds write at once", func(t *testing.T) {
+		disk, _ := openDisk(t, t.TempDir())
+		c := NewTieredWriteBehind(NewMemory(1<<20), disk, WriteBehind{Settle: time.Hour, MaxPending: 1 << 20})
+		c.Add(digestKey(big), big)
+		c.Close()
+		if !disk.Has(digestKey(big)) {
+			t.Error("pending entry not written by Close")
+		}
+		c.Add(k, v)
+		if !disk.Has(k) {
+			t.Error("Add after Close not written")
+		}
+	})
+
+	t.Run("a buffer reused after Add does not change the entry", func(t *testing.T) {
+		disk, _ := openDisk(t, t.TempDir())
+		c := NewTieredWriteBehind(NewMemory(0), disk, WriteBehind{Settle: time.Hour, MaxPending: 1 << 20})
+		defer c.Close()
+		in := append([]byte(nil), v...)
+		c.Add(k, in)
+		in[0] = 'J'
+		c.Flush()
+		if got, ok := disk.Get(k); !ok || !bytes.Equal(got, v) {
+			t.Errorf("disk has %q, %v; want the bytes as added", got, ok)
+		}
+	})
 }

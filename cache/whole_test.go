@@ -365,7 +365,7 @@ func TestHas(t *testing.T) {
 	disk, _ := openDisk(t, t.TempDir())
 	mem.Add(digestKey(a), a)
 	disk.Add(digestKey(b), b)
-	tiered := NewTiered(mem, disk).(Peeker)
+	tiered := Peeker(NewTiered(mem, disk))
 	tests := []struct {
 		name string
 		c    Peeker

@@ -143,6 +143,7 @@ type daemonState struct {
 	pool     *pool.Pool
 	disk     *cache.Disk
 	mem      *cache.Memory
+	chunks   *cache.Tiered     // mem in front of disk, disk writes deferred
 	whole    *layer.WholeFiles // nil: --passthrough=false
 	resolver *remote.Resolver
 	keychain *remote.SessionKeychain
@@ -197,6 +198,10 @@ func (s *daemonState) cacheStatus() control.CacheStatus {
 
 // GC implements control.Backend.
 func (s *daemonState) GC(keep int64) control.GCResult {
+	if s.chunks != nil {
+		// Chunks still queued for the disk would land after the trim.
+		s.chunks.Flush()
+	}
 	freed := s.disk.TrimTo(keep)
 	return control.GCResult{FreedBytes: freed, Cache: s.cacheStatus()}
 }

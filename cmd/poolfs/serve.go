@@ -35,6 +35,7 @@ func serve(ctx context.Context, args []string) error {
 	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened")
 	backgroundFetch := fl.Bool("background-fetch", false, "after the prefetch, fetch the rest of each layer in the background, yielding to reads")
 	passthrough := fl.Bool("passthrough", true, "keep a whole-file copy of each fully cached file of 1 MiB or more in the cache dir and let the kernel read it directly (FUSE passthrough), without a request to the daemon per read")
+	writeBehind := fl.Duration("disk-write-behind", 250*time.Millisecond, "write fetched chunks to the disk cache once fetching pauses for `DURATION` (until then memory serves them), so a starting container does not share its CPUs with those writes; 0: write each chunk at once, in the read that fetched it")
 	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
@@ -85,7 +86,14 @@ func serve(ctx context.Context, args []string) error {
 		return err
 	}
 	mem := cache.NewMemory(*memCache << 20)
+	// Disk writes wait until chunks stop coming (a starting container is
+	// done with its burst), so they do not take CPU from it; until then
+	// the queue serves them. Close, when serve returns, writes the rest.
 	chunks := cache.NewTiered(mem, disk)
+	if *writeBehind > 0 {
+		chunks = cache.NewTieredWriteBehind(mem, disk, cache.WriteBehind{Settle: *writeBehind, MaxPending: 128 << 20})
+	}
+	defer chunks.Close()
 	resolver := remote.New(remote.Options{Insecure: insecure, FetchTimeout: *fetchTimeout, Log: log.WithField("component", "remote"),
 		Registries: rs.registries, Keychain: rs.keychain, OnFetch: rs.onFetch})
 	p := pool.New(resolver, chunks, log.WithField("component", "pool"))
@@ -117,7 +125,7 @@ func serve(ctx context.Context, args []string) error {
 		return fmt.Errorf("mounting %s: %w", mnt, err)
 	}
 	log.WithFields(logrus.Fields{"path": mnt, "cache_dir": *cacheDir}).Info("serving")
-	state := &daemonState{mnt: mnt, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, whole: whole, resolver: resolver, keychain: rs.keychain}
+	state := &daemonState{mnt: mnt, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
 	if err != nil {
 		_ = unmount(server, mnt)

@@ -224,12 +224,19 @@ blocked = true
 
 	var st control.Status
 	t.Run("status --json", func(t *testing.T) {
-		out, err := exec.CommandContext(ctx, bin, "status", "--json", "--socket", sock).Output()
-		if err != nil {
-			t.Fatalf("status: %v", err)
-		}
-		if err := json.Unmarshal(out, &st); err != nil {
-			t.Fatalf("status output: %v\n%s", err, out)
+		// The daemon writes chunks to disk once reads pause (write-behind),
+		// so the disk cache's figures settle shortly after the reads.
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			out, err := exec.CommandContext(ctx, bin, "status", "--json", "--socket", sock).Output()
+			if err != nil {
+				t.Fatalf("status: %v", err)
+			}
+			if err := json.Unmarshal(out, &st); err != nil {
+				t.Fatalf("status output: %v\n%s", err, out)
+			}
+			if (st.Cache.Bytes > 0 && st.Cache.Evictions > 0) || time.Now().After(deadline) {
+				break
+			}
 		}
 		byDigest := map[string]control.LayerStatus{}
 		for _, l := range st.Layers {
