@@ -51,7 +51,7 @@ test: deps
 # Each fuzz target runs briefly from its seed corpus (and the corpus go test
 # keeps in its cache); FUZZTIME=5m make fuzz for a longer hunt.
 FUZZTIME ?= 10s
-FUZZ_TARGETS := pool:FuzzParseElement layer:FuzzOpen layer:FuzzOpenStored
+FUZZ_TARGETS := pool:FuzzParseElement layer:FuzzOpen layer:FuzzOpenStored layer:FuzzDecodeTOCMatchesEncodingJSON
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
