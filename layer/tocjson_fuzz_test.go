@@ -18,11 +18,11 @@ func FuzzDecodeTOCMatchesEncodingJSON(f *testing.F) {
 	}
 	for _, s := range []string{
 		`{"version":1,"entries":[]}`,
-		`{"VERSION":1,"Entries":[{"NAME":"a","Type":"reg"}]}`,                   // v1 matches names case-insensitively
-		`{"version":1,"version":2,"entries":[{"name":"a","name":"b"}]}`,         // and takes the last of duplicates
-		`{"version":1,"entries":[{"name":"\xff\xfe","type":"dir"}]}`,            // invalid UTF-8
-		`{"version":1,"entries":[{"name":"a","type":"reg","size":1e3}]}`,        // a float for an int
-		`{"version":1,"entries":[{"name":"a","xattrs":{"user.x":"aGk="}}]}`,     // base64 []byte
+		`{"VERSION":1,"Entries":[{"NAME":"a","Type":"reg"}]}`,               // v1 matches names case-insensitively
+		`{"version":1,"version":2,"entries":[{"name":"a","name":"b"}]}`,     // and takes the last of duplicates
+		`{"version":1,"entries":[{"name":"\xff\xfe","type":"dir"}]}`,        // invalid UTF-8
+		`{"version":1,"entries":[{"name":"a","type":"reg","size":1e3}]}`,    // a float for an int
+		`{"version":1,"entries":[{"name":"a","xattrs":{"user.x":"aGk="}}]}`, // base64 []byte
 		`{"version":1,"entries":[{"name":"a","xattrs":{"user.x":"not base64"}}]}`,
 		`{"version":1,"entries":[null,{"name":"a"}],"extra":{"x":[1,2]}}`,
 		`{"version":"1"}`,

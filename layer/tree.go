@@ -29,7 +29,7 @@ type treeBuilder struct {
 	byName  map[string]*Entry // cleaned TOC name -> entry, for hard link targets
 	links   map[string]string // cleaned TOC name of a hard link -> cleaned target name
 	opaque  map[string]bool   // dirs holding .wh..wh..opq
-	entryAt map[int]*Entry    // TOC index -> entry it put in the view
+	entryAt []*Entry          // TOC index -> entry it put in the view (nil: none)
 }
 
 type whiteout struct {
@@ -43,10 +43,10 @@ func buildView(entries []*estargz.TOCEntry, files map[int]*fileChunks, log *logr
 		log:     log,
 		root:    root,
 		dirs:    map[string]*Entry{"": root},
-		byName:  map[string]*Entry{},
+		byName:  make(map[string]*Entry, len(entries)),
 		links:   map[string]string{},
 		opaque:  map[string]bool{},
-		entryAt: map[int]*Entry{},
+		entryAt: make([]*Entry, len(entries)),
 	}
 
 	// Pass 0: clean names; the last entry of each name is the one tar
