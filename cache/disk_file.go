@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/internal/sha256hex"
 )
 
 const (
@@ -52,18 +54,7 @@ func (d *Disk) pathOf(name string) string {
 }
 
 // isEntryName reports whether a file name could have come from entryPath.
-func isEntryName(s string) bool {
-	if len(s) != 2*sha256.Size {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+func isEntryName(s string) bool { return sha256hex.Valid(s) }
 
 func isDigestKey(key string) bool { return strings.HasPrefix(key, digestPrefix) }
 

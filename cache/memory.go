@@ -65,7 +65,7 @@ func (m *Memory) Has(key string) bool {
 // whole bound is dropped rather than flushing everything else for it.
 func (m *Memory) Add(key string, b []byte) {
 	if int64(len(b)) > m.maxBytes {
-		m.Keep(key, nil) // drops the key without copying b for nothing
+		m.remove(key) // without copying b for nothing
 		return
 	}
 	m.Keep(key, append(make([]byte, 0, len(b)), b...))
@@ -75,12 +75,8 @@ func (m *Memory) Add(key string, b []byte) {
 // writes to it again (see Keeper).
 func (m *Memory) Keep(key string, b []byte) {
 	n := int64(len(b))
-	if b == nil || n > m.maxBytes {
-		// An older value under the same key must not outlive a replacement
-		// that could not be kept.
-		m.mu.Lock()
-		m.removeLocked(key)
-		m.mu.Unlock()
+	if n > m.maxBytes {
+		m.remove(key)
 		return
 	}
 
@@ -98,6 +94,14 @@ func (m *Memory) Keep(key string, b []byte) {
 		m.bytes -= int64(len(old))
 		m.stats.Evictions++
 	}
+}
+
+// remove drops key: an older value under it must not outlive a
+// replacement that could not be kept.
+func (m *Memory) remove(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.removeLocked(key)
 }
 
 func (m *Memory) removeLocked(key string) {

@@ -7,6 +7,8 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 	jsonv1 "github.com/go-json-experiment/json/v1"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/internal/sha256hex"
 )
 
 // decodeTOC decodes TOC JSON with the encoding/json/v2 implementation
@@ -31,26 +33,8 @@ func decodeTOC(b []byte) (*estargz.JTOC, error) {
 // which cost a sixth of opening a TOC (profiled on the python layer).
 func parseDigest(s string) (digest.Digest, error) {
 	const prefix = "sha256:"
-	if len(s) == len(prefix)+64 && s[:len(prefix)] == prefix && isLowerHex(s[len(prefix):]) {
+	if len(s) == len(prefix)+sha256hex.Len && s[:len(prefix)] == prefix && sha256hex.Valid(s[len(prefix):]) {
 		return digest.Digest(s), nil
 	}
 	return digest.Parse(s)
 }
-
-func isLowerHex(s string) bool {
-	// One table lookup per byte: a TOC has two digests per file, and the
-	// branchy range test was a fifth of building the python layer's view.
-	for i := 0; i < len(s); i++ {
-		if !lowerHex[s[i]] {
-			return false
-		}
-	}
-	return true
-}
-
-var lowerHex = func() (t [256]bool) {
-	for _, c := range "0123456789abcdef" {
-		t[c] = true
-	}
-	return t
-}()
