@@ -10,7 +10,6 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
-	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/layer"
 )
 
@@ -21,8 +20,8 @@ const useFile = "use"
 // layerDir is <ref>/<digest> of grammar 2: diff, info and blob.
 type layerDir struct {
 	syntheticDir
+	pool  *Pool
 	layer *Layer
-	cache Cache
 	log   *logrus.Entry
 }
 
@@ -32,18 +31,19 @@ var (
 	_ gofs.NodeCreater  = (*layerDir)(nil)
 )
 
-func newLayerDir(l *Layer, c Cache, log *logrus.Entry) *layerDir {
-	return &layerDir{layer: l, cache: c, log: log}
+func newLayerDir(p *Pool, l *Layer, log *logrus.Entry) *layerDir {
+	return &layerDir{pool: p, layer: l, log: log}
 }
 
 // OnAdd builds the three files up front: the client stats all of them
 // before it believes the layer exists.
 func (d *layerDir) OnAdd(ctx context.Context) {
-	diff := d.NewPersistentInode(ctx, layerfs.NewLayerRoot(d.layer.View, d.log), gofs.StableAttr{Mode: syscall.S_IFDIR})
+	tree, mode := d.pool.treeNode(d.layer, 2, d.log) // below <ref>/<digest>
+	diff := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 	d.AddChild("diff", diff, false)
 	info := d.NewPersistentInode(ctx, &bytesFile{data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("info", info, false)
-	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, cache: d.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, cache: d.pool.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("blob", blob, false)
 }
 

@@ -3,14 +3,13 @@ package pool
 import (
 	"context"
 	"errors"
+	"strings"
 	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
-
-	layerfs "github.com/poolfs/poolfs/fs"
 )
 
 // entryTimeout is how long the kernel may keep a positive lookup of a
@@ -118,7 +117,8 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 		if err != nil {
 			return nil, refuse(log, out, err)
 		}
-		ch := d.NewPersistentInode(ctx, layerfs.NewLayerRoot(l.View, log), gofs.StableAttr{Mode: syscall.S_IFDIR})
+		tree, mode := d.pool.treeNode(l, strings.Count(d.path, "/")+1, log)
+		ch := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 		d.addChild(name, ch)
 		return ch, childAttr(ctx, ch, out)
 	}
@@ -174,7 +174,7 @@ func (d *refDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
-	return addDir(ctx, &d.syntheticDir, name, newLayerDir(l, d.pool.cache, log), out), 0
+	return addDir(ctx, &d.syntheticDir, name, newLayerDir(d.pool, l, log), out), 0
 }
 
 // Rmdir of <digest> is the client saying "one user fewer". It must fail

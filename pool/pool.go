@@ -96,6 +96,8 @@ type Pool struct {
 	prefetch PrefetchOptions // see SetPrefetch
 
 	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
+
+	treesMount string // see SetTreesMount; "": trees are served in place
 }
 
 // New returns an empty pool.
@@ -158,6 +160,13 @@ func (p *Pool) byDigest(d digest.Digest) *Layer {
 		}
 	}
 	return nil
+}
+
+// byBlobDigest finds an open layer by blob digest only.
+func (p *Pool) byBlobDigest(d digest.Digest) *Layer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.layers[d]
 }
 
 func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {

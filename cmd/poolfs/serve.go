@@ -11,9 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/cache"
-	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/internal/heapwarm"
-	"github.com/poolfs/poolfs/internal/mountpoint"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
@@ -22,7 +20,7 @@ import (
 
 // poolDir is where, under the ALS root, the store is mounted; the storage
 // configuration names "<ROOT>/.pool:ref".
-const poolDir = ".pool"
+const poolDir = pool.MountDir
 
 func serve(ctx context.Context, args []string) error {
 	fl := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -37,10 +35,11 @@ func serve(ctx context.Context, args []string) error {
 	passthrough := fl.Bool("passthrough", true, "keep a whole-file copy of each fully cached file of 1 MiB or more in the cache dir and let the kernel read it directly (FUSE passthrough), without a request to the daemon per read")
 	writeBehind := fl.Duration("disk-write-behind", 250*time.Millisecond, "write fetched chunks to the disk cache once fetching pauses for `DURATION` (until then memory serves them), so a starting container does not share its CPUs with those writes; 0: write each chunk at once, in the read that fetched it")
 	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
+	inPlaceTrees := fl.Bool("in-place-trees", false, "serve each layer's tree inside ROOT/.pool, as diff (rootfs.<ID>) itself, rather than on a second, read-only mount at ROOT/.trees that diff links to; on the read-only mount a stat of a directory already listed never goes to the daemon")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
-		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s.\n\nFlags:\n", poolDir)
+		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s and the layers' trees at ROOT/%s.\n\nFlags:\n", poolDir, pool.TreesDir)
 		fl.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fl, args)
@@ -64,9 +63,6 @@ func serve(ctx context.Context, args []string) error {
 		return fmt.Errorf("resolving ROOT %s: %w", pos[0], err)
 	}
 	mnt := filepath.Join(root, poolDir)
-	if err := mountpoint.Prepare(mnt); err != nil {
-		return err
-	}
 	// Warmed while the caches open; done before the first lookup can come.
 	warmed := make(chan struct{})
 	go func() {
@@ -120,52 +116,36 @@ func serve(ctx context.Context, args []string) error {
 	}
 
 	<-warmed
-	server, err := layerfs.MountObserved(mnt, pool.NewRoot(p), layerfs.Options(), dflags.fuseObserver())
+	mounts, err := pool.Mount(root, p, pool.MountOptions{InPlaceTrees: *inPlaceTrees, Observer: dflags.fuseObserver()})
 	if err != nil {
-		return fmt.Errorf("mounting %s: %w", mnt, err)
+		return err
 	}
-	log.WithFields(logrus.Fields{"path": mnt, "cache_dir": *cacheDir}).Info("serving")
+	log.WithFields(logrus.Fields{"path": mnt, "trees": mounts.TreesDir, "cache_dir": *cacheDir}).Info("serving")
 	state := &daemonState{mnt: mnt, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
 	if err != nil {
-		_ = unmount(server, mnt)
+		_ = mounts.Unmount()
 		return err
 	}
 	defer stopServices()
 
 	done := make(chan struct{})
 	go func() {
-		server.Wait()
+		mounts.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 		// Unmounted from outside (umount, fusermount -u).
 		log.WithField("path", mnt).Info("unmounted externally")
-		return nil
+		return mounts.Unmount() // the trees mount
 	case <-ctx.Done():
 	}
 	log.WithField("path", mnt).Info("signal received, unmounting")
-	if err := unmount(server, mnt); err != nil {
+	if err := mounts.Unmount(); err != nil {
 		return err
 	}
 	<-done
-	return nil
-}
-
-// unmount detaches the mount, retrying while the kernel says it is busy and
-// falling back to a lazy detach so that no dead mount is left behind.
-func unmount(server interface{ Unmount() error }, mnt string) error {
-	var err error
-	for range 10 {
-		if err = server.Unmount(); err == nil {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if lerr := lazyUnmount(mnt); lerr != nil {
-		return fmt.Errorf("unmounting %s: %w (lazy detach: %v)", mnt, err, lerr)
-	}
 	return nil
 }
 

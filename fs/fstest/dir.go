@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"testing"
@@ -20,6 +21,12 @@ import (
 // each regular file. It walks with directory file descriptors (openat) so
 // paths longer than PATH_MAX still work.
 func DirView(dir string, hashContent bool) (View, error) {
+	// A store's diff may be a link to the tree (see pool.SetTreesMount);
+	// its clients follow it, as overlayfs does with a lower directory.
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", dir, err)
+	}
 	v := View{}
 	var root unix.Stat_t
 	if err := unix.Lstat(dir, &root); err != nil {

@@ -403,10 +403,17 @@ func readAll(p string) (time.Duration, int64, error) {
 	return time.Since(t0), n, err
 }
 
+// walk stats every entry under root. A root that is a link (a pool diff,
+// see pool.SetTreesMount) is followed first, as overlayfs follows a lower
+// directory, and that is timed too.
 func walk(root string) (time.Duration, int, error) {
 	n := 0
 	t0 := time.Now()
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+	root, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return 0, 0, err
+	}
+	err = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -15,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/poolfs/poolfs/cache"
-	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/fs/fstest"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
@@ -36,6 +34,9 @@ type mountOpts struct {
 	// is set.
 	Passthrough  bool
 	WholeMinSize int64
+	// InPlaceTrees serves the trees inside the pool's mount (the daemon's
+	// --in-place-trees) instead of on the read-only <ALS root>/.trees.
+	InPlaceTrees bool
 }
 
 // mountPoolOpts is mountPool with a tunable resolver and cache location.
@@ -50,10 +51,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	log.SetOutput(testWriter{t})
 	entry := logrus.NewEntry(log)
 
-	dir := filepath.Join(t.TempDir(), "als", ".pool")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	root := filepath.Join(t.TempDir(), "als")
 	if o.CacheDir == "" {
 		o.CacheDir = filepath.Join(t.TempDir(), "cache")
 	}
@@ -77,19 +75,22 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 		t.Cleanup(w.Close) // after the unmount below, as in the daemon
 		p.SetWholeFiles(w)
 	}
-	m := &mounted{Dir: dir, Pool: p, Disk: disk}
-	server, err := layerfs.MountObserved(dir, pool.NewRoot(p), layerfs.Options(), func(op string, _ time.Duration, _ fuse.Status) {
-		if op == "read" {
+	m := &mounted{Pool: p, Disk: disk}
+	mounts, err := pool.Mount(root, p, pool.MountOptions{InPlaceTrees: o.InPlaceTrees, Observer: func(op string, _ time.Duration, _ fuse.Status) {
+		switch op {
+		case "read":
 			m.Reads.Add(1)
+		case "getattr":
+			m.GetAttrs.Add(1)
 		}
-	})
+	}})
 	if err != nil {
 		t.Fatalf("mounting pool: %v", err)
 	}
+	m.Dir, m.TreesDir = mounts.PoolDir, mounts.TreesDir
 	t.Cleanup(func() {
-		if err := server.Unmount(); err != nil {
-			t.Logf("unmount: %v; detaching", err)
-			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
+		if err := mounts.Unmount(); err != nil {
+			t.Errorf("unmounting: %v", err)
 		}
 		p.Flush() // before the test closes the metadata store
 	})
@@ -135,11 +136,22 @@ func treeDiffs(t *testing.T, dir string, tarBytes []byte) (diffs []string, files
 	return fstest.Diff(want, got), files
 }
 
+// tree is where the tree a layer's diff (or rootfs.<ID>) names is: diff
+// links to it on the trees mount (see pool.SetTreesMount), or is it.
+func tree(t *testing.T, diff string) string {
+	t.Helper()
+	dir, err := filepath.EvalSymlinks(diff)
+	if err != nil {
+		t.Fatalf("resolving %s: %v", diff, err)
+	}
+	return dir
+}
+
 // dropPageCache makes the kernel forget the cached pages of every regular
 // file under dir, so the next read goes to the daemon again.
 func dropPageCache(t *testing.T, dir string) {
 	t.Helper()
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir(tree(t, dir), func(p string, d os.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}

@@ -18,10 +18,12 @@ import (
 // mounted is one pool mounted for a test, served in-process so the test can
 // look at the pool's state as well as the files.
 type mounted struct {
-	Dir   string // <ALS root>/.pool
-	Pool  *pool.Pool
-	Disk  *cache.Disk
-	Reads atomic.Int64 // FUSE READ requests the daemon answered
+	Dir      string // <ALS root>/.pool
+	TreesDir string // <ALS root>/.trees; "" when trees are in place
+	Pool     *pool.Pool
+	Disk     *cache.Disk
+	Reads    atomic.Int64 // FUSE READ requests the daemon answered
+	GetAttrs atomic.Int64 // FUSE GETATTR requests, both mounts
 }
 
 func requireFUSE(t *testing.T) {

@@ -1,10 +1,12 @@
 package integration
 
 import (
+	"archive/tar"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
@@ -28,13 +30,24 @@ import (
 // TestGrammar2 checks what released containers/storage asks for: by blob
 // digest (podman up to 5.0) and by TOC digest (5.1 on), the layer exists
 // (diff, info, blob), diff is the tar exactly, info is complete and blob is
-// the compressed layer byte for byte.
+// the compressed layer byte for byte; with the trees on their own mount and
+// in place.
 func TestGrammar2(t *testing.T) {
 	reg := fixture.StartRegistry(t)
 	tarBytes := fixture.KitchenSinkTar()
 	ref, layers := pushImage(t, reg, "test/sink", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10})
-	m := mountPool(t, reg)
-	li := layers[0]
+	for _, inPlace := range []bool{false, true} {
+		t.Run(fmt.Sprintf("in_place_trees=%v", inPlace), func(t *testing.T) {
+			m := mountPoolOpts(t, reg, mountOpts{InPlaceTrees: inPlace})
+			testGrammar2(t, m, ref, layers[0], tarBytes)
+			if !inPlace {
+				sameTree(t, m, ref, layers[0])
+			}
+		})
+	}
+}
+
+func testGrammar2(t *testing.T, m *mounted, ref string, li fixture.LayerInfo, tarBytes []byte) {
 
 	for _, by := range []struct {
 		name   string
@@ -59,6 +72,74 @@ func TestGrammar2(t *testing.T) {
 	}
 	if int64(len(blob)) != li.Size || digest.FromBytes(blob) != li.Digest {
 		t.Errorf("blob: %d bytes, digest %s; want %d bytes, %s", len(blob), digest.FromBytes(blob), li.Size, li.Digest)
+	}
+}
+
+// sameTree checks that on the trees mount both names of a layer lead to one
+// tree: one inode, one set of nodes in memory. (In place, each name has
+// nodes of its own.)
+func sameTree(t *testing.T, m *mounted, ref string, li fixture.LayerInfo) {
+	t.Helper()
+	byBlob := tree(t, filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"))
+	byTOC := tree(t, filepath.Join(m.grammar2(ref, li.TOCDigest.String()), "diff"))
+	a, errA := os.Stat(byBlob)
+	b, errB := os.Stat(byTOC)
+	if errA != nil || errB != nil || !os.SameFile(a, b) {
+		t.Errorf("the tree by blob digest (%s) and by TOC digest (%s) differ: %v, %v", byBlob, byTOC, errA, errB)
+	}
+}
+
+// TestSecondWalkStaysInKernel checks why the trees have a mount of their
+// own: there, a second walk of a layer (stat of every entry, listing of
+// every directory) is answered by the kernel alone. In place, on the
+// writable pool mount, each directory's atime goes stale when its listing is
+// read, and the second walk pays a GETATTR per directory.
+func TestSecondWalkStaysInKernel(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	var entries []fixture.TarEntry
+	for i := range 40 {
+		d := fmt.Sprintf("d%02d", i)
+		entries = append(entries, fixture.TarEntry{Name: d, Type: tar.TypeDir, Mode: 0o755})
+		for j := range 3 {
+			entries = append(entries, fixture.TarEntry{Name: fmt.Sprintf("%s/f%d", d, j), Mode: 0o644, Content: []byte(d)})
+		}
+	}
+	ref, layers := pushImage(t, reg, "test/walk", [][]byte{fixture.BuildTar(entries)}, fixture.ImageOptions{})
+	for _, c := range []struct {
+		inPlace bool
+		want    func(getattrs int64) bool
+		wants   string
+	}{
+		{false, func(n int64) bool { return n == 0 }, "none"},
+		{true, func(n int64) bool { return n >= 40 }, "one per directory (documents the kernel's behaviour)"},
+	} {
+		t.Run(fmt.Sprintf("in_place_trees=%v", c.inPlace), func(t *testing.T) {
+			m := mountPoolOpts(t, reg, mountOpts{InPlaceTrees: c.inPlace})
+			root := tree(t, filepath.Join(m.grammar2(ref, layers[0].Digest.String()), "diff"))
+			walk := func() int {
+				n := 0
+				err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+					if err != nil {
+						return err
+					}
+					n++
+					_, err = os.Lstat(p)
+					return err
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			first := walk()
+			before := m.GetAttrs.Load()
+			if second := walk(); second != first || first != 1+len(entries) {
+				t.Fatalf("walks saw %d and %d entries, want %d", first, second, 1+len(entries))
+			}
+			if n := m.GetAttrs.Load() - before; !c.want(n) {
+				t.Errorf("second walk of %d entries sent %d GETATTRs, want %s", first, n, c.wants)
+			}
+		})
 	}
 }
 
@@ -152,7 +233,7 @@ func TestLazy(t *testing.T) {
 	reg.ResetStats()
 	var entries, biggestSize int64
 	var biggest string
-	err := filepath.WalkDir(diff, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(tree(t, diff), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -201,7 +282,7 @@ func TestLazy(t *testing.T) {
 		t.Fatal(err)
 	}
 	read := reg.Stats()
-	rel, _ := filepath.Rel(diff, biggest)
+	rel, _ := filepath.Rel(tree(t, diff), biggest)
 	start, end := compressedRange(t, m, li.Digest, rel)
 	t.Logf("reading %s (%d bytes, %d compressed): %d blob bytes in %d requests", rel, len(data), end-start, read.BlobBytes, read.BlobRequests)
 	// The blob's last MiB came with the TOC, so part of the file may
@@ -281,45 +362,64 @@ func uses(t *testing.T, m *mounted, dg digest.Digest) int64 {
 }
 
 // TestReadOnly checks that every change is refused with EROFS, at every
-// level of the mount.
+// level of the mount, with the trees on their read-only mount and in place.
 func TestReadOnly(t *testing.T) {
 	reg := fixture.StartRegistry(t)
 	ref, layers := pushImage(t, reg, "test/ro", [][]byte{fixture.KitchenSinkTar()}, fixture.ImageOptions{})
-	m := mountPool(t, reg)
-	dir := m.grammar2(ref, layers[0].Digest.String())
-	diff := filepath.Join(dir, "diff")
-	if _, err := os.Stat(diff); err != nil {
-		t.Fatal(err)
-	}
-	file := firstRegular(t, diff)
-	ops := []struct {
-		name string
-		op   func() error
-	}{
-		{"mkdir in pool root", func() error { return os.Mkdir(filepath.Join(m.Dir, "x"), 0o755) }},
-		{"create in layer dir", func() error { _, err := os.Create(filepath.Join(dir, "x")); return err }},
-		{"mkdir in diff", func() error { return os.Mkdir(filepath.Join(diff, "newdir"), 0o755) }},
-		{"create in diff", func() error { _, err := os.Create(filepath.Join(diff, "newfile")); return err }},
-		{"write file", func() error { return os.WriteFile(file, []byte("x"), 0o644) }},
-		{"truncate info", func() error { return os.Truncate(filepath.Join(dir, "info"), 0) }},
-		{"chmod file", func() error { return os.Chmod(file, 0o777) }},
-		{"unlink file", func() error { return os.Remove(file) }},
-		{"rename file", func() error { return os.Rename(file, file+".2") }},
-		{"symlink in diff", func() error { return os.Symlink("x", filepath.Join(diff, "ln")) }},
-		{"setxattr", func() error { return unix.Setxattr(file, "user.x", []byte("y"), 0) }},
-		{"rmdir diff", func() error { return unix.Rmdir(diff) }},
-	}
-	for _, o := range ops {
-		if err := o.op(); !errors.Is(err, syscall.EROFS) {
-			t.Errorf("%s: %v, want EROFS", o.name, err)
-		}
+	for _, inPlace := range []bool{false, true} {
+		t.Run(fmt.Sprintf("in_place_trees=%v", inPlace), func(t *testing.T) {
+			m := mountPoolOpts(t, reg, mountOpts{InPlaceTrees: inPlace})
+			dir := m.grammar2(ref, layers[0].Digest.String())
+			diff := filepath.Join(dir, "diff")
+			if _, err := os.Stat(diff); err != nil {
+				t.Fatal(err)
+			}
+			if fi, _ := os.Lstat(diff); (fi.Mode()&fs.ModeSymlink != 0) == inPlace {
+				t.Fatalf("diff has mode %v with in-place trees %v", fi.Mode(), inPlace)
+			}
+			root := tree(t, diff)
+			file := firstRegular(t, diff)
+			ops := []struct {
+				name string
+				op   func() error
+			}{
+				{"mkdir in pool root", func() error { return os.Mkdir(filepath.Join(m.Dir, "x"), 0o755) }},
+				{"create in layer dir", func() error { _, err := os.Create(filepath.Join(dir, "x")); return err }},
+				{"mkdir in tree", func() error { return os.Mkdir(filepath.Join(root, "newdir"), 0o755) }},
+				{"create in tree", func() error { _, err := os.Create(filepath.Join(root, "newfile")); return err }},
+				{"write file", func() error { return os.WriteFile(file, []byte("x"), 0o644) }},
+				{"truncate info", func() error { return os.Truncate(filepath.Join(dir, "info"), 0) }},
+				{"chmod file", func() error { return os.Chmod(file, 0o777) }},
+				{"unlink file", func() error { return os.Remove(file) }},
+				{"rename file", func() error { return os.Rename(file, file+".2") }},
+				{"symlink in tree", func() error { return os.Symlink("x", filepath.Join(root, "ln")) }},
+				{"setxattr", func() error { return unix.Setxattr(file, "user.x", []byte("y"), 0) }},
+				{"remove diff", func() error {
+					if inPlace {
+						return unix.Rmdir(diff)
+					}
+					return unix.Unlink(diff) // the link
+				}},
+			}
+			if !inPlace {
+				ops = append(ops, struct {
+					name string
+					op   func() error
+				}{"rmdir tree", func() error { return unix.Rmdir(root) }})
+			}
+			for _, o := range ops {
+				if err := o.op(); !errors.Is(err, syscall.EROFS) {
+					t.Errorf("%s: %v, want EROFS", o.name, err)
+				}
+			}
+		})
 	}
 }
 
 func firstRegular(t *testing.T, dir string) string {
 	t.Helper()
 	var found string
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(tree(t, dir), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && found == "" && d.Type().IsRegular() {
 			if info, err := d.Info(); err == nil && info.Mode().Perm()&0o200 != 0 {
 				found = p
