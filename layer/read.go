@@ -175,10 +175,16 @@ func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[ch
 	// land wakes the chunk's waiters. The flight stays registered until
 	// retire: a reader that misses the cache in between finds it, already
 	// done, instead of fetching the chunk again.
+	// A failed flight is retired as it lands, under one lock: a waiter
+	// that goes to try again must not find it still registered (and fail
+	// on it again) but fetch for itself.
 	land := func(c *chunk, data []byte, ferr error) {
 		landed[c.key()] = true
 		l.mu.Lock()
 		fl := l.inflight[c.key()]
+		if ferr != nil {
+			delete(l.inflight, c.key())
+		}
 		l.mu.Unlock()
 		fl.data, fl.err = data, ferr
 		close(fl.done)
@@ -205,7 +211,6 @@ func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[ch
 				err = ferr
 			}
 			land(c, nil, ferr)
-			retire(c)
 		}
 	}()
 
