@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -379,6 +380,7 @@ type fsResult struct {
 	mountRead, diskRead     []time.Duration
 	entries                 int
 	mountWalk1, mountWalk2  []time.Duration
+	inPlace1, inPlace2      []time.Duration // the same walks with --in-place-trees
 	diskWalk1, diskWalk2    []time.Duration
 	mountEntries, diskCount int
 }
@@ -497,7 +499,19 @@ func (b *bench) measureFS() (*fsResult, error) {
 	}
 
 	if pyDigest != "" {
+		// A second daemon serves the trees in place, on the writable pool
+		// mount, to show what the read-only trees mount buys.
+		dIn, err := fixture.StartDaemon(fixture.DaemonOptions{
+			Binary: b.c.poolfs, Root: filepath.Join(dir, "store-in-place"), CacheDir: filepath.Join(dir, "cache-in-place"),
+			InsecureRegistries: []string{b.reg.Host}, LogLevel: "info", LogFile: filepath.Join(dir, "poolfs-in-place.log"),
+			ExtraArgs: append(slices.Clone(b.c.daemonArg), "--in-place-trees"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		defer dIn.Stop()
 		mountPy := diffOf(pyRef, pyDigest)
+		inPlacePy := filepath.Join(dIn.Mountpoint, base64.StdEncoding.EncodeToString([]byte(pyRef)), pyDigest, "diff")
 		diskPy := filepath.Join(b.c.work, "python.rootfs")
 		for i := 0; i < b.c.fsRuns; i++ {
 			if err := dropCaches(); err != nil {
@@ -514,6 +528,21 @@ func (b *bench) measureFS() (*fsResult, error) {
 			if err := dropCaches(); err != nil {
 				return nil, err
 			}
+			t5, n5, err := walk(inPlacePy)
+			if err != nil {
+				return nil, err
+			}
+			t6, _, err := walk(inPlacePy)
+			if err != nil {
+				return nil, err
+			}
+			if n5 != n1 {
+				return nil, fmt.Errorf("walks saw %d entries on the trees mount and %d in place", n1, n5)
+			}
+			r.inPlace1, r.inPlace2 = append(r.inPlace1, t5), append(r.inPlace2, t6)
+			if err := dropCaches(); err != nil {
+				return nil, err
+			}
 			t3, n3, err := walk(diskPy)
 			if err != nil {
 				return nil, err
@@ -525,8 +554,8 @@ func (b *bench) measureFS() (*fsResult, error) {
 			r.mountWalk1, r.mountWalk2 = append(r.mountWalk1, t1), append(r.mountWalk2, t2)
 			r.diskWalk1, r.diskWalk2 = append(r.diskWalk1, t3), append(r.diskWalk2, t4)
 			r.mountEntries, r.diskCount = n1, n3
-			logf("  metadata walk: mount %d entries %.3f s then %.3f s; disk %d entries %.3f s then %.3f s",
-				n1, t1.Seconds(), t2.Seconds(), n3, t3.Seconds(), t4.Seconds())
+			logf("  metadata walk: mount %d entries %.3f s then %.3f s (trees in place: %.3f s then %.3f s); disk %d entries %.3f s then %.3f s",
+				n1, t1.Seconds(), t2.Seconds(), t5.Seconds(), t6.Seconds(), n3, t3.Seconds(), t4.Seconds())
 		}
 	}
 	return r, nil
