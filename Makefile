@@ -69,7 +69,8 @@ demo: deps build
 
 # Not part of test: builds Debian images with debootstrap (cached in
 # .work/bench), runs podman cold many times and writes docs/benchmarks.md
-# (about 20 minutes; BENCH_FLAGS=-quick for a short run).
+# (about 7 minutes once the images are cached, longer the first time;
+# BENCH_FLAGS=-quick for a short run).
 BENCH_FLAGS ?=
 bench: deps build
 	bash scripts/install-bench-deps.sh
