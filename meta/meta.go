@@ -39,6 +39,9 @@ type layerRecord struct {
 	Desc      remote.LayerDesc `json:"desc"`
 	TOCDigest digest.Digest    `json:"toc_digest"`
 	TOCOffset int64            `json:"toc_offset"`
+	// UsedAt (Unix seconds) is when the layer was last stored, reopened
+	// or found in use by Prune; 0 in records written before it existed.
+	UsedAt int64 `json:"used_at,omitempty"`
 }
 
 // maxTOCJSON bounds what a damaged record can make Lookup allocate.
@@ -82,7 +85,7 @@ func refKey(ref string, d digest.Digest) []byte {
 // Put records rec as the answer for (ref, d), where d is the digest the
 // layer was asked for (blob or TOC digest).
 func (s *Store) Put(ref string, d digest.Digest, rec Record) error {
-	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset})
+	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, UsedAt: now().Unix()})
 	if err != nil {
 		return fmt.Errorf("encoding record of layer %s: %w", rec.Desc.Digest, err)
 	}
@@ -174,4 +177,105 @@ func (s *Store) Delete(blob digest.Digest) error {
 		return fmt.Errorf("deleting record of layer %s: %w", blob, err)
 	}
 	return nil
+}
+
+// now is time.Now, replaceable by tests.
+var now = time.Now
+
+// Touch marks the layer with blob digest blob as used now, so Prune keeps
+// it; a layer the store does not know is not an error.
+func (s *Store) Touch(blob digest.Digest) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		lb := tx.Bucket(bucketLayers)
+		raw := lb.Get([]byte(blob.String()))
+		if raw == nil {
+			return nil
+		}
+		return setUsed(lb, []byte(blob.String()), raw, now().Unix())
+	})
+	if err != nil {
+		return fmt.Errorf("marking layer %s used: %w", blob, err)
+	}
+	return nil
+}
+
+// setUsed rewrites the layer record raw, stored under key, with UsedAt t.
+func setUsed(lb *bolt.Bucket, key, raw []byte, t int64) error {
+	var lr layerRecord
+	if err := json.Unmarshal(raw, &lr); err != nil {
+		return fmt.Errorf("decoding record of layer %s: %w", key, err)
+	}
+	lr.UsedAt = t
+	b, err := json.Marshal(lr)
+	if err != nil {
+		return err
+	}
+	return lb.Put(key, b)
+}
+
+// Prune forgets every layer not used since before cutoff: its record, its
+// TOC and the refs that lead to it. Layers inUse (those the daemon has
+// open) count as used now. Records from before UsedAt existed start their
+// clock now rather than go at once; records that do not decode are left
+// to Lookup, which reports them (and the pool then drops them).
+// It returns how many layers it forgot.
+func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, error) {
+	stamp := now().Unix()
+	gone := map[string]bool{}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		lb, tb := tx.Bucket(bucketLayers), tx.Bucket(bucketTOCs)
+		type rewrite struct{ key, raw []byte }
+		var fresh []rewrite
+		var stale [][2][]byte // layer key, TOC key
+		err := lb.ForEach(func(k, v []byte) error {
+			var lr layerRecord
+			switch {
+			case json.Unmarshal(v, &lr) != nil:
+			case lr.UsedAt == 0 || inUse[digest.Digest(k)]:
+				fresh = append(fresh, rewrite{append([]byte(nil), k...), append([]byte(nil), v...)})
+			case lr.UsedAt < cutoff.Unix():
+				stale = append(stale, [2][]byte{append([]byte(nil), k...), []byte(lr.TOCDigest.String())})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Changing a bucket while iterating over it is not allowed.
+		for _, r := range fresh {
+			if err := setUsed(lb, r.key, r.raw, stamp); err != nil {
+				return err
+			}
+		}
+		for _, st := range stale {
+			if err := tb.Delete(st[1]); err != nil {
+				return err
+			}
+			if err := lb.Delete(st[0]); err != nil {
+				return err
+			}
+			gone[string(st[0])] = true
+		}
+		rb := tx.Bucket(bucketRefs)
+		var refs [][]byte
+		err = rb.ForEach(func(k, v []byte) error {
+			if gone[string(v)] {
+				refs = append(refs, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range refs {
+			if err := rb.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("pruning layer records: %w", err)
+	}
+	return len(gone), nil
 }

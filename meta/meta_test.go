@@ -5,8 +5,10 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/remote"
@@ -87,5 +89,116 @@ func TestStoreLockedByAnotherOpen(t *testing.T) {
 	if s2, err := Open(path); err == nil {
 		s2.Close()
 		t.Fatal("second Open of a held store succeeded")
+	}
+}
+
+// TestPrune: layers unused since before the cutoff go (record, TOC and the
+// refs leading to them); used, in-use and legacy records stay.
+func TestPrune(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := t0
+	now = func() time.Time { return clock }
+	t.Cleanup(func() { now = time.Now })
+
+	s, err := Open(filepath.Join(t.TempDir(), "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	record := func(name string) Record {
+		toc := []byte(`{"version":1,"entries":[{"name":"` + name + `","type":"reg"}]}`)
+		return Record{
+			Desc: remote.LayerDesc{Ref: "registry.example/" + name + ":1", Digest: digest.FromString(name), TOCDigest: digest.FromBytes(toc)},
+			TOC:  layer.TOC{Digest: digest.FromBytes(toc), Offset: 10, JSON: toc},
+		}
+	}
+	put := func(r Record) {
+		t.Helper()
+		for _, d := range []digest.Digest{r.Desc.Digest, r.TOC.Digest} {
+			if err := s.Put(r.Desc.Ref, d, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	old, touched, open, fresh, legacy := record("old"), record("touched"), record("open"), record("fresh"), record("legacy")
+	put(old)
+	put(touched)
+	put(open)
+	put(legacy)
+	// A record written before UsedAt existed.
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		lb := tx.Bucket(bucketLayers)
+		key := []byte(legacy.Desc.Digest.String())
+		return setUsed(lb, key, lb.Get(key), 0)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	clock = t0.Add(20 * 24 * time.Hour)
+	if err := s.Touch(touched.Desc.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Touch(digest.FromString("unknown")); err != nil {
+		t.Errorf("Touch of an unknown layer: %v", err)
+	}
+	put(fresh)
+
+	clock = t0.Add(40 * 24 * time.Hour)
+	cutoff := clock.Add(-30 * 24 * time.Hour) // t0+10d
+	n, err := s.Prune(cutoff, map[digest.Digest]bool{open.Desc.Digest: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("Prune forgot %d layers, want 1", n)
+	}
+	tests := []struct {
+		name string
+		rec  Record
+		kept bool
+	}{
+		{"stored at t0, unused since", old, false},
+		{"touched at t0+20d", touched, true},
+		{"stored at t0, open in the daemon", open, true},
+		{"stored at t0+20d", fresh, true},
+		{"legacy record without a use time", legacy, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, d := range []digest.Digest{tc.rec.Desc.Digest, tc.rec.TOC.Digest} {
+				_, err := s.Lookup(tc.rec.Desc.Ref, d)
+				if tc.kept && err != nil {
+					t.Errorf("Lookup by %s: %v, want the record", d, err)
+				}
+				if !tc.kept && !errors.Is(err, ErrNotFound) {
+					t.Errorf("Lookup by %s: %v, want ErrNotFound", d, err)
+				}
+			}
+		})
+	}
+	// Nothing of the pruned layer is left behind: no ref, no TOC.
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketTOCs).Get([]byte(old.TOC.Digest.String())); v != nil {
+			t.Error("the pruned layer's TOC is still stored")
+		}
+		return tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
+			if string(v) == old.Desc.Digest.String() {
+				t.Errorf("ref %q still leads to the pruned layer", k)
+			}
+			return nil
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The open layer's and the legacy record's clocks restarted at the
+	// prune: 31 days later, with nothing open, they go too.
+	clock = clock.Add(31 * 24 * time.Hour)
+	n, err = s.Prune(clock.Add(-30*24*time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 {
+		t.Errorf("second Prune forgot %d layers, want 4 (all left)", n)
 	}
 }

@@ -3,6 +3,9 @@ package pool
 import (
 	"context"
 	"errors"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
 
 	"github.com/sirupsen/logrus"
 
@@ -69,6 +72,11 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	// its prioritized chunks are usually in the disk cache already.
 	l := p.adopt(&Layer{Desc: rec.Desc, Blob: blob, View: view}, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
+	p.inBackground(func() {
+		if err := p.meta.Touch(rec.Desc.Digest); err != nil {
+			log.WithError(err).Warn("marking stored layer record used failed")
+		}
+	})
 	return l
 }
 
@@ -81,15 +89,39 @@ func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *
 	if p.meta == nil {
 		return
 	}
-	p.persisting.Add(1)
-	go func() {
-		defer p.persisting.Done()
+	p.inBackground(func() {
 		if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
 			log.WithError(err).Warn("storing layer record failed")
 		}
+	})
+}
+
+// inBackground runs a metadata store write that no lookup waits for;
+// Flush waits for it.
+func (p *Pool) inBackground(write func()) {
+	p.persisting.Add(1)
+	go func() {
+		defer p.persisting.Done()
+		write()
 	}()
 }
 
 // Flush waits until the records of the layers opened so far are written
 // to the metadata store. Call it before closing the store.
 func (p *Pool) Flush() { p.persisting.Wait() }
+
+// PruneMeta forgets the stored records of layers neither opened by this
+// pool nor used since maxAge ago (see meta.Store.Prune), and returns how
+// many it forgot. Without a metadata store it does nothing.
+func (p *Pool) PruneMeta(maxAge time.Duration) (int, error) {
+	if p.meta == nil {
+		return 0, nil
+	}
+	p.mu.Lock()
+	inUse := make(map[digest.Digest]bool, len(p.layers))
+	for d := range p.layers {
+		inUse[d] = true
+	}
+	p.mu.Unlock()
+	return p.meta.Prune(time.Now().Add(-maxAge), inUse)
+}

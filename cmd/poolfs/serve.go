@@ -36,6 +36,7 @@ func serve(ctx context.Context, args []string) error {
 	writeBehind := fl.Duration("disk-write-behind", 250*time.Millisecond, "write fetched chunks to the disk cache once fetching pauses for `DURATION` (until then memory serves them), so a starting container does not share its CPUs with those writes; 0: write each chunk at once, in the read that fetched it")
 	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
 	inPlaceTrees := fl.Bool("in-place-trees", false, "serve each layer's tree inside ROOT/.pool, as diff (rootfs.<ID>) itself, rather than on a second, read-only mount at ROOT/.trees that diff links to; on the read-only mount a stat of a directory already listed never goes to the daemon")
+	metaMaxAge := fl.Duration("meta-max-age", 30*24*time.Hour, "forget the stored record (descriptor and TOC, in the cache dir's meta.db) of a layer neither open nor used for `DURATION`; checked at startup and hourly; 0: keep records forever")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -104,6 +105,10 @@ func serve(ctx context.Context, args []string) error {
 	defer metaStore.Close()
 	p.SetMeta(metaStore)
 	defer p.Flush() // before the store closes
+	if *metaMaxAge > 0 {
+		stopPruning := pruneMetaEvery(ctx, time.Hour, p, *metaMaxAge, log.WithField("component", "meta"))
+		defer stopPruning() // before the store closes
+	}
 	var whole *layer.WholeFiles
 	if *passthrough {
 		// Copies live in the disk cache (<cache-dir>/chunks/whole), under
@@ -171,4 +176,34 @@ func newLogger(level, format string) (*logrus.Entry, error) {
 		return nil, fmt.Errorf("--log-format: %q is neither text nor json", format)
 	}
 	return logrus.NewEntry(l), nil
+}
+
+// pruneMetaEvery forgets old layer records now and then every interval,
+// until the returned stop is called (which waits for a prune in progress).
+func pruneMetaEvery(ctx context.Context, interval time.Duration, p *pool.Pool, maxAge time.Duration, log *logrus.Entry) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			n, err := p.PruneMeta(maxAge)
+			switch {
+			case err != nil:
+				log.WithError(err).Warn("pruning layer records failed")
+			case n > 0:
+				log.WithFields(logrus.Fields{"layers": n, "max_age": maxAge}).Info("forgot the records of unused layers")
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }

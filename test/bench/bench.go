@@ -405,6 +405,19 @@ func readAll(p string) (time.Duration, int64, error) {
 	return time.Since(t0), n, err
 }
 
+// walkTwice drops the kernel's caches and walks root twice: the first
+// walk and the second, with everything the first one cached.
+func walkTwice(root string) (first, second time.Duration, entries int, err error) {
+	if err := dropCaches(); err != nil {
+		return 0, 0, 0, err
+	}
+	if first, entries, err = walk(root); err != nil {
+		return 0, 0, 0, err
+	}
+	second, _, err = walk(root)
+	return first, second, entries, err
+}
+
 // walk stats every entry under root. A root that is a link (a pool diff,
 // see pool.SetTreesMount) is followed first, as overlayfs follows a lower
 // directory, and that is timed too.
@@ -514,25 +527,11 @@ func (b *bench) measureFS() (*fsResult, error) {
 		inPlacePy := filepath.Join(dIn.Mountpoint, base64.StdEncoding.EncodeToString([]byte(pyRef)), pyDigest, "diff")
 		diskPy := filepath.Join(b.c.work, "python.rootfs")
 		for i := 0; i < b.c.fsRuns; i++ {
-			if err := dropCaches(); err != nil {
-				return nil, err
-			}
-			t1, n1, err := walk(mountPy)
+			t1, t2, n1, err := walkTwice(mountPy)
 			if err != nil {
 				return nil, err
 			}
-			t2, _, err := walk(mountPy)
-			if err != nil {
-				return nil, err
-			}
-			if err := dropCaches(); err != nil {
-				return nil, err
-			}
-			t5, n5, err := walk(inPlacePy)
-			if err != nil {
-				return nil, err
-			}
-			t6, _, err := walk(inPlacePy)
+			t5, t6, n5, err := walkTwice(inPlacePy)
 			if err != nil {
 				return nil, err
 			}
@@ -540,14 +539,7 @@ func (b *bench) measureFS() (*fsResult, error) {
 				return nil, fmt.Errorf("walks saw %d entries on the trees mount and %d in place", n1, n5)
 			}
 			r.inPlace1, r.inPlace2 = append(r.inPlace1, t5), append(r.inPlace2, t6)
-			if err := dropCaches(); err != nil {
-				return nil, err
-			}
-			t3, n3, err := walk(diskPy)
-			if err != nil {
-				return nil, err
-			}
-			t4, _, err := walk(diskPy)
+			t3, t4, n3, err := walkTwice(diskPy)
 			if err != nil {
 				return nil, err
 			}

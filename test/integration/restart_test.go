@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/test/fixture"
@@ -116,4 +118,47 @@ func TestRestartState(t *testing.T) {
 			t.Errorf("%d files damaged, %d bytes refetched: the damage went unnoticed", damaged, st.BlobBytes)
 		}
 	})
+}
+
+// TestPruneMeta: a pool keeps the records of the layers it has open however
+// old they are, and forgets the others once unused for the maximum age;
+// the next pool then resolves that layer from the registry again.
+func TestPruneMeta(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarBytes := layerTar(22, 5)
+	ref, layers := pushImage(t, reg, "test/prune", [][]byte{tarBytes}, fixture.ImageOptions{})
+	li := layers[0]
+	dir := t.TempDir()
+	metaPath := filepath.Join(dir, "meta.db")
+	diff := func(m *mounted) string { return filepath.Join(m.grammar2(ref, li.Digest.String()), "diff") }
+
+	store, closeStore := openMeta(t, metaPath)
+	m := mountPoolOpts(t, reg, mountOpts{Meta: store, Quiet: true})
+	compareTree(t, diff(m), tarBytes)
+	m.Pool.Flush()
+	// Use times have a resolution of a second: let the record age past a
+	// maximum age of one nanosecond.
+	time.Sleep(1100 * time.Millisecond)
+	if n, err := m.Pool.PruneMeta(time.Nanosecond); err != nil || n != 0 {
+		t.Fatalf("pruning with the layer open forgot %d layers (%v), want 0", n, err)
+	}
+	if _, err := store.Lookup(ref, li.Digest); err != nil {
+		t.Fatalf("record of the open layer: %v", err)
+	}
+	closeStore()
+
+	store, _ = openMeta(t, metaPath)
+	m = mountPoolOpts(t, reg, mountOpts{Meta: store, Quiet: true})
+	time.Sleep(1100 * time.Millisecond)
+	if n, err := m.Pool.PruneMeta(time.Nanosecond); err != nil || n != 1 {
+		t.Fatalf("pruning with nothing open forgot %d layers (%v), want 1", n, err)
+	}
+	if _, err := store.Lookup(ref, li.Digest); !errors.Is(err, meta.ErrNotFound) {
+		t.Fatalf("record after pruning: %v, want ErrNotFound", err)
+	}
+	reg.ResetStats()
+	compareTree(t, diff(m), tarBytes)
+	if st := reg.Stats(); st.Requests == 0 {
+		t.Error("the layer whose record was pruned was served without asking the registry")
+	}
 }
