@@ -22,9 +22,12 @@ const SocketEnv = "POOLFS_CONTROL_SOCKET"
 
 // Status is the daemon's state as `poolfs status` shows it.
 type Status struct {
-	Mountpoint string        `json:"mountpoint"`
-	Layers     []LayerStatus `json:"layers"`
-	Cache      CacheStatus   `json:"cache"`
+	Mountpoint string `json:"mountpoint"`
+	// TreesMountpoint is where the layers' trees are mounted read-only;
+	// "" when they are served inside Mountpoint (--in-place-trees).
+	TreesMountpoint string        `json:"trees_mountpoint,omitempty"`
+	Layers          []LayerStatus `json:"layers"`
+	Cache           CacheStatus   `json:"cache"`
 }
 
 // LayerStatus is one layer the pool serves.

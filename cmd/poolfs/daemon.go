@@ -139,6 +139,7 @@ func (d *daemonFlags) capCache(disk *cache.Disk, dir string, log *logrus.Entry) 
 // daemonState is what the control socket and metrics look at.
 type daemonState struct {
 	mnt      string
+	trees    string // "": --in-place-trees
 	cacheDir string
 	pool     *pool.Pool
 	disk     *cache.Disk
@@ -151,7 +152,7 @@ type daemonState struct {
 
 // Status implements control.Backend.
 func (s *daemonState) Status() control.Status {
-	st := control.Status{Mountpoint: s.mnt, Layers: []control.LayerStatus{}, Cache: s.cacheStatus()}
+	st := control.Status{Mountpoint: s.mnt, TreesMountpoint: s.trees, Layers: []control.LayerStatus{}, Cache: s.cacheStatus()}
 	for _, l := range s.pool.Layers() {
 		ls := control.LayerStatus{
 			Ref:        l.Desc.Ref,

@@ -126,7 +126,7 @@ func serve(ctx context.Context, args []string) error {
 		return err
 	}
 	log.WithFields(logrus.Fields{"path": mnt, "trees": mounts.TreesDir, "cache_dir": *cacheDir}).Info("serving")
-	state := &daemonState{mnt: mnt, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain}
+	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
 	if err != nil {
 		_ = mounts.Unmount()

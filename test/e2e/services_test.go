@@ -238,6 +238,9 @@ blocked = true
 				break
 			}
 		}
+		if want := filepath.Join(filepath.Dir(d.Mountpoint), ".trees"); st.Mountpoint != d.Mountpoint || st.TreesMountpoint != want {
+			t.Errorf("mount points %q and %q, want %q and %q", st.Mountpoint, st.TreesMountpoint, d.Mountpoint, want)
+		}
 		byDigest := map[string]control.LayerStatus{}
 		for _, l := range st.Layers {
 			byDigest[l.Digest] = l
