@@ -32,6 +32,13 @@ type Layer struct {
 	reading atomic.Int64 // ReadAt calls in progress; background fetches yield to them
 
 	whole atomic.Pointer[WholeFiles] // whole-file copies (SetWholeFiles); nil: none
+
+	readahead    atomic.Int64 // see SetReadahead; 0: off
+	readingAhead atomic.Bool  // one read-ahead at a time
+	blobOrder    struct {     // every chunk by blob offset, for readAhead
+		once   sync.Once
+		chunks []*chunk
+	}
 }
 
 // Open reads the eStargz footer and TOC from blob and builds the view.

@@ -127,7 +127,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 				if yield {
 					l.waitIdle(ctx)
 				}
-				if _, err := l.getChunks(ctx, "(prefetch)", p); err != nil {
+				if _, err := l.getChunks(ctx, "(prefetch)", p, false); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err

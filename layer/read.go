@@ -52,7 +52,7 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	}
 	l.reading.Add(1)
 	began := time.Now()
-	data, err := l.getChunks(ctx, e.Path, chunks)
+	data, err := l.getChunks(ctx, e.Path, chunks, true)
 	l.reading.Add(-1)
 	if waited := time.Since(began); waited >= slowRead && l.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 		// Which reads a starting container waits on, and for how long:
@@ -89,8 +89,9 @@ func entryPath(e *Entry) string {
 
 // getChunks returns the verified contents of chunks, keyed by digest, from
 // the cache, from fetches other readers have in flight, or by fetching the
-// rest itself.
-func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk) (map[chunkKey][]byte, error) {
+// rest itself; if it has to fetch and ahead is set, it also starts reading
+// ahead (see readAhead).
+func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk, ahead bool) (map[chunkKey][]byte, error) {
 	got := make(map[chunkKey][]byte, len(chunks))
 	for _, c := range chunks {
 		if _, ok := got[c.key()]; ok {
@@ -113,7 +114,7 @@ func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk) (ma
 		if len(missing) == 0 {
 			return got, nil
 		}
-		err := l.fetchOrWait(ctx, path, missing, got)
+		err := l.fetchOrWait(ctx, path, missing, got, ahead)
 		if err == nil {
 			continue
 		}
@@ -127,7 +128,7 @@ func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk) (ma
 // fetchOrWait registers the missing chunks nobody is fetching yet, fetches
 // them (coalesced), then waits for the ones others are fetching. Results go
 // into got.
-func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, got map[chunkKey][]byte) error {
+func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, got map[chunkKey][]byte, ahead bool) error {
 	var mine []*chunk
 	isMine := map[chunkKey]bool{}
 	waits := map[chunkKey]*flight{}
@@ -147,7 +148,7 @@ func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, 
 	l.mu.Unlock()
 
 	if len(mine) > 0 {
-		if err := l.lead(ctx, path, mine, got); err != nil {
+		if err := l.lead(ctx, path, mine, got, ahead); err != nil {
 			return err
 		}
 	}
@@ -170,7 +171,7 @@ func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, 
 // every one of them, success or not, so no waiter is left hanging. Each
 // lands as soon as it is verified: waiters on the first chunks of a long
 // range go on while the rest is still arriving.
-func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[chunkKey][]byte) (err error) {
+func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[chunkKey][]byte, ahead bool) (err error) {
 	landed := make(map[chunkKey]bool, len(mine))
 	// land wakes the chunk's waiters. The flight stays registered until
 	// retire: a reader that misses the cache in between finds it, already
@@ -224,6 +225,13 @@ func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[ch
 			continue
 		}
 		todo = append(todo, c)
+	}
+	if ahead && len(todo) > 0 {
+		var end int64
+		for _, c := range todo {
+			end = max(end, c.blobEnd)
+		}
+		l.readAhead(end)
 	}
 	l.fetchChunks(ctx, path, todo, func(c *chunk, data []byte) {
 		land(c, data, nil)

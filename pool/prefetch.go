@@ -19,6 +19,10 @@ type PrefetchOptions struct {
 	// Background fetches the rest of the layer afterwards, one range
 	// request at a time, pausing while on-demand reads are in progress.
 	Background bool
+	// Readahead is how many compressed bytes following a read that had to
+	// go to the registry are fetched along with it (see
+	// layer.Layer.SetReadahead); 0: none.
+	Readahead int64
 }
 
 // SetPrefetch sets what is fetched for layers opened from now on.
@@ -35,6 +39,7 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 // p.mu held.
 func (p *Pool) startPrefetch(l *Layer, log *logrus.Entry) {
 	o := p.prefetch
+	l.View.SetReadahead(o.Readahead)
 	if o.NoPrioritized && !o.Background {
 		return
 	}

@@ -206,9 +206,14 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	pull, local := add("full pull (gzip)"), add("local (image already pulled)")
 	lazy, opt := add("poolfs, eStargz"), add("poolfs, eStargz optimized")
 	warm := add("poolfs optimized, daemon cache warm")
-	var vars []*caseResult
+	var vars, lazyVars []*caseResult
 	for _, v := range b.c.variants {
 		vars = append(vars, add("poolfs optimized, "+v.name))
+	}
+	if b.c.lazyVariants {
+		for _, v := range b.c.variants {
+			lazyVars = append(lazyVars, add("poolfs, eStargz, "+v.name))
+		}
 	}
 	logf("measuring %s %q: %d runs", p.image, p.w.name, b.c.runs)
 	for i := 0; i < b.c.runs; i++ {
@@ -227,6 +232,11 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 			args := append(append([]string{}, b.c.daemonArg...), v.args...)
 			if err := b.runCase(p, p.optRef, true, args, vars[j], nil); err != nil {
 				return nil, err
+			}
+			if b.c.lazyVariants {
+				if err := b.runCase(p, p.lazyRef, true, args, lazyVars[j], nil); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}

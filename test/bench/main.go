@@ -44,13 +44,15 @@ type config struct {
 	fsRuns    int
 	daemonArg []string
 	variants  []variant
-	keep      bool
-	workload  string
-	noPull    bool
-	podmanLog string
-	perf      bool
-	hold      bool
-	newStore  bool
+	// lazyVariants runs the variants on the unoptimized image as well.
+	lazyVariants bool
+	keep         bool
+	workload     string
+	noPull       bool
+	podmanLog    string
+	perf         bool
+	hold         bool
+	newStore     bool
 }
 
 // variant is an extra poolfs case with other daemon flags (to measure a
@@ -88,6 +90,7 @@ func main() {
 	flag.IntVar(&c.bigMiB, "big-file-mb", 512, "`MiB` of the file read sequentially through the mount")
 	flag.IntVar(&c.fsRuns, "fs-runs", 3, "runs of each throughput and walk measurement")
 	flag.StringVar(&daemonArgs, "daemon-args", "", "extra flags for every `poolfs serve`")
+	flag.BoolVar(&c.lazyVariants, "variants-unoptimized", false, "run each -variant on the unoptimized eStargz image too")
 	flag.Var(&variants, "variant", "extra poolfs case on the optimized image: `NAME=FLAGS` for poolfs serve (repeatable)")
 	flag.BoolVar(&c.keep, "keep", false, "keep temporary directories (daemon logs, request logs)")
 	flag.StringVar(&c.workload, "workload", "", "only workloads whose name contains `TEXT`")

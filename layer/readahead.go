@@ -1,0 +1,119 @@
+package layer
+
+import (
+	"context"
+	"sort"
+	"time"
+)
+
+// A read that has to go to the registry is often followed by reads of the
+// files stored right after it in the layer: a package's modules, a library
+// and the data beside it. Whoever built the layer put them next to each
+// other, and on a link with a round trip of tens of milliseconds a read
+// that finds its chunks already fetched, or on their way, saves that
+// round trip. So such a read also fetches, in the background and in one
+// range request, the chunks that follow its own in the blob, up to the
+// layer's read-ahead size. Those chunks go through the same singleflight
+// as reads: none is fetched twice, and a reader that needs one waits for
+// it as it arrives.
+
+// readaheadTimeout bounds one background read-ahead.
+const readaheadTimeout = 30 * time.Second
+
+// SetReadahead sets how many compressed bytes past the end of a read that
+// had to fetch are fetched too (0: none).
+func (l *Layer) SetReadahead(bytes int64) { l.readahead.Store(max(bytes, 0)) }
+
+// readAhead starts fetching the chunks that follow blob offset from, unless
+// read-ahead is off or one is already running for this layer (reads that
+// come while it runs are mostly ones it serves). The chunks are claimed
+// before it returns, so a read that comes next waits for them rather than
+// fetching them itself; the fetch runs in the background.
+func (l *Layer) readAhead(from int64) {
+	n := l.readahead.Load()
+	if n <= 0 || !l.readingAhead.CompareAndSwap(false, true) {
+		return
+	}
+	mine := l.claim(l.chunksAfter(from, n))
+	if len(mine) == 0 {
+		l.readingAhead.Store(false)
+		return
+	}
+	go func() {
+		defer l.readingAhead.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), readaheadTimeout)
+		defer cancel()
+		// lead lands every flight it was given, success or not.
+		_ = l.lead(ctx, "(read-ahead)", mine, make(map[chunkKey][]byte, len(mine)), false)
+	}()
+}
+
+// chunksAfter returns the chunks that start at or after blob offset from,
+// in blob order, as far as they end within n compressed bytes of it: a
+// chunk (gzip member) that would cross that line, however big, is left for
+// a read to ask for. Chunks a read would refuse are left out too.
+func (l *Layer) chunksAfter(from, n int64) []*chunk {
+	order := l.chunksByOffset()
+	i := sort.Search(len(order), func(i int) bool { return order[i].blobOff >= from })
+	var out []*chunk
+	for ; i < len(order) && order[i].blobEnd-from <= n; i++ {
+		if c := order[i]; c.digest != "" && c.size <= maxChunkSize {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// chunksByOffset lists every chunk of the layer by blob offset, built on
+// first use.
+func (l *Layer) chunksByOffset() []*chunk {
+	l.blobOrder.once.Do(func() {
+		var all []*chunk
+		seen := map[*fileChunks]bool{}
+		var walk func(e *Entry)
+		walk = func(e *Entry) {
+			for _, name := range e.Names {
+				c := e.Children[name]
+				switch {
+				case c == nil:
+				case c.Type == TypeDir:
+					walk(c)
+				case c.Type == TypeReg && c.file != nil && !seen[c.file]:
+					seen[c.file] = true
+					all = append(all, c.file.chunks...)
+				}
+			}
+		}
+		walk(l.root)
+		sort.Slice(all, func(i, j int) bool {
+			a, b := all[i], all[j]
+			return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
+		})
+		l.blobOrder.chunks = all
+	})
+	return l.blobOrder.chunks
+}
+
+// claim registers flights for those of chunks that are neither cached
+// (as far as the cache can tell without reading) nor being fetched, and
+// returns them: the caller must lead them.
+func (l *Layer) claim(chunks []*chunk) []*chunk {
+	has, _ := l.cache.(interface{ Has(key string) bool })
+	var candidates []*chunk
+	for _, c := range chunks {
+		if has == nil || !has.Has(string(c.digest)) {
+			candidates = append(candidates, c)
+		}
+	}
+	var mine []*chunk
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range candidates {
+		if _, ok := l.inflight[c.key()]; ok {
+			continue // in flight, or a duplicate within chunks
+		}
+		l.inflight[c.key()] = &flight{done: make(chan struct{})}
+		mine = append(mine, c)
+	}
+	return mine
+}

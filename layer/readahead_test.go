@@ -1,0 +1,174 @@
+package layer
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/poolfs/poolfs/fs/fstest"
+)
+
+// filesLayer is a layer of n files of 3000 incompressible bytes each,
+// stored one after another in name order.
+func filesLayer(t *testing.T, n int) (*Layer, *fstest.MemBlob, map[string][]byte) {
+	t.Helper()
+	noTail(t)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	want := map[string][]byte{}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range n {
+		name := fmt.Sprintf("f%02d", i)
+		body := make([]byte, 3000)
+		for j := range body {
+			body[j] = byte(rnd.Uint32())
+		}
+		want[name] = body
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(body))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, toc := fstest.EStargz(t, buf.Bytes())
+	blob := fstest.NewMemBlob(data)
+	l, err := Open(context.Background(), blob, toc, newMemCache(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, blob, want
+}
+
+func readFile(t *testing.T, l *Layer, name string, want []byte) {
+	t.Helper()
+	p := make([]byte, len(want))
+	if n, err := l.ReadAt(context.Background(), lookup(t, l, name), p, 0); err != nil || !bytes.Equal(p[:n], want) {
+		t.Fatalf("%s: read %d bytes, %v; content right: %v", name, n, err, bytes.Equal(p[:n], want))
+	}
+}
+
+// waitReadAhead waits until no read-ahead runs in l.
+func waitReadAhead(t *testing.T, l *Layer) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); l.readingAhead.Load(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("read-ahead still running after 10 s")
+		}
+	}
+}
+
+// TestReadAhead: a read that fetches also fetches the files stored after
+// it, up to the read-ahead size, so reading them takes no request; with
+// read-ahead off each file costs its own.
+func TestReadAhead(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		readahead int64
+		// requests for reading f01..f05 after f00
+		wantLater func(n int) bool
+		wants     string
+	}{
+		{"off", 0, func(n int) bool { return n == 5 }, "one per file"},
+		{"32 KiB", 32 << 10, func(n int) bool { return n == 0 }, "none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, blob, want := filesLayer(t, 40)
+			l.SetReadahead(tc.readahead)
+			blob.ResetStats()
+			readFile(t, l, "f00", want["f00"])
+			waitReadAhead(t, l)
+			first, _ := blob.Stats()
+			if tc.readahead > 0 && first != 2 {
+				t.Errorf("reading f00 made %d requests, want 2 (its chunk, then read-ahead)", first)
+			}
+			for i := 1; i <= 5; i++ {
+				name := fmt.Sprintf("f%02d", i)
+				readFile(t, l, name, want[name])
+				waitReadAhead(t, l)
+			}
+			later, _ := blob.Stats()
+			if n := later - first; !tc.wantLater(n) {
+				t.Errorf("reading f01..f05 made %d requests, want %s", n, tc.wants)
+			}
+			checkNoOverlap(t, blob.Reads())
+			// Read-ahead stops at its size: the files after it are fetched
+			// on demand (and read ahead from there).
+			if tc.readahead > 0 {
+				blob.ResetStats()
+				readFile(t, l, "f30", want["f30"])
+				if n, _ := blob.Stats(); n == 0 {
+					t.Error("f30, far past the read-ahead, came without a request")
+				}
+				waitReadAhead(t, l)
+			}
+		})
+	}
+}
+
+// TestReadAheadWithConcurrentReads: readers of the files a read-ahead is
+// fetching wait for it rather than fetch them again, and all get the
+// right bytes.
+func TestReadAheadWithConcurrentReads(t *testing.T) {
+	l, blob, want := filesLayer(t, 40)
+	l.SetReadahead(64 << 10)
+	_, f00 := l.CompressedRange(lookup(t, l, "f00"))
+	// Hold the read-ahead (any request past f00) until readers wait on it.
+	release := make(chan struct{})
+	blob.SetHook(func(ctx context.Context, off, n int64) error {
+		if off >= f00 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	blob.ResetStats()
+	readFile(t, l, "f00", want["f00"])
+	var wg sync.WaitGroup
+	for i := 1; i <= 10; i++ {
+		name := fmt.Sprintf("f%02d", i)
+		wg.Go(func() { readFile(t, l, name, want[name]) })
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	waitReadAhead(t, l)
+	if calls, _ := blob.Stats(); calls != 2 {
+		t.Errorf("%d requests for 11 files, want 2 (f00, then the read-ahead the others waited for)", calls)
+	}
+	checkNoOverlap(t, blob.Reads())
+}
+
+// TestReadAheadBudget: read-ahead never fetches past its size, not even
+// one chunk that starts within it but ends beyond.
+func TestReadAheadBudget(t *testing.T) {
+	l, _, _ := filesLayer(t, 40)
+	_, f00 := l.CompressedRange(lookup(t, l, "f00"))
+	for _, n := range []int64{0, 100, 3153, 3154, 20000, 1 << 20} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			got := l.chunksAfter(f00, n)
+			var end int64 = f00
+			for _, c := range got {
+				if c.blobOff < f00 || c.blobEnd-f00 > n {
+					t.Errorf("chunk [%d,%d) outside [%d,+%d)", c.blobOff, c.blobEnd, f00, n)
+				}
+				end = max(end, c.blobEnd)
+			}
+			// Whatever comes next would not have fit.
+			if next := l.chunksAfter(end, 1<<40); len(next) > 0 && next[0].blobEnd-f00 <= n {
+				t.Errorf("stopped at %d though the chunk [%d,%d) fits", end, next[0].blobOff, next[0].blobEnd)
+			}
+		})
+	}
+}
