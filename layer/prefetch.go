@@ -50,24 +50,38 @@ func (l *Layer) Prefetch(ctx context.Context) (FetchStats, error) {
 // have the link to themselves. Like Prefetch it never fetches a chunk that
 // is cached or in flight. Meant to run in the background after Prefetch.
 func (l *Layer) FetchAll(ctx context.Context) (FetchStats, error) {
+	return l.fetchEntries(ctx, l.contentFiles(), backgroundPiece, 1, true)
+}
+
+// contentFiles lists the regular files of the layer that have content in
+// the blob, each once (hard links share theirs).
+func (l *Layer) contentFiles() []*Entry {
 	var files []*Entry
-	seen := map[*Entry]bool{}
+	seen := map[*fileChunks]bool{}
 	var walk func(e *Entry)
 	walk = func(e *Entry) {
 		for _, name := range e.Names {
 			c := e.Children[name]
 			switch {
-			case c == nil || seen[c]:
+			case c == nil:
 			case c.Type == TypeDir:
 				walk(c)
-			case c.Type == TypeReg && c.file != nil:
-				seen[c] = true
+			case c.Type == TypeReg && c.file != nil && !seen[c.file]:
+				seen[c.file] = true
 				files = append(files, c)
 			}
 		}
 	}
 	walk(l.root)
-	return l.fetchEntries(ctx, files, backgroundPiece, 1, true)
+	return files
+}
+
+// sortByBlobOffset puts chunks in the order their bytes are in the blob.
+func sortByBlobOffset(chunks []*chunk) {
+	sort.Slice(chunks, func(i, j int) bool {
+		a, b := chunks[i], chunks[j]
+		return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
+	})
 }
 
 // fetchEntries fetches the chunks of entries in pieces of about piece
@@ -91,10 +105,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 			st.Bytes += c.blobEnd - c.blobOff
 		}
 	}
-	sort.Slice(chunks, func(i, j int) bool {
-		a, b := chunks[i], chunks[j]
-		return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
-	})
+	sortByBlobOffset(chunks)
 
 	// Pieces of consecutive chunks; chunks sharing a gzip member stay in
 	// one piece so that no member is fetched by two requests.

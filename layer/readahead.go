@@ -69,26 +69,10 @@ func (l *Layer) chunksAfter(from, n int64) []*chunk {
 func (l *Layer) chunksByOffset() []*chunk {
 	l.blobOrder.once.Do(func() {
 		var all []*chunk
-		seen := map[*fileChunks]bool{}
-		var walk func(e *Entry)
-		walk = func(e *Entry) {
-			for _, name := range e.Names {
-				c := e.Children[name]
-				switch {
-				case c == nil:
-				case c.Type == TypeDir:
-					walk(c)
-				case c.Type == TypeReg && c.file != nil && !seen[c.file]:
-					seen[c.file] = true
-					all = append(all, c.file.chunks...)
-				}
-			}
+		for _, e := range l.contentFiles() {
+			all = append(all, e.file.chunks...)
 		}
-		walk(l.root)
-		sort.Slice(all, func(i, j int) bool {
-			a, b := all[i], all[j]
-			return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
-		})
+		sortByBlobOffset(all)
 		l.blobOrder.chunks = all
 	})
 	return l.blobOrder.chunks
