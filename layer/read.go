@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/cache"
 )
 
 // slowRead is how long a read must wait for its chunks to be logged (at
@@ -47,11 +49,11 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 		}
 	}
 
+	began := time.Now()
 	if w := l.whole.Load(); w != nil {
-		w.readSeen()
+		w.readSeen(began)
 	}
 	l.reading.Add(1)
-	began := time.Now()
 	data, err := l.getChunks(ctx, e.Path, chunks, true)
 	l.reading.Add(-1)
 	if waited := time.Since(began); waited >= slowRead && l.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
@@ -129,24 +131,7 @@ func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk, ahe
 // them (coalesced), then waits for the ones others are fetching. Results go
 // into got.
 func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, got map[chunkKey][]byte, ahead bool) error {
-	var mine []*chunk
-	isMine := map[chunkKey]bool{}
-	waits := map[chunkKey]*flight{}
-	l.mu.Lock()
-	for _, c := range missing {
-		if isMine[c.key()] || waits[c.key()] != nil {
-			continue // a duplicate digest within this same read
-		}
-		if fl, ok := l.inflight[c.key()]; ok {
-			waits[c.key()] = fl
-			continue
-		}
-		l.inflight[c.key()] = &flight{done: make(chan struct{})}
-		isMine[c.key()] = true
-		mine = append(mine, c)
-	}
-	l.mu.Unlock()
-
+	mine, waits := l.register(missing)
 	if len(mine) > 0 {
 		if err := l.lead(ctx, path, mine, got, ahead); err != nil {
 			return err
@@ -167,18 +152,42 @@ func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, 
 	return nil
 }
 
+// register claims a flight for each of chunks nobody is fetching yet and
+// returns them (mine: the caller must lead them) and the flights others
+// have in flight for the rest (waits). A digest repeated within chunks
+// counts once.
+func (l *Layer) register(chunks []*chunk) (mine []*chunk, waits map[chunkKey]*flight) {
+	isMine := map[chunkKey]bool{}
+	waits = map[chunkKey]*flight{}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range chunks {
+		if isMine[c.key()] || waits[c.key()] != nil {
+			continue
+		}
+		if fl, ok := l.inflight[c.key()]; ok {
+			waits[c.key()] = fl
+			continue
+		}
+		l.inflight[c.key()] = &flight{done: make(chan struct{})}
+		isMine[c.key()] = true
+		mine = append(mine, c)
+	}
+	return mine, waits
+}
+
 // lead obtains the chunks whose flights this reader registered and lands
 // every one of them, success or not, so no waiter is left hanging. Each
 // lands as soon as it is verified: waiters on the first chunks of a long
 // range go on while the rest is still arriving.
 func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[chunkKey][]byte, ahead bool) (err error) {
 	landed := make(map[chunkKey]bool, len(mine))
-	// land wakes the chunk's waiters. The flight stays registered until
-	// retire: a reader that misses the cache in between finds it, already
-	// done, instead of fetching the chunk again.
-	// A failed flight is retired as it lands, under one lock: a waiter
-	// that goes to try again must not find it still registered (and fail
-	// on it again) but fetch for itself.
+	// land wakes the chunk's waiters. A good flight stays registered until
+	// retire (after the chunk is cached): a reader that misses the cache
+	// in between finds it, already done, instead of fetching the chunk
+	// again. A failed flight is retired as it lands, under one lock: a
+	// waiter that tries again must fetch for itself, not find the failed
+	// flight still registered and fail on it again.
 	land := func(c *chunk, data []byte, ferr error) {
 		landed[c.key()] = true
 		l.mu.Lock()
@@ -245,7 +254,7 @@ func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[ch
 // afterwards (readers only copy out of it), so a cache that can keep it
 // without a copy does.
 func (l *Layer) keep(key string, data []byte) {
-	if k, ok := l.cache.(interface{ Keep(string, []byte) }); ok {
+	if k, ok := l.cache.(cache.Keeper); ok {
 		k.Keep(key, data)
 		return
 	}

@@ -82,22 +82,12 @@ func (l *Layer) chunksByOffset() []*chunk {
 // (as far as the cache can tell without reading) nor being fetched, and
 // returns them: the caller must lead them.
 func (l *Layer) claim(chunks []*chunk) []*chunk {
-	has, _ := l.cache.(interface{ Has(key string) bool })
-	var candidates []*chunk
+	var uncached []*chunk
 	for _, c := range chunks {
-		if has == nil || !has.Has(string(c.digest)) {
-			candidates = append(candidates, c)
+		if !l.cached(c) {
+			uncached = append(uncached, c)
 		}
 	}
-	var mine []*chunk
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, c := range candidates {
-		if _, ok := l.inflight[c.key()]; ok {
-			continue // in flight, or a duplicate within chunks
-		}
-		l.inflight[c.key()] = &flight{done: make(chan struct{})}
-		mine = append(mine, c)
-	}
+	mine, _ := l.register(uncached) // not waiting for the others
 	return mine
 }

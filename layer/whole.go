@@ -188,7 +188,7 @@ func (w *WholeFiles) work() {
 }
 
 // readSeen records a read through a layer (see WholeOptions.Quiet).
-func (w *WholeFiles) readSeen() { w.lastRead.Store(time.Now().UnixNano()) }
+func (w *WholeFiles) readSeen(at time.Time) { w.lastRead.Store(at.UnixNano()) }
 
 // waitQuiet returns once no read has been seen for o.Quiet, or false if
 // the WholeFiles is closed first.
@@ -245,16 +245,19 @@ func (l *Layer) ChunksCached(e *Entry) bool {
 	if e == nil || e.Type != TypeReg || e.file == nil {
 		return false
 	}
-	p, ok := l.cache.(interface{ Has(key string) bool })
-	if !ok {
-		return false
-	}
 	for _, c := range e.file.chunks {
-		if c.digest == "" || !p.Has(string(c.digest)) {
+		if c.digest == "" || !l.cached(c) {
 			return false
 		}
 	}
 	return true
+}
+
+// cached reports whether c is in the layer's cache, asking only the
+// cache's index (cache.Peeker); a cache that cannot tell says no.
+func (l *Layer) cached(c *chunk) bool {
+	p, ok := l.cache.(cache.Peeker)
+	return ok && p.Has(string(c.digest))
 }
 
 // OpenWhole opens the whole-file copy of e, if whole files are on for this

@@ -68,11 +68,11 @@ func link(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		elems = append(elems, encodeAnnotation(k, v))
 	}
-	target := filepath.Join(append(append([]string{root, poolDir}, elems...), pool.RootfsPrefix+*id)...)
+	target := filepath.Join(append(append([]string{root, pool.MountDir}, elems...), pool.RootfsPrefix+*id)...)
 	st, err := os.Stat(target)
 	if err != nil {
 		return fmt.Errorf("layer %s of %s cannot be served from the pool at %s (not eStargz, not in the image, or the registry is unreachable: the daemon's log says which): %w",
-			d, *ref, filepath.Join(root, poolDir), err)
+			d, *ref, filepath.Join(root, pool.MountDir), err)
 	}
 	if !st.IsDir() {
 		return fmt.Errorf("%s is not a directory", target)

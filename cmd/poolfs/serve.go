@@ -18,10 +18,6 @@ import (
 	"github.com/poolfs/poolfs/remote"
 )
 
-// poolDir is where, under the ALS root, the store is mounted; the storage
-// configuration names "<ROOT>/.pool:ref".
-const poolDir = pool.MountDir
-
 func serve(ctx context.Context, args []string) error {
 	fl := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var insecure listFlag
@@ -41,7 +37,7 @@ func serve(ctx context.Context, args []string) error {
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
-		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s and the layers' trees at ROOT/%s.\n\nFlags:\n", poolDir, pool.TreesDir)
+		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s and the layers' trees at ROOT/%s.\n\nFlags:\n", pool.MountDir, pool.TreesDir)
 		fl.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fl, args)
@@ -64,7 +60,6 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("resolving ROOT %s: %w", pos[0], err)
 	}
-	mnt := filepath.Join(root, poolDir)
 	// Warmed while the caches open; done before the first lookup can come.
 	warmed := make(chan struct{})
 	go func() {
@@ -126,6 +121,7 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	mnt := mounts.PoolDir
 	log.WithFields(logrus.Fields{"path": mnt, "trees": mounts.TreesDir, "cache_dir": *cacheDir}).Info("serving")
 	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
