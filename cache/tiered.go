@@ -98,6 +98,17 @@ func (t *Tiered) Has(key string) bool {
 	return false
 }
 
+// PendingBytes is what waits in the write-behind queue: bytes that a
+// process killed now would have to fetch again.
+func (t *Tiered) PendingBytes() int64 {
+	if t.behind == nil {
+		return 0
+	}
+	t.behind.mu.Lock()
+	defer t.behind.mu.Unlock()
+	return t.behind.bytes
+}
+
 // Flush returns once every entry added before it is on disk.
 func (t *Tiered) Flush() {
 	if t.behind != nil {

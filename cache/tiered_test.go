@@ -92,9 +92,15 @@ func TestTieredWriteBehind(t *testing.T) {
 		if !c.Has(k) {
 			t.Error("Has of a pending entry = false")
 		}
+		if got := c.PendingBytes(); got != int64(len(v)) {
+			t.Errorf("PendingBytes = %d, want %d", got, len(v))
+		}
 		c.Flush()
 		if got, ok := disk.Get(k); !ok || !bytes.Equal(got, v) {
 			t.Errorf("after Flush, disk has %q, %v", got, ok)
+		}
+		if got := c.PendingBytes(); got != 0 {
+			t.Errorf("PendingBytes after Flush = %d, want 0", got)
 		}
 	})
 

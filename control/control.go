@@ -51,6 +51,10 @@ type CacheStatus struct {
 	Hits        int64  `json:"hits"`
 	Misses      int64  `json:"misses"`
 	Evictions   int64  `json:"evictions"`
+	// PendingBytes are fetched chunks still waiting in memory to be
+	// written to disk (--disk-write-behind); a daemon killed with SIGKILL
+	// loses them and fetches them again.
+	PendingBytes int64 `json:"pending_bytes"`
 	// Whole-file copies kept for FUSE passthrough, part of Bytes.
 	WholeFiles   int64 `json:"whole_files"`
 	WholeBytes   int64 `json:"whole_bytes"`

@@ -192,6 +192,9 @@ func (s *daemonState) cacheStatus() control.CacheStatus {
 	if s.mem != nil {
 		cs.MemoryBytes = s.mem.Stats().Bytes
 	}
+	if s.chunks != nil {
+		cs.PendingBytes = s.chunks.PendingBytes()
+	}
 	ws := s.disk.WholeStats()
 	cs.WholeFiles, cs.WholeBytes, cs.WholeWritten = ws.Files, ws.Bytes, ws.Written
 	return cs

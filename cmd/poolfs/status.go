@@ -71,8 +71,8 @@ func status(ctx context.Context, args []string, out io.Writer) error {
 	if st.TreesMountpoint != "" {
 		where += " (trees on " + st.TreesMountpoint + ")"
 	}
-	_, err = fmt.Fprintf(out, "\n%d layers served from %s\ndisk cache %s: %s (%s), %d evictions; memory cache %s\nwhole-file copies for passthrough: %d, %s (in the disk cache)\n",
-		len(st.Layers), where, st.Cache.Dir, humanBytes(st.Cache.Bytes), cap, st.Cache.Evictions, humanBytes(st.Cache.MemoryBytes),
+	_, err = fmt.Fprintf(out, "\n%d layers served from %s\ndisk cache %s: %s (%s), %d evictions, %s waiting to be written; memory cache %s\nwhole-file copies for passthrough: %d, %s (in the disk cache)\n",
+		len(st.Layers), where, st.Cache.Dir, humanBytes(st.Cache.Bytes), cap, st.Cache.Evictions, humanBytes(st.Cache.PendingBytes), humanBytes(st.Cache.MemoryBytes),
 		st.Cache.WholeFiles, humanBytes(st.Cache.WholeBytes))
 	return err
 }

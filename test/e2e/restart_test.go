@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolfs/poolfs/control"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -47,6 +49,28 @@ func startDaemonIn(t *testing.T, reg *fixture.Registry, dir, logName string, sto
 		}
 	})
 	return d
+}
+
+// waitNoPendingWrites waits until the daemon serving ROOT als has written
+// every fetched chunk to its disk cache.
+func waitNoPendingWrites(ctx context.Context, t *testing.T, als string) {
+	t.Helper()
+	c := control.NewClient(fixture.ControlSocketFor(als))
+	start := time.Now()
+	for {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatalf("daemon status: %v", err)
+		}
+		if st.Cache.PendingBytes == 0 {
+			t.Logf("no chunk waiting for the disk after %s", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("%d bytes still waiting for the disk after %s", st.Cache.PendingBytes, time.Since(start))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestRestartAfterKill: a daemon killed with SIGKILL leaves a dead mount;
@@ -104,6 +128,11 @@ func TestRestartAfterKill(t *testing.T) {
 	}
 	id := strings.TrimSpace(out)
 
+	// Chunks reach the disk once fetching pauses (--disk-write-behind); a
+	// kill before that loses them by design, so wait until the daemon says
+	// none are pending: what the test checks is that what the disk cache
+	// holds survives the kill.
+	waitNoPendingWrites(ctx, t, als)
 	if err := syscall.Kill(d1.Pid(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
