@@ -34,6 +34,14 @@ type ProgressReader interface {
 	ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error)
 }
 
+// TailNotifier is a BlobReader that wants to know when Open has all the
+// bytes of the TOC and starts decoding it: from then on Open reads nothing
+// more, so a stream of the blob's start (remote.Head) has the link to
+// itself instead of slowing the TOC down. remote.Head satisfies it.
+type TailNotifier interface {
+	TailRead()
+}
+
 // Cache keeps verified, uncompressed chunk contents keyed by their digest
 // string ("sha256:..."); cache.Cache satisfies it.
 type Cache interface {

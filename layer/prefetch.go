@@ -1,10 +1,16 @@
 package layer
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"path"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
 )
 
 const (
@@ -202,4 +208,52 @@ func (l *Layer) splitTail(runs []run) []run {
 		}
 	}
 	return out
+}
+
+// headGap is the largest hole between prioritized chunks that
+// PrioritizedHead still bridges: directory headers and small files the
+// builder put among the prioritized ones cost less to stream through than
+// a request of their own.
+const headGap = 64 << 10
+
+// PrioritizedHead is where the prioritized content that starts the blob
+// ends: the chunks of the files before .prefetch.landmark, from the first
+// byte on, as long as no hole of more than headGap bytes separates them.
+// A stream of the blob's first bytes (see remote.Head) needs to go no
+// further for Prefetch. It is 0 when nothing is prioritized.
+func (l *Layer) PrioritizedHead() int64 {
+	var chunks []*chunk
+	for _, e := range l.prioritized {
+		if e.file != nil {
+			chunks = append(chunks, e.file.chunks...)
+		}
+	}
+	sortByBlobOffset(chunks)
+	var end int64
+	for _, c := range chunks {
+		if c.blobOff > end+headGap {
+			break
+		}
+		end = max(end, c.blobEnd)
+	}
+	return end
+}
+
+// SaysNoPrefetch reports whether a blob whose first bytes are head starts
+// with the .no.prefetch.landmark entry, which eStargz builders write first
+// when no files were prioritized: a stream of the blob's head would fetch
+// nothing Prefetch wants. A head too short to tell, or not gzip, says no.
+func SaysNoPrefetch(head []byte) bool {
+	zr, err := gzip.NewReader(bytes.NewReader(head))
+	if err != nil {
+		return false
+	}
+	h, err := tar.NewReader(zr).Next()
+	return err == nil && path.Clean("/"+h.Name) == "/"+estargz.NoPrefetchLandmark
+}
+
+// TailStart is where the window of the blob's end that Open reads in one
+// request begins, for a blob of size bytes.
+func TailStart(size int64) int64 {
+	return size - min(size, tailSize)
 }

@@ -79,6 +79,9 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 		}
 		copy(compressed[len(head):], tail[:tocEnd-tailStart])
 	}
+	if n, ok := blob.(TailNotifier); ok {
+		n.TailRead()
+	}
 
 	tocJSON, err := decompressTOC(compressed)
 	if err != nil {

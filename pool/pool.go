@@ -220,8 +220,12 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		return r.desc.DiffID, nil
 	}
 	start := time.Now()
-	view, toc, err := layer.OpenWithTOC(ctx, blob, tocDigest, p.cache, log)
-	if err != nil {
+	viewBlob, head := p.startHead(ctx, blob, tocDigest.String())
+	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log)
+	if err == nil {
+		head.Limit(view.PrioritizedHead())
+	} else {
+		head.Release()
 		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
 		if errors.Is(err, layer.ErrNotEStargz) {
 			p.mu.Lock()
@@ -234,9 +238,10 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		desc.TOCDigest = view.TOCDigest()
 	}
 	if desc.DiffID, err = diffID(); err != nil {
+		head.Release()
 		return nil, err
 	}
-	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, log)
+	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, head, log)
 	p.persist(key, desc, toc, log)
 	log.WithFields(logrus.Fields{
 		"toc_digest": desc.TOCDigest,
@@ -249,10 +254,14 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 // adopt makes l the pool's layer for its blob digest and starts its
 // prefetch, unless a concurrent open (another reference to the same blob)
 // got there first: then that layer is kept and returned.
-func (p *Pool) adopt(l *Layer, log *logrus.Entry) *Layer {
+//
+// head is the stream of the blob's start l's view reads through, if any
+// (see startHead); the prefetch releases it when done with it.
+func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if prev, ok := p.layers[l.Desc.Digest]; ok {
+		head.Release()
 		return prev
 	}
 	p.layers[l.Desc.Digest] = l
@@ -261,7 +270,7 @@ func (p *Pool) adopt(l *Layer, log *logrus.Entry) *Layer {
 		// the files whose copies exist, and ask for the rest.
 		l.View.SetWholeFiles(p.whole)
 	}
-	p.startPrefetch(l, log)
+	p.startPrefetch(l, head, log)
 	return l
 }
 

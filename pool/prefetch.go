@@ -5,10 +5,18 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/remote"
 )
 
 // prefetchTimeout bounds the background fetching of one layer.
 const prefetchTimeout = 30 * time.Minute
+
+// DefaultEarly is the daemon's PrefetchOptions.Early (--early-prefetch-mb):
+// more than the prioritized files of most optimized images, little memory
+// for the moment a layer opens.
+const DefaultEarly = 16 << 20
 
 // PrefetchOptions say what the pool fetches on its own once a layer is
 // opened. The zero value is the default: prioritized files only.
@@ -23,6 +31,14 @@ type PrefetchOptions struct {
 	// go to the registry are fetched along with it (see
 	// layer.Layer.SetReadahead); 0: none.
 	Readahead int64
+	// Early is how many bytes at the start of an eStargz layer's blob are
+	// streamed while its TOC is on the way (see remote.Head), so the
+	// prioritized files, which builders put there, arrive without waiting
+	// for the TOC and one more round trip. The stream stops as soon as it
+	// is clear how much of it the prefetch wants: at once for a blob that
+	// starts with .no.prefetch.landmark, at the end of the prioritized
+	// files otherwise. 0, or NoPrioritized: no stream.
+	Early int64
 }
 
 // SetPrefetch sets what is fetched for layers opened from now on.
@@ -37,10 +53,14 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 // cache and singleflight, so nothing is fetched twice and readers waiting
 // for a chunk the prefetch is fetching simply wait for it. Called with
 // p.mu held.
-func (p *Pool) startPrefetch(l *Layer, log *logrus.Entry) {
+//
+// head, if not nil, is the stream of the blob's start that the layer's view
+// reads through; it is released once the prefetch no longer needs it.
+func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 	o := p.prefetch
 	l.View.SetReadahead(o.Readahead)
 	if o.NoPrioritized && !o.Background {
+		head.Release()
 		return
 	}
 	go func() {
@@ -49,6 +69,10 @@ func (p *Pool) startPrefetch(l *Layer, log *logrus.Entry) {
 		if !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
 			start := time.Now()
 			st, err := l.View.Prefetch(ctx)
+			if head != nil {
+				n, _ := head.Streamed()
+				log = log.WithField("early_bytes", n)
+			}
 			f := log.WithFields(logrus.Fields{"files": st.Files, "chunks": st.Chunks, "bytes": st.Bytes,
 				"elapsed": time.Since(start).Round(time.Millisecond)})
 			if err != nil {
@@ -57,6 +81,7 @@ func (p *Pool) startPrefetch(l *Layer, log *logrus.Entry) {
 				f.Info("prefetched prioritized files")
 			}
 		}
+		head.Release()
 		if o.Background {
 			start := time.Now()
 			st, err := l.View.FetchAll(ctx)
@@ -70,3 +95,34 @@ func (p *Pool) startPrefetch(l *Layer, log *logrus.Entry) {
 		}
 	}()
 }
+
+// startHead starts streaming the start of blob for the prefetch (see
+// PrefetchOptions.Early) and returns the Blob the layer's view should read
+// through: the stream, or blob itself when there is none. Only layers whose
+// manifest or path names a TOC digest get one: those are eStargz, so the
+// bytes are not spent on a layer podman will pull anyway.
+func (p *Pool) startHead(ctx context.Context, blob remote.Blob, tocDigest string) (remote.Blob, *remote.Head) {
+	p.mu.Lock()
+	o := p.prefetch
+	p.mu.Unlock()
+	hs, ok := blob.(remote.HeadStreamer)
+	if !ok || o.NoPrioritized || o.Early <= 0 || tocDigest == "" {
+		return blob, nil
+	}
+	n := min(o.Early, layer.TailStart(blob.Size()))
+	if n <= 0 {
+		return blob, nil
+	}
+	head := hs.StreamHead(n)
+	go func() {
+		// The first entry tells an unoptimized blob at once.
+		if layer.SaysNoPrefetch(head.Prefix(ctx, noPrefetchProbe)) {
+			head.Limit(0)
+		}
+	}()
+	return head, head
+}
+
+// noPrefetchProbe is how many bytes of a blob's start are enough to read
+// its first tar header: .no.prefetch.landmark's gzip member is about 100.
+const noPrefetchProbe = 4 << 10

@@ -37,6 +37,9 @@ type mountOpts struct {
 	// InPlaceTrees serves the trees inside the pool's mount (the daemon's
 	// --in-place-trees) instead of on the read-only <ALS root>/.trees.
 	InPlaceTrees bool
+	// Prefetch is what the pool fetches on its own (the zero value: the
+	// prioritized files once the TOC is in, nothing else).
+	Prefetch pool.PrefetchOptions
 }
 
 // mountPoolOpts is mountPool with a tunable resolver and cache location.
@@ -67,6 +70,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	ro.Insecure = append(ro.Insecure, reg.Host)
 	ro.Log = entry
 	p := pool.New(remote.New(ro), c, entry)
+	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
 	}

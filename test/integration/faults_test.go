@@ -3,6 +3,7 @@ package integration
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/remote"
 	"github.com/poolfs/poolfs/test/fixture"
 )
@@ -62,19 +64,29 @@ func TestFaultsWholeLayersRight(t *testing.T) {
 			reg := fixture.StartRegistry(t)
 			tars := [][]byte{fixture.KitchenSinkTar(), layerTar(1, 40), layerTar(2, 25)}
 			ref, layers := pushImage(t, reg, "test/faults", tars, fixture.ImageOptions{ChunkSize: 64 << 10})
+			// An optimized layer too, whose prioritized files the early
+			// prefetch streams, under the same faults.
+			optTar := layerTar(4, 40)
+			optRef, optLayers := pushImage(t, reg, "test/faults-opt", [][]byte{optTar}, fixture.ImageOptions{
+				ChunkSize: 64 << 10, PrioritizedFiles: []string{"d/f000", "d/f001", "d/f005", "d/f010", "d/f011", "d/f015"}})
 			faults := fixture.NewFaults(tc.cfg)
 			reg.SetMiddleware(faults.Middleware)
-			m := mountPoolOpts(t, reg, mountOpts{Quiet: true})
+			m := mountPoolOpts(t, reg, mountOpts{Quiet: true, Prefetch: pool.PrefetchOptions{Early: pool.DefaultEarly}})
 
 			var files, diffs int
-			for i, li := range layers {
-				d, n := treeDiffs(t, filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tars[i])
+			check := func(name, dir string, tarBytes []byte) {
+				d, n := treeDiffs(t, dir, tarBytes)
 				for _, line := range d {
-					t.Errorf("layer %d: %s", i, line)
+					t.Errorf("%s: %s", name, line)
 				}
 				files += n
 				diffs += len(d)
 			}
+			for i, li := range layers {
+				check(fmt.Sprintf("layer %d", i), filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tars[i])
+			}
+			check("optimized layer", filepath.Join(m.grammar2(optRef, optLayers[0].Digest.String()), "diff"), optTar)
+			layers = append(layers, optLayers...)
 			c := logFaults(t, faults)
 			t.Logf("figures: %d layers, %d files read and compared, %d differences, %d of %d requests spoiled",
 				len(layers), files, diffs, c.Injected(), c.Requests)

@@ -1,0 +1,197 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/fs/fstest"
+	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/test/fixture"
+)
+
+// TestEarlyPrefetch: with PrefetchOptions.Early, an optimized layer's
+// prioritized files come in one stream of the blob's start, begun only
+// once the TOC is in (so the two do not share the link), and no byte of the
+// blob is asked for twice; a layer without prioritized files ends its
+// stream at its first entry.
+func TestEarlyPrefetch(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarBytes := layerTar(7, 60)
+	var prio []string
+	for i := range 30 {
+		prio = append(prio, fmt.Sprintf("d/f%03d", i))
+	}
+	optRef, opt := pushImage(t, reg, "test/early-opt", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10, PrioritizedFiles: prio})
+	plainRef, plain := pushImage(t, reg, "test/early-plain", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10})
+	if opt[0].Size < 3<<20 {
+		t.Fatalf("layer of %d bytes: too small for a head window beside the 1 MiB tail", opt[0].Size)
+	}
+	// The head stream trickles (64 KiB per 5 ms), as on a real link, so
+	// how soon it stops shows in the bytes it delivered.
+	reg.SetMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/blobs/") && strings.HasPrefix(r.Header.Get("Range"), "bytes=0-") {
+				next.ServeHTTP(&trickle{ResponseWriter: w, every: 5 * time.Millisecond, piece: 64 << 10}, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+
+	tests := []struct {
+		name   string
+		ref    string
+		layer  fixture.LayerInfo
+		early  int64
+		head   string // the head stream's Range (layers with prioritized files)
+		others int    // prefetch requests besides the head; -1: some
+	}{
+		{"prioritized files inside the window", optRef, opt[0], 16 << 20, "bytes=0-", 0},
+		{"window smaller than the prioritized files", optRef, opt[0], 256 << 10, "bytes=0-262143", -1},
+		{"nothing prioritized", plainRef, plain[0], 16 << 20, "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := mountPoolOpts(t, reg, mountOpts{Prefetch: pool.PrefetchOptions{Early: tc.early}})
+			reg.ResetStats()
+			start := time.Now()
+			diff := filepath.Join(m.grammar2(tc.ref, tc.layer.Digest.String()), "diff")
+			if _, err := os.Stat(diff); err != nil {
+				t.Fatal(err)
+			}
+			l := openLayer(t, m, tc.layer.Digest)
+			for _, e := range l.View.Prioritized() {
+				for !l.View.ChunksCached(e) {
+					if time.Since(start) > 30*time.Second {
+						t.Fatalf("%s not prefetched after 30 s", e.Path)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			time.Sleep(100 * time.Millisecond) // a stream that should have stopped would go on
+			reqs := blobRequests(reg, tc.layer.Digest)
+			if t.Failed() || testing.Verbose() {
+				t.Logf("requests:\n%s", reg.RequestLog())
+			}
+			prioritized := l.View.Prioritized()
+			if len(prioritized) == 0 {
+				// The TOC (or the first entry) stops the stream: it may
+				// not even have been asked for; if it was, a few
+				// trickled pieces, not the 2 MiB and more of the window.
+				if len(reqs) > 2 {
+					t.Errorf("%d blob requests, want the tail and perhaps a head stream", len(reqs))
+				}
+				if len(reqs) == 2 && reqs[1].Bytes > 512<<10 {
+					t.Errorf("head stream of a layer with nothing prioritized delivered %d bytes", reqs[1].Bytes)
+				}
+				return
+			}
+			if len(reqs) < 2 {
+				t.Fatalf("%d blob requests, want the tail and the head stream at least", len(reqs))
+			}
+			tail, head := reqs[0], reqs[1]
+			if !strings.HasPrefix(head.Range, tc.head) {
+				t.Fatalf("second blob request %q, want the head stream %q...", head.Range, tc.head)
+			}
+			if tailDone := tail.Time.Add(tail.Took); head.Time.Before(tailDone) {
+				t.Errorf("head stream asked for at %v, before the tail was served (%v)", head.Time.Format("15:04:05.000"), tailDone.Format("15:04:05.000"))
+			}
+			others := reqs[2:]
+			if tc.others >= 0 && len(others) != tc.others {
+				t.Errorf("%d blob requests besides the tail and head, want %d", len(others), tc.others)
+			}
+			if tc.others < 0 && len(others) == 0 {
+				t.Error("the window covers less than the prioritized files, yet nothing else was fetched")
+			}
+			assertDisjoint(t, reqs)
+			if len(prioritized) != len(prio) {
+				t.Errorf("%d prioritized files, want %d", len(prioritized), len(prio))
+			}
+			// The prefetched files read right and from the cache.
+			reg.ResetStats()
+			for _, e := range prioritized {
+				got, err := os.ReadFile(filepath.Join(tree(t, diff), e.Path))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, fstest.TarFile(t, tarBytes, e.Path)) {
+					t.Errorf("%s differs from the tar", e.Path)
+				}
+			}
+			if s := reg.Stats(); s.BlobRequests != 0 {
+				t.Errorf("reading the prefetched files made %d blob requests", s.BlobRequests)
+			}
+		})
+	}
+}
+
+// trickle writes its body in pieces, a pause after each.
+type trickle struct {
+	http.ResponseWriter
+	every time.Duration
+	piece int
+}
+
+func (w *trickle) Write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := w.ResponseWriter.Write(b[n:min(len(b), n+w.piece)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		w.ResponseWriter.(http.Flusher).Flush()
+		time.Sleep(w.every)
+	}
+	return n, nil
+}
+
+func openLayer(t *testing.T, m *mounted, dg digest.Digest) *pool.Layer {
+	t.Helper()
+	for _, l := range m.Pool.Layers() {
+		if l.Desc.Digest == dg {
+			return l
+		}
+	}
+	t.Fatalf("layer %s not open", dg)
+	return nil
+}
+
+// blobRequests lists the registry's GETs of blob dg, in arrival order.
+func blobRequests(reg *fixture.Registry, dg digest.Digest) []fixture.RequestRecord {
+	var out []fixture.RequestRecord
+	for _, r := range reg.Requests() {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.Path, "/blobs/"+dg.String()) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// assertDisjoint fails if two requests asked for the same blob byte.
+func assertDisjoint(t *testing.T, reqs []fixture.RequestRecord) {
+	t.Helper()
+	type span struct{ first, last int64 }
+	var spans []span
+	for _, r := range reqs {
+		var s span
+		if _, err := fmt.Sscanf(r.Range, "bytes=%d-%d", &s.first, &s.last); err != nil {
+			t.Errorf("request without a first-last range: %q", r.Range)
+			continue
+		}
+		for _, o := range spans {
+			if s.first <= o.last && o.first <= s.last {
+				t.Errorf("bytes %d-%d asked for twice (also in %d-%d)", max(s.first, o.first), min(s.last, o.last), o.first, o.last)
+			}
+		}
+		spans = append(spans, s)
+	}
+}
