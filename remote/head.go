@@ -186,7 +186,7 @@ func (h *Head) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error) {
 	stop, buf := h.claim(off, int64(len(p)))
 	if stop <= off {
-		return h.b.ReadAtProgress(ctx, p, off, progress)
+		return h.b.ReadAtProgress(ctx, p, off, h.startNearTheEnd(len(p), progress))
 	}
 	if progress == nil {
 		progress = func(int) {}
@@ -216,6 +216,51 @@ func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 	n, err := h.b.ReadAtProgress(ctx, p[filled:], off+int64(filled), func(m int) { progress(filled + m) })
 	return filled + n, err
 }
+
+// startNearTheEnd wraps the progress of a read the stream does not serve
+// (the TOC, while the stream waits for it) so that the stream starts once
+// that read is about one round trip from done: its request then reaches the
+// registry as the read's last bytes leave, and its first bytes follow them
+// with no idle round trip between. The round trip is taken to be the time
+// to the read's first byte, the rate what came after those first bytes; a
+// guess too early only shares the link for part of a round trip. TailRead still starts the
+// stream if this never does.
+func (h *Head) startNearTheEnd(n int, progress func(int)) func(int) {
+	h.mu.Lock()
+	started := h.started
+	h.mu.Unlock()
+	if started || n < minPipelined {
+		return progress
+	}
+	asked := time.Now()
+	var first time.Time
+	var atFirst int
+	return func(got int) {
+		if progress != nil {
+			progress(got)
+		}
+		now := time.Now()
+		if first.IsZero() {
+			// The first bytes come in a burst (what was buffered on
+			// the way): the rate is measured from here on.
+			first, atFirst = now, got
+			return
+		}
+		rtt, since := first.Sub(asked), now.Sub(first)
+		if since < rtt/4 || got <= atFirst {
+			return
+		}
+		// The remaining bytes at the rate seen since the first ones take
+		// no longer than a round trip: ask now.
+		if time.Duration(float64(n-got)/float64(got-atFirst)*float64(since)) <= rtt {
+			h.Start()
+		}
+	}
+}
+
+// minPipelined is the smallest read worth timing the stream's start on:
+// a smaller one is over within a round trip anyway.
+const minPipelined = 64 << 10
 
 // claim decides which part of a read the stream serves: [off, stop), with
 // stop <= off meaning none. That part is marked served, and the stream

@@ -269,3 +269,96 @@ func TestHeadPrefix(t *testing.T) {
 		t.Errorf("Prefix after Release = %d bytes", len(got))
 	}
 }
+
+// TestHeadStartsOneRoundTripEarly: while the stream waits, a large read it
+// does not serve (the TOC) starts it about a round trip before that read
+// is done, not at once and not after.
+func TestHeadStartsOneRoundTripEarly(t *testing.T) {
+	const rtt = 40 * time.Millisecond
+	var (
+		mu        sync.Mutex
+		headAsked time.Time
+		bigFirst  time.Time
+	)
+	f := newFixture(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !isBlobGet(r) {
+				h.ServeHTTP(w, r)
+				return
+			}
+			if r.Header.Get("Range") == "bytes=0-65535" {
+				mu.Lock()
+				headAsked = time.Now()
+				mu.Unlock()
+			}
+			time.Sleep(rtt)
+			tw := &trickleWriter{ResponseWriter: w, piece: 32 << 10, every: 20 * time.Millisecond, first: func() {
+				mu.Lock()
+				if bigFirst.IsZero() && strings.HasPrefix(r.Header.Get("Range"), "bytes=524288-") {
+					bigFirst = time.Now()
+				}
+				mu.Unlock()
+			}}
+			h.ServeHTTP(tw, r)
+		})
+	})
+	r, _ := newTestResolver(t, Options{})
+	ti := makeImage(t, 1, 1<<20, 0, nil)
+	tagRef, _ := f.pushImage(t, "blobs/big", "v1", ti.img)
+	ld, err := r.ResolveLayer(context.Background(), tagRef, ti.toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Blob(context.Background(), ld)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := layerBytes(t, ti.layers[0])
+	h := b.(HeadStreamer).StreamHead(64 << 10)
+	defer h.Release()
+
+	p := make([]byte, 512<<10)
+	if n, err := h.ReadAt(context.Background(), p, 512<<10); err != nil || !bytes.Equal(p[:n], data[512<<10:512<<10+n]) {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	done := time.Now()
+	mu.Lock()
+	asked, first := headAsked, bigFirst
+	mu.Unlock()
+	switch {
+	case asked.IsZero():
+		t.Fatal("the stream did not start before the read was done")
+	case asked.Before(first):
+		t.Errorf("the stream started %v before the read's first byte: it shares the link with the whole read", first.Sub(asked))
+	default:
+		t.Logf("stream asked for %v after the read's first byte, %v before the read was done", asked.Sub(first), done.Sub(asked))
+	}
+}
+
+// trickleWriter writes a body in pieces, a pause before each but the first.
+type trickleWriter struct {
+	http.ResponseWriter
+	piece int
+	every time.Duration
+	first func() // called before the first body byte
+	wrote bool
+}
+
+func (w *trickleWriter) Write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		if w.wrote {
+			time.Sleep(w.every)
+		} else if w.first != nil {
+			w.first()
+		}
+		w.wrote = true
+		m, err := w.ResponseWriter.Write(b[n:min(len(b), n+w.piece)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		w.ResponseWriter.(http.Flusher).Flush()
+	}
+	return n, nil
+}
