@@ -21,6 +21,13 @@ import (
 // each regular file. It walks with directory file descriptors (openat) so
 // paths longer than PATH_MAX still work.
 func DirView(dir string, hashContent bool) (View, error) {
+	return dirView(dir, hashContent, false)
+}
+
+// dirView is DirView; with listedHidden, a name the directory lists but
+// lstat does not find is left out, as overlayfs lists the whiteouts of a
+// directory that only its lower layer has while hiding them from lookups.
+func dirView(dir string, hashContent, listedHidden bool) (View, error) {
 	// A store's diff may be a link to the tree (see pool.SetTreesMount);
 	// its clients follow it, as overlayfs does with a lower directory.
 	dir, err := filepath.EvalSymlinks(dir)
@@ -45,7 +52,7 @@ func DirView(dir string, hashContent bool) (View, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", dir, err)
 	}
-	w := &walker{view: v, hashContent: hashContent, inodes: map[[2]uint64][]string{}}
+	w := &walker{view: v, hashContent: hashContent, listedHidden: listedHidden, inodes: map[[2]uint64][]string{}}
 	if err := w.walk(fd, ""); err != nil {
 		return nil, err
 	}
@@ -63,9 +70,10 @@ func DirView(dir string, hashContent bool) (View, error) {
 }
 
 type walker struct {
-	view        View
-	hashContent bool
-	inodes      map[[2]uint64][]string
+	view         View
+	hashContent  bool
+	listedHidden bool // see dirView
+	inodes       map[[2]uint64][]string
 }
 
 // walk records the children of the directory open as fd (at path p) and
@@ -83,6 +91,9 @@ func (w *walker) walk(fd int, p string) error {
 		cp := joinPath(p, name)
 		var st unix.Stat_t
 		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if w.listedHidden && errors.Is(err, unix.ENOENT) {
+				continue
+			}
 			return fmt.Errorf("lstat %q: %w", cp, err)
 		}
 		e, err := entryFromStat(cp, &st)
@@ -239,13 +250,31 @@ func hashAt(dirfd int, name string) (string, error) {
 // each difference as a test error.
 func CompareTree(t testing.TB, mountDir string, tarBytes []byte) {
 	t.Helper()
-	want, err := TarView(tarBytes)
+	compareTree(t, mountDir, tarBytes, false)
+}
+
+// CompareMergedTree is CompareTree for an overlay mount at mountDir whose
+// only lower directory is the tar's view and whose upper directory is
+// empty (see TarMergedView); its root, the upper directory, is not
+// compared.
+func CompareMergedTree(t testing.TB, mountDir string, tarBytes []byte) {
+	t.Helper()
+	compareTree(t, mountDir, tarBytes, true)
+}
+
+func compareTree(t testing.TB, mountDir string, tarBytes []byte, merged bool) {
+	t.Helper()
+	want, err := tarView(tarBytes, merged)
 	if err != nil {
 		t.Fatalf("fstest: expected view of tar: %v", err)
 	}
-	got, err := DirView(mountDir, true)
+	got, err := dirView(mountDir, true, merged)
 	if err != nil {
 		t.Fatalf("fstest: walking %s: %v", mountDir, err)
+	}
+	if merged {
+		delete(want, "")
+		delete(got, "")
 	}
 	diffs := Diff(want, got)
 	const maxReported = 50

@@ -39,6 +39,21 @@ type tarRecord struct {
 // user.overlay.opaque=y on its directory, other .wh..wh.* entries and the
 // eStargz landmarks at the root are hidden; hard links share one inode.
 func TarView(tarBytes []byte) (View, error) {
+	return tarView(tarBytes, false)
+}
+
+// TarMergedView computes what an overlay mount shows whose only lower
+// directory is the tar's view (TarView) and whose upper directory is
+// empty: the whiteouts have nothing to hide and are hidden themselves, and
+// trusted.overlay.opaque is overlayfs's own marker, which it does not show.
+// (user.overlay.opaque is an ordinary xattr to an overlay mounted without
+// userxattr, so it stays.) The root is the upper directory's; it is in the
+// view as TarView has it, for the caller to leave out.
+func TarMergedView(tarBytes []byte) (View, error) {
+	return tarView(tarBytes, true)
+}
+
+func tarView(tarBytes []byte, merged bool) (View, error) {
 	records, order, err := readTar(tarBytes)
 	if err != nil {
 		return nil, err
@@ -135,6 +150,9 @@ func TarView(tarBytes []byte) (View, error) {
 		}
 	}
 
+	if merged {
+		whiteouts = nil
+	}
 	for _, w := range whiteouts {
 		p := joinPath(w.dir, w.name)
 		if w.name == "" || w.name == "." || w.name == ".." || v[p] != nil {
@@ -151,7 +169,9 @@ func TarView(tarBytes []byte) (View, error) {
 		if e.Xattrs == nil {
 			e.Xattrs = map[string]string{}
 		}
-		e.Xattrs["trusted.overlay.opaque"] = "y"
+		if !merged {
+			e.Xattrs["trusted.overlay.opaque"] = "y"
+		}
 		e.Xattrs["user.overlay.opaque"] = "y"
 	}
 
