@@ -181,6 +181,7 @@ func run(c config) error {
 	lnk := newLink(c.delay, c.mbit)
 
 	b := &bench{c: c, reg: reg, link: lnk, repo: repo, ctx: ctx}
+	defer b.cleanup()
 	var results []*workloadResult
 	for _, name := range c.images {
 		if name == "none" {
