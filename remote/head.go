@@ -29,10 +29,11 @@ type HeadStreamer interface {
 // blob, but where they end is only known once the TOC is decoded, and
 // waiting for that leaves the link idle for the decoding and one more round
 // trip. Started while the TOC is still on the wire it would only share the
-// link with it and delay the layer's lookup, so layer.Open starts it
-// through TailRead once the TOC's bytes are in. The caller shortens the
-// stream with Limit as soon as it knows how much of the head it wants, and
-// ends it with Release.
+// link with it and delay the layer's lookup; so it starts itself when the
+// TOC read is about a round trip from done (see startNearTheEnd), or when
+// layer.Open says through TailRead that the TOC's bytes are in. The caller
+// shortens the stream with Limit as soon as it knows how much of the head
+// it wants, and ends it with Release.
 //
 // Each streamed byte is handed out once: a range asked for again (a chunk
 // that failed verification and is retried, say) goes to the registry, so a
@@ -223,8 +224,8 @@ func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 // registry as the read's last bytes leave, and its first bytes follow them
 // with no idle round trip between. The round trip is taken to be the time
 // to the read's first byte, the rate what came after those first bytes; a
-// guess too early only shares the link for part of a round trip. TailRead still starts the
-// stream if this never does.
+// guess too early only shares the link for part of a round trip. TailRead
+// still starts the stream if this never does.
 func (h *Head) startNearTheEnd(n int, progress func(int)) func(int) {
 	h.mu.Lock()
 	started := h.started
@@ -264,8 +265,8 @@ const minPipelined = 64 << 10
 
 // claim decides which part of a read the stream serves: [off, stop), with
 // stop <= off meaning none. That part is marked served, and the stream
-// started if it was not. buf is the stream's
-// buffer, kept by the caller even if the Head is released meanwhile.
+// started if it was not. buf is the stream's buffer, which the caller keeps
+// even if the Head is released meanwhile.
 func (h *Head) claim(off, n int64) (stop int64, buf []byte) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

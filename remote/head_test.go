@@ -186,13 +186,7 @@ func TestHeadStreamFaults(t *testing.T) {
 			h.ServeHTTP(w, r) // a 206 shorter than asked, then EOF
 		}, false},
 		{"connection dropped mid-body", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
-			rec := &capture{header: http.Header{}}
-			h.ServeHTTP(rec, r)
-			for k, v := range rec.header {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.status)
-			_, _ = w.Write(rec.body.Bytes()[:5000])
+			relay(w, r, h, func(b []byte) []byte { return b[:5000] })
 			panic(http.ErrAbortHandler)
 		}, false},
 		{"refused", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
@@ -206,15 +200,7 @@ func TestHeadStreamFaults(t *testing.T) {
 			<-r.Context().Done()
 		}, true},
 		{"flipped byte", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
-			rec := &capture{header: http.Header{}}
-			h.ServeHTTP(rec, r)
-			for k, v := range rec.header {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.status)
-			b := rec.body.Bytes()
-			b[50] ^= 0xff
-			_, _ = w.Write(b)
+			relay(w, r, h, func(b []byte) []byte { b[50] ^= 0xff; return b })
 		}, true},
 	}
 	for _, tc := range tests {
@@ -237,6 +223,17 @@ func TestHeadStreamFaults(t *testing.T) {
 			h.Wait()
 		})
 	}
+}
+
+// relay serves r with h and passes the answer on to w with its body edited.
+func relay(w http.ResponseWriter, r *http.Request, h http.Handler, edit func([]byte) []byte) {
+	rec := &capture{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	for k, v := range rec.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.status)
+	_, _ = w.Write(edit(rec.body.Bytes()))
 }
 
 // capture is an http.ResponseWriter that keeps the answer.

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,27 +227,29 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 		}
 	}
 	logf("measuring %s %q: %d runs", p.image, p.w.name, b.c.runs)
+	var round []func() error
+	if !b.c.noPull {
+		round = append(round, func() error { return b.runCase(p, p.gzipRef, false, nil, pull, local) })
+	}
+	round = append(round,
+		func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil) },
+		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm) })
+	for j, v := range b.c.variants {
+		args := append(append([]string{}, b.c.daemonArg...), v.args...)
+		round = append(round, func() error { return b.runCase(p, p.optRef, true, args, vars[j], nil) })
+		if b.c.lazyVariants {
+			round = append(round, func() error { return b.runCase(p, p.lazyRef, true, args, lazyVars[j], nil) })
+		}
+	}
+	// Each round runs every case once, in an order of its own (the same
+	// from one bench run to the next): a case that always came right after
+	// the same other one would carry whatever that one leaves behind.
+	shuffle := rand.New(rand.NewPCG(uint64(len(p.w.name)), 1))
 	for i := 0; i < b.c.runs; i++ {
-		if !b.c.noPull {
-			if err := b.runCase(p, p.gzipRef, false, nil, pull, local); err != nil {
+		shuffle.Shuffle(len(round), func(x, y int) { round[x], round[y] = round[y], round[x] })
+		for _, run := range round {
+			if err := run(); err != nil {
 				return nil, err
-			}
-		}
-		if err := b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil); err != nil {
-			return nil, err
-		}
-		if err := b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm); err != nil {
-			return nil, err
-		}
-		for j, v := range b.c.variants {
-			args := append(append([]string{}, b.c.daemonArg...), v.args...)
-			if err := b.runCase(p, p.optRef, true, args, vars[j], nil); err != nil {
-				return nil, err
-			}
-			if b.c.lazyVariants {
-				if err := b.runCase(p, p.lazyRef, true, args, lazyVars[j], nil); err != nil {
-					return nil, err
-				}
 			}
 		}
 	}

@@ -97,7 +97,7 @@ func (rep report) write(path string) error {
 	fmt.Fprintf(&b, "Written by `make bench` (`go run ./test/bench`) on %s; the run took %v.\n\n", rep.date.Format("2006-01-02 15:04 MST"), rep.took.Round(time.Second))
 	fmt.Fprintf(&b, "Machine: %s.\n\n", machine())
 	fmt.Fprintf(&b, "Link: %v per request, %g Mbit/s shared by all responses (in-process registry on 127.0.0.1 behind a user-space delay and token bucket). "+
-		"%d cold run(s) per case, medians shown (all runs in the last column, seconds). Flags: `%s`.\n\n",
+		"%d cold run(s) per case, in rounds that run every case once in a shuffled order; medians shown (all runs in the last column, in the order they ran, seconds). Flags: `%s`.\n\n",
 		c.delay, c.mbit, c.runs, strings.Join(os.Args[1:], " "))
 	store := "a podman store holding no images, initialized beforehand by one `podman images` (its database and the overlay driver's feature probes, which a machine pays once, not per container start)"
 	if c.newStore {
