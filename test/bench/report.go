@@ -184,6 +184,12 @@ const reportNotes = `### Notes
   store without the image costs (podman's own registry round trips, pull
   bookkeeping, layer lookups through the store); it counts against poolfs
   in "x lower bound".
+- "Faster than full pull" is bounded by the lower bound's own figure in
+  that column: no start that pulls the image into a store, lazily or not,
+  gets further ahead of a full pull than the lower bound does.
+- java's *daemon cache warm* run fetches a few MB: the first run's prefetch
+  of all of lib/modules (see above) is still going when the container has
+  already exited, and its last requests land in the second run.
 - The registry, podman and the daemon share the machine's CPUs; on a busy
   machine the times spread (see the runs column).
 `
