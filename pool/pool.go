@@ -220,7 +220,7 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		return r.desc.DiffID, nil
 	}
 	start := time.Now()
-	viewBlob, head := p.startHead(ctx, blob, tocDigest.String())
+	viewBlob, head := p.startHead(blob, tocDigest.String())
 	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())

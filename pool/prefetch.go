@@ -101,7 +101,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 // through: the stream, or blob itself when there is none. Only layers whose
 // manifest or path names a TOC digest get one: those are eStargz, so the
 // bytes are not spent on a layer podman will pull anyway.
-func (p *Pool) startHead(ctx context.Context, blob remote.Blob, tocDigest string) (remote.Blob, *remote.Head) {
+func (p *Pool) startHead(blob remote.Blob, tocDigest string) (remote.Blob, *remote.Head) {
 	p.mu.Lock()
 	o := p.prefetch
 	p.mu.Unlock()
@@ -110,19 +110,17 @@ func (p *Pool) startHead(ctx context.Context, blob remote.Blob, tocDigest string
 		return blob, nil
 	}
 	n := min(o.Early, layer.TailStart(blob.Size()))
-	if n <= 0 {
+	if n < minEarly {
+		// Most of the layer comes with its TOC anyway.
 		return blob, nil
 	}
-	head := hs.StreamHead(n)
-	go func() {
-		// The first entry tells an unoptimized blob at once.
-		if layer.SaysNoPrefetch(head.Prefix(ctx, noPrefetchProbe)) {
-			head.Limit(0)
-		}
-	}()
+	// The first entry tells an unoptimized blob at once: its stream ends
+	// with the probe.
+	head := hs.StreamHead(n, func(first []byte) bool { return !layer.SaysNoPrefetch(first) })
 	return head, head
 }
 
-// noPrefetchProbe is how many bytes of a blob's start are enough to read
-// its first tar header: .no.prefetch.landmark's gzip member is about 100.
-const noPrefetchProbe = 4 << 10
+// minEarly is the smallest stream worth starting: the prefetch fetches a
+// few hundred KiB in one round trip after the TOC anyway, without a probe
+// request beside it.
+const minEarly = 256 << 10

@@ -15,25 +15,29 @@ import (
 // HeadStreamer is a Blob that can start streaming its first bytes before
 // anyone reads them (the registry blobs of Resolver.Blob are).
 type HeadStreamer interface {
-	StreamHead(n int64) *Head
+	StreamHead(n int64, probe func(first []byte) bool) *Head
 }
 
-// Head is a Blob whose first bytes are streamed before anyone reads them:
-// one range request for bytes [0, n), started by Start (or TailRead, or the
-// first read inside it), and reads inside what the stream covers are served
-// from it as its bytes arrive, everything else by the blob's own range
-// requests.
+// Head is a Blob whose first bytes are streamed before anyone reads them,
+// in two range requests: a probe of the first headProbe bytes at once, and,
+// once started (Start, TailRead, the first read inside it, or the read it
+// times, below), the rest of [0, n). Reads inside what the stream covers
+// are served from it as its bytes arrive, everything else by the blob's own
+// range requests.
 //
 // It exists for the time between a layer's TOC arriving and its prefetch
 // starting: an eStargz builder puts the files a workload needs first in the
 // blob, but where they end is only known once the TOC is decoded, and
 // waiting for that leaves the link idle for the decoding and one more round
-// trip. Started while the TOC is still on the wire it would only share the
-// link with it and delay the layer's lookup; so it starts itself when the
-// TOC read is about a round trip from done (see startNearTheEnd), or when
-// layer.Open says through TailRead that the TOC's bytes are in. The caller
-// shortens the stream with Limit as soon as it knows how much of the head
-// it wants, and ends it with Release.
+// trip. Started while the TOC is still on the wire, the bulk of the stream
+// would only share the link with it and delay the layer's lookup; so it
+// starts itself when the TOC read is about a round trip from done (see
+// startNearTheEnd), or when layer.Open says through TailRead that the TOC's
+// bytes are in. The probe, a few KiB beside the TOC, tells the caller's
+// probe function what the blob starts with, so a blob that starts with
+// nothing worth streaming (no prioritized files) costs no more than that.
+// The caller shortens the stream with Limit as soon as it knows how much of
+// the head it wants, and ends it with Release.
 //
 // Each streamed byte is handed out once: a range asked for again (a chunk
 // that failed verification and is retried, say) goes to the registry, so a
@@ -42,18 +46,19 @@ type HeadStreamer interface {
 // the blob.
 type Head struct {
 	b      *blob
+	probe  func([]byte) bool
 	cancel context.CancelCauseFunc
+	start  chan struct{} // closed by Start
 	done   chan struct{} // closed when the stream goroutine has returned
 
 	mu       sync.Mutex
 	started  bool
-	ctx      context.Context // the stream's, until it is started
-	buf      []byte          // [0, avail) are the blob's first bytes; nil once released
-	avail    int64           // bytes received
-	end      int64           // the stream stops here (Limit lowers it)
-	ended    bool            // no more bytes will arrive
-	more     chan struct{}   // closed and replaced whenever avail grows or ended is set
-	served   []span          // ranges already handed out
+	buf      []byte        // [0, avail) are the blob's first bytes; nil once released
+	avail    int64         // bytes received
+	end      int64         // the stream stops here (Limit lowers it)
+	ended    bool          // no more bytes will arrive
+	more     chan struct{} // closed and replaced whenever avail grows or ended is set
+	served   []span        // ranges already handed out
 	released bool
 }
 
@@ -61,18 +66,34 @@ type span struct{ start, end int64 }
 
 var _ Blob = (*Head)(nil)
 
+// headProbe is how much of a blob's start the probe request asks for: an
+// eStargz blob's first entry, .no.prefetch.landmark when nothing was
+// prioritized, is a gzip member of about 100 bytes.
+const headProbe = 4 << 10
+
 // StreamHead returns a Head for bytes [0, n) of the blob (n is clipped to
-// its size), not yet streaming. Once started, the stream is detached from
-// any caller and runs until it has them all, Limit or Release stops it, or
-// it fails.
-func (b *blob) StreamHead(n int64) *Head {
+// its size) and sends its probe request. probe, if not nil, is given the
+// probe's bytes (fewer if the blob or the stream is shorter) and says
+// whether the rest is worth streaming. The stream is detached from any
+// caller and runs until it has all its bytes, Limit or Release stops it,
+// or it fails.
+func (b *blob) StreamHead(n int64, probe func(first []byte) bool) *Head {
 	n = max(0, min(n, b.size))
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &Head{b: b, ctx: ctx, cancel: cancel, done: make(chan struct{}), end: n, more: make(chan struct{})}
+	// The buffer grows to n once the stream goes past the probe: a layer
+	// with nothing to stream never holds more than the probe.
+	h := &Head{b: b, probe: probe, cancel: cancel, start: make(chan struct{}), done: make(chan struct{}),
+		end: n, more: make(chan struct{}), buf: make([]byte, min(n, headProbe))}
+	if n == 0 {
+		h.finish(nil)
+		close(h.done)
+		return h
+	}
+	go h.run(ctx)
+	return h
 }
 
-// Start starts the stream, if it has not started and is not released or
-// limited to nothing.
+// Start starts streaming past the probe, if it has not started.
 func (h *Head) Start() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -80,17 +101,10 @@ func (h *Head) Start() {
 }
 
 func (h *Head) startLocked() {
-	if h.started {
-		return
+	if !h.started {
+		h.started = true
+		close(h.start)
 	}
-	h.started = true
-	if h.released || h.end == 0 {
-		h.finish(nil)
-		close(h.done)
-		return
-	}
-	h.buf = make([]byte, h.end)
-	go h.run(h.ctx)
 }
 
 // TailRead implements layer.TailNotifier: the TOC's bytes are in, the link
@@ -121,9 +135,9 @@ func (h *Head) Limit(n int64) {
 	}
 }
 
-// Release stops the stream and drops its buffer: every read from now on
-// goes to the blob. Reads already served from the stream finish from it.
-// A nil Head may be released.
+// Release stops the stream and drops its buffer: every read from now on,
+// and the rest of any read waiting for the stream, goes to the blob. A nil
+// Head may be released.
 func (h *Head) Release() {
 	if h == nil {
 		return
@@ -132,42 +146,12 @@ func (h *Head) Release() {
 	h.released = true
 	h.buf = nil
 	h.end = min(h.end, h.avail)
-	if !h.started {
-		h.started = true
-		h.finish(nil)
-		close(h.done)
-	}
 	h.mu.Unlock()
 	h.cancel(nil)
 }
 
 // Wait returns once the stream has stopped and its bytes are counted.
 func (h *Head) Wait() { <-h.done }
-
-// Prefix waits until the first n bytes have arrived, or the stream has
-// ended, and returns a copy of what is there (possibly fewer bytes; nil
-// once released or if ctx ends first).
-func (h *Head) Prefix(ctx context.Context, n int) []byte {
-	for {
-		h.mu.Lock()
-		if h.released {
-			h.mu.Unlock()
-			return nil
-		}
-		if h.avail >= int64(n) || h.ended {
-			out := append([]byte(nil), h.buf[:min(int64(n), h.avail)]...)
-			h.mu.Unlock()
-			return out
-		}
-		more := h.more
-		h.mu.Unlock()
-		select {
-		case <-more:
-		case <-ctx.Done():
-			return nil
-		}
-	}
-}
 
 // Streamed reports how many bytes the stream received and whether it is
 // over.
@@ -185,7 +169,7 @@ func (h *Head) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 // covers (and has not served before) from it, waiting for its bytes, and
 // the rest from the blob.
 func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error) {
-	stop, buf := h.claim(off, int64(len(p)))
+	stop := h.claim(off, int64(len(p)))
 	if stop <= off {
 		return h.b.ReadAtProgress(ctx, p, off, h.startNearTheEnd(len(p), progress))
 	}
@@ -195,8 +179,11 @@ func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 	filled := 0
 	for off+int64(filled) < stop {
 		h.mu.Lock()
-		avail, ended, more := h.avail, h.ended, h.more
+		avail, ended, more, buf := h.avail, h.ended, h.more, h.buf
 		h.mu.Unlock()
+		if buf == nil {
+			break // released: the blob serves the rest
+		}
 		if to := min(avail, stop); to > off+int64(filled) {
 			filled += copy(p[filled:], buf[off+int64(filled):to])
 			progress(filled)
@@ -265,23 +252,22 @@ const minPipelined = 64 << 10
 
 // claim decides which part of a read the stream serves: [off, stop), with
 // stop <= off meaning none. That part is marked served, and the stream
-// started if it was not. buf is the stream's buffer, which the caller keeps
-// even if the Head is released meanwhile.
-func (h *Head) claim(off, n int64) (stop int64, buf []byte) {
+// started if it was not.
+func (h *Head) claim(off, n int64) (stop int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.released || off < 0 || off >= h.end {
-		return 0, nil
+		return 0
 	}
 	stop = min(off+n, h.end)
 	for _, s := range h.served {
 		if s.start < stop && off < s.end {
-			return 0, nil
+			return 0
 		}
 	}
 	h.served = append(h.served, span{off, stop})
 	h.startLocked() // someone wants these bytes now
-	return stop, h.buf
+	return stop
 }
 
 // finish marks the stream over and wakes every waiter. Called with h.mu
@@ -296,15 +282,31 @@ func (h *Head) finish(err error) {
 	}
 }
 
-// run is the stream: one GET of bytes [0, end) from the endpoint that
-// served the blob last, no retries (a failure only means the reads it would
+// run is the stream: the probe, then, once started and if the probe
+// function agrees, the rest, both from the endpoint that served the blob
+// last, with no retries (a failure only means the reads the stream would
 // have served go to the blob, which retries).
 func (h *Head) run(ctx context.Context) {
 	defer close(h.done)
 	defer h.cancel(nil)
 	ep := h.b.eps[int(h.b.pref.Load())%len(h.b.eps)]
 	began := time.Now()
-	err := h.stream(ctx, ep)
+	err := h.fill(ctx, ep, headProbe)
+	if err == nil && h.probe != nil {
+		h.mu.Lock()
+		first := h.buf[:h.avail]
+		h.mu.Unlock()
+		if !h.probe(first) {
+			h.Limit(0)
+		}
+	}
+	if err == nil {
+		select {
+		case <-h.start:
+			err = h.fill(ctx, ep, h.grow())
+		case <-ctx.Done():
+		}
+	}
 	h.mu.Lock()
 	got := h.avail
 	if ctx.Err() != nil {
@@ -320,22 +322,36 @@ func (h *Head) run(ctx context.Context) {
 	h.b.fetched.add(0, got)
 }
 
-func (h *Head) stream(ctx context.Context, ep blobEndpoint) error {
+// grow makes the buffer hold everything up to end, and returns end.
+func (h *Head) grow() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.released && int64(len(h.buf)) < h.end {
+		buf := make([]byte, h.end)
+		copy(buf, h.buf[:h.avail])
+		h.buf = buf
+	}
+	return h.end
+}
+
+// fill asks for the bytes from avail up to to (at most end) in one range
+// request and reads them into buf as they arrive.
+func (h *Head) fill(ctx context.Context, ep blobEndpoint, to int64) error {
+	h.mu.Lock()
+	from, to := h.avail, min(to, h.end)
+	h.mu.Unlock()
+	if from >= to {
+		return nil
+	}
 	e, err := h.b.r.authFor(ctx, ep.repo)
 	if err != nil {
 		return err
-	}
-	h.mu.Lock()
-	end := h.end
-	h.mu.Unlock()
-	if end == 0 {
-		return nil // limited to nothing before it began
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep.url, nil)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=0-%d", end-1))
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", from, to-1))
 	// A stall ends the stream like a failure; the deadline moves with
 	// every read that brings bytes.
 	stall := time.AfterFunc(h.b.r.s.fetchTO, func() { h.cancel(errHeadStalled) })
@@ -347,25 +363,25 @@ func (h *Head) stream(ctx context.Context, ep blobEndpoint) error {
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
-		if first, _, ok := parseContentRange(resp.Header.Get("Content-Range")); !ok || first != 0 {
-			return fmt.Errorf("head stream of blob %s: Content-Range %q does not start at 0", h.b.digest, resp.Header.Get("Content-Range"))
+		if first, _, ok := parseContentRange(resp.Header.Get("Content-Range")); !ok || first != from {
+			return fmt.Errorf("head stream of blob %s: Content-Range %q does not start at %d", h.b.digest, resp.Header.Get("Content-Range"), from)
 		}
 	case http.StatusOK:
-		// Range ignored: the whole blob from byte 0 serves as well.
-		if resp.ContentLength >= 0 && resp.ContentLength != h.b.size {
-			return fmt.Errorf("head stream of blob %s: server ignored Range and sent %d bytes, not the %d-byte blob", h.b.digest, resp.ContentLength, h.b.size)
+		// Range ignored: the whole blob, usable from byte 0 only.
+		if from != 0 || (resp.ContentLength >= 0 && resp.ContentLength != h.b.size) {
+			return fmt.Errorf("head stream of blob %s: server ignored Range and sent %d bytes of the %d-byte blob", h.b.digest, resp.ContentLength, h.b.size)
 		}
 	default:
 		return fmt.Errorf("head stream of blob %s: %w", h.b.digest, statusError(resp))
 	}
-	var got int64
+	got := from
 	for {
 		h.mu.Lock()
-		if h.released || h.avail >= h.end {
+		if h.released || h.avail >= min(to, h.end) {
 			h.mu.Unlock()
 			return nil
 		}
-		dst := h.buf[h.avail:h.end]
+		dst := h.buf[h.avail:min(to, h.end)]
 		h.mu.Unlock()
 		m, rerr := resp.Body.Read(dst)
 		if m > 0 {

@@ -3,6 +3,7 @@ package remote
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -11,14 +12,22 @@ import (
 	"time"
 )
 
+// The head streams of these tests: 32 KiB in two requests, the probe and
+// the rest.
+const (
+	probeRange = "bytes=0-4095"
+	restRange  = "bytes=4096-32767"
+)
+
 // rangeRecorder is middleware that records the Range header of every blob
-// GET, and lets a test spoil the answers to the head stream of headOf
-// (Range bytes=0-32767).
+// GET, and lets a test spoil the answers to the head stream's requests.
 type rangeRecorder struct {
 	mu     sync.Mutex
 	ranges []string
-	// spoil, if set, writes the answer to a head stream request itself.
-	spoil func(w http.ResponseWriter, r *http.Request, h http.Handler)
+	// spoil, if set, writes the answer to the requests of the ranges in
+	// spoiled itself.
+	spoil   func(w http.ResponseWriter, r *http.Request, h http.Handler)
+	spoiled map[string]bool
 }
 
 func (rr *rangeRecorder) wrap(h http.Handler) http.Handler {
@@ -30,8 +39,11 @@ func (rr *rangeRecorder) wrap(h http.Handler) http.Handler {
 		rr.mu.Lock()
 		rr.ranges = append(rr.ranges, r.Header.Get("Range"))
 		spoil := rr.spoil
+		if !rr.spoiled[r.Header.Get("Range")] {
+			spoil = nil
+		}
 		rr.mu.Unlock()
-		if spoil != nil && r.Header.Get("Range") == "bytes=0-32767" {
+		if spoil != nil {
 			spoil(w, r, h)
 			return
 		}
@@ -47,16 +59,29 @@ func (rr *rangeRecorder) take() []string {
 	return out
 }
 
-// headOf opens the test layer's blob (through rr) and a Head of n bytes.
-func headOf(t *testing.T, rr *rangeRecorder, opts Options, n int64) (*Head, []byte) {
+// headOf opens the test layer's blob (through rr) and a Head of n bytes;
+// the probe request is on its way when it returns.
+func headOf(t *testing.T, rr *rangeRecorder, opts Options, n int64, probe func([]byte) bool) (*Head, []byte) {
 	t.Helper()
 	f := newFixture(t, rr.wrap)
 	r, _ := newTestResolver(t, opts)
 	b, data := openLayer(t, f, r)
 	rr.take()
-	h := b.(HeadStreamer).StreamHead(n)
+	h := b.(HeadStreamer).StreamHead(n, probe)
 	t.Cleanup(h.Release)
 	return h, data
+}
+
+func waitStreamed(t *testing.T, h *Head, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if got, over := h.Streamed(); got >= n || over {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream did not reach %d bytes", n)
+		}
+	}
 }
 
 // TestHeadServesReadsFromOneStream: reads inside the head come from one
@@ -64,16 +89,29 @@ func headOf(t *testing.T, rr *rangeRecorder, opts Options, n int64) (*Head, []by
 // a range asked for a second time goes to the registry.
 func TestHeadServesReadsFromOneStream(t *testing.T) {
 	rr := &rangeRecorder{}
-	h, data := headOf(t, rr, Options{}, 32<<10)
+	var probed []byte
+	h, data := headOf(t, rr, Options{}, 32<<10, func(first []byte) bool { probed = append([]byte(nil), first...); return true })
 	ctx := context.Background()
 	size := int64(len(data))
+	waitStreamed(t, h, 4096)
+	if got := rr.take(); strings.Join(got, " ") != probeRange {
+		t.Fatalf("before Start: blob GETs %q, want the probe %q", got, probeRange)
+	}
+	h.Start()
+	h.Wait()
+	if got := rr.take(); strings.Join(got, " ") != restRange {
+		t.Fatalf("after Start: blob GETs %q, want the rest %q", got, restRange)
+	}
+	if !bytes.Equal(probed, data[:4096]) {
+		t.Errorf("the probe function saw %d bytes, want the blob's first 4096", len(probed))
+	}
 
 	reads := []struct {
 		name      string
 		off, n    int64
 		newRanges []string // blob GETs the read adds
 	}{
-		{"first bytes start the stream", 0, 100, []string{"bytes=0-32767"}},
+		{"first bytes", 0, 100, nil},
 		{"inside, later", 100, 5000, nil},
 		{"crossing the head's end", 30000, 5000, []string{"bytes=32768-34999"}},
 		{"beyond the head", 40000, 1000, []string{"bytes=40000-40999"}},
@@ -113,58 +151,47 @@ func TestHeadServesReadsFromOneStream(t *testing.T) {
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
-// TestHeadLimitAndRelease: what the stream asks for and serves follows
-// Limit and Release.
-func TestHeadLimitAndRelease(t *testing.T) {
+// TestHeadProbeLimitAndRelease: what the stream asks for past its probe
+// follows the probe function, Limit and Release; a read of [0, 20000) gets
+// the right bytes in every case, from the stream or from the blob.
+func TestHeadProbeLimitAndRelease(t *testing.T) {
 	ctx := context.Background()
+	yes := func([]byte) bool { return true }
 	tests := []struct {
 		name   string
-		before func(h *Head) // before the first read
-		ranges []string      // blob GETs of a read of [0, 2000)
+		probe  func([]byte) bool
+		before func(h *Head) // once the probe is in, before the read
+		ranges []string      // every blob GET, the read's included
 	}{
-		{"limited before it starts", func(h *Head) { h.Limit(1000) }, []string{"bytes=0-999", "bytes=1000-1999"}},
-		{"limited to nothing", func(h *Head) { h.Limit(0) }, []string{"bytes=0-1999"}},
-		{"released before it starts", func(h *Head) { h.Release() }, []string{"bytes=0-1999"}},
-		{"started by TailRead, then limited below what it has", func(h *Head) {
-			h.TailRead()
-			waitStreamed(t, h, 1500)
-			h.Limit(10)
-		}, nil},
-		{"limit never raises the end", func(h *Head) { h.Limit(1000); h.Limit(1 << 20) }, []string{"bytes=0-999", "bytes=1000-1999"}},
+		{"probe says no: the stream ends with it", func([]byte) bool { return false }, func(h *Head) { h.Start() },
+			[]string{probeRange, "bytes=4096-19999"}},
+		{"no probe function: the rest follows Start", nil, func(h *Head) { h.Start(); h.Wait() },
+			[]string{probeRange, restRange}},
+		{"started by the read", yes, func(h *Head) {}, []string{probeRange, restRange}},
+		{"limited before the rest", yes, func(h *Head) { h.Limit(10000); h.Start(); h.Wait() },
+			[]string{probeRange, "bytes=4096-9999", "bytes=10000-19999"}},
+		{"limit never raises the end", yes, func(h *Head) { h.Limit(10000); h.Limit(1 << 20); h.Start(); h.Wait() },
+			[]string{probeRange, "bytes=4096-9999", "bytes=10000-19999"}},
+		{"limited below what it has: no more requests", yes, func(h *Head) { h.Limit(10); h.Start(); h.Wait() },
+			[]string{probeRange, "bytes=4096-19999"}},
+		{"released", yes, func(h *Head) { h.Release(); h.Start() }, []string{probeRange, "bytes=0-19999"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rr := &rangeRecorder{}
-			h, data := headOf(t, rr, Options{}, 32<<10)
+			h, data := headOf(t, rr, Options{}, 32<<10, tc.probe)
+			waitStreamed(t, h, 4096)
 			tc.before(h)
-			p := make([]byte, 2000)
-			if n, err := h.ReadAt(ctx, p, 0); err != nil || !bytes.Equal(p[:n], data[:2000]) {
+			p := make([]byte, 20000)
+			if n, err := h.ReadAt(ctx, p, 0); err != nil || !bytes.Equal(p[:n], data[:20000]) {
 				t.Fatalf("read %d bytes: %v", n, err)
 			}
-			got := rr.take()
-			if tc.ranges == nil {
-				// The stream already had the bytes: its one request only.
-				if len(got) != 1 || !strings.HasPrefix(got[0], "bytes=0-") {
-					t.Errorf("blob GETs %q, want only the stream's", got)
-				}
-				return
-			}
-			if strings.Join(got, " ") != strings.Join(tc.ranges, " ") {
+			h.Release()
+			h.Wait()
+			if got := rr.take(); strings.Join(got, " ") != strings.Join(tc.ranges, " ") {
 				t.Errorf("blob GETs %q, want %q", got, tc.ranges)
 			}
 		})
-	}
-}
-
-func waitStreamed(t *testing.T, h *Head, n int64) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if got, over := h.Streamed(); got >= n || over {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stream did not reach %d bytes", n)
-		}
 	}
 }
 
@@ -181,19 +208,21 @@ func TestHeadStreamFaults(t *testing.T) {
 		// verification catches), the second must get right ones.
 		spoiled bool
 	}{
-		{"cut after 10 KB", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
-			r.Header.Set("Range", "bytes=0-10239")
+		{"cut after 1 KiB", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
+			first, _ := rangeOf(r)
+			r.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", first, first+1023))
 			h.ServeHTTP(w, r) // a 206 shorter than asked, then EOF
 		}, false},
 		{"connection dropped mid-body", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
-			relay(w, r, h, func(b []byte) []byte { return b[:5000] })
+			relay(w, r, h, func(b []byte) []byte { return b[:len(b)/3] })
 			panic(http.ErrAbortHandler)
 		}, false},
 		{"refused", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
 			http.Error(w, "busy", http.StatusServiceUnavailable)
 		}, false},
 		{"stalls", func(w http.ResponseWriter, r *http.Request, h http.Handler) {
-			w.Header().Set("Content-Range", "bytes 0-32767/*")
+			first, last := rangeOf(r)
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/*", first, last))
 			w.WriteHeader(http.StatusPartialContent)
 			_, _ = w.Write(make([]byte, 100)) // zeros: wrong, but served once at most
 			w.(http.Flusher).Flush()
@@ -204,25 +233,30 @@ func TestHeadStreamFaults(t *testing.T) {
 		}, true},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			rr := &rangeRecorder{}
-			h, data := headOf(t, rr, Options{FetchTimeout: 300 * time.Millisecond, Retries: -1}, 32<<10)
-			rr.mu.Lock()
-			rr.spoil = tc.spoil // after the set-up, which reads the config with bytes=0-...
-			rr.mu.Unlock()
-			for i := 0; i < 2; i++ {
-				p := make([]byte, 20000)
-				n, err := h.ReadAt(ctx, p, 0)
-				if err != nil || n != len(p) {
-					t.Fatalf("read %d: %d bytes, %v", i, n, err)
+		for _, which := range []string{probeRange, restRange} {
+			t.Run(tc.name+", "+which, func(t *testing.T) {
+				rr := &rangeRecorder{spoil: tc.spoil, spoiled: map[string]bool{which: true}}
+				h, data := headOf(t, rr, Options{FetchTimeout: 300 * time.Millisecond, Retries: -1}, 32<<10, nil)
+				for i := 0; i < 2; i++ {
+					p := make([]byte, 20000)
+					n, err := h.ReadAt(ctx, p, 0)
+					if err != nil || n != len(p) {
+						t.Fatalf("read %d: %d bytes, %v", i, n, err)
+					}
+					if !bytes.Equal(p, data[:len(p)]) && (i == 1 || !tc.spoiled) {
+						t.Fatalf("read %d: wrong bytes", i)
+					}
 				}
-				if !bytes.Equal(p, data[:len(p)]) && (i == 1 || !tc.spoiled) {
-					t.Fatalf("read %d: wrong bytes", i)
-				}
-			}
-			h.Wait()
-		})
+				h.Wait()
+			})
+		}
 	}
+}
+
+// rangeOf parses a request's Range: bytes=first-last.
+func rangeOf(r *http.Request) (first, last int64) {
+	_, _ = fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last)
+	return first, last
 }
 
 // relay serves r with h and passes the answer on to w with its body edited.
@@ -247,23 +281,30 @@ func (c *capture) Header() http.Header         { return c.header }
 func (c *capture) WriteHeader(s int)           { c.status = s }
 func (c *capture) Write(b []byte) (int, error) { return c.body.Write(b) }
 
-// TestHeadPrefix: Prefix waits for the first bytes, and says nothing once
-// released.
-func TestHeadPrefix(t *testing.T) {
-	rr := &rangeRecorder{}
-	h, data := headOf(t, rr, Options{}, 32<<10)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if got := h.Prefix(ctx, 10); got != nil {
-		t.Errorf("Prefix before the stream started = %d bytes, want nil once ctx ends", len(got))
-	}
-	h.Start()
-	if got := h.Prefix(context.Background(), 4096); !bytes.Equal(got, data[:4096]) {
-		t.Errorf("Prefix = %d bytes, want the first 4096", len(got))
-	}
-	h.Release()
-	if got := h.Prefix(context.Background(), 10); got != nil {
-		t.Errorf("Prefix after Release = %d bytes", len(got))
+// TestHeadProbe: the probe function sees the blob's first bytes, all of a
+// head shorter than the probe, and nothing is fetched past a head that
+// short.
+func TestHeadProbe(t *testing.T) {
+	for _, n := range []int64{100, 4096, 10000} {
+		t.Run(itoa(n), func(t *testing.T) {
+			rr := &rangeRecorder{}
+			seen := make(chan []byte, 1)
+			h, data := headOf(t, rr, Options{}, n, func(b []byte) bool { seen <- append([]byte(nil), b...); return true })
+			want := data[:min(n, 4096)]
+			select {
+			case got := <-seen:
+				if !bytes.Equal(got, want) {
+					t.Errorf("probe saw %d bytes, want the first %d", len(got), len(want))
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("probe function not called")
+			}
+			h.Start()
+			h.Wait()
+			if got, _ := h.Streamed(); got != n {
+				t.Errorf("streamed %d bytes, want %d", got, n)
+			}
+		})
 	}
 }
 
@@ -283,7 +324,7 @@ func TestHeadStartsOneRoundTripEarly(t *testing.T) {
 				h.ServeHTTP(w, r)
 				return
 			}
-			if r.Header.Get("Range") == "bytes=0-65535" {
+			if r.Header.Get("Range") == "bytes=4096-65535" {
 				mu.Lock()
 				headAsked = time.Now()
 				mu.Unlock()
@@ -311,7 +352,7 @@ func TestHeadStartsOneRoundTripEarly(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := layerBytes(t, ti.layers[0])
-	h := b.(HeadStreamer).StreamHead(64 << 10)
+	h := b.(HeadStreamer).StreamHead(64<<10, nil)
 	defer h.Release()
 
 	p := make([]byte, 512<<10)

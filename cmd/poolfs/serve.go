@@ -28,7 +28,7 @@ func serve(ctx context.Context, args []string) error {
 	logFormat := fl.String("log-format", "text", "log `FORMAT`: text or json")
 	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened")
 	backgroundFetch := fl.Bool("background-fetch", false, "after the prefetch, fetch the rest of each layer in the background, yielding to reads")
-	early := fl.Int64("early-prefetch-mb", pool.DefaultEarly>>20, "`MiB` at most of each eStargz layer's start streamed while its TOC is fetched, where builders put the prioritized files; stops where they end, or at once for a layer with none (0: start the prefetch once the TOC is in)")
+	early := fl.Int64("early-prefetch-mb", pool.DefaultEarly>>20, "`MiB` at most of each eStargz layer's start streamed while its TOC is fetched, where builders put the prioritized files; stops where they end, or after a 4 KiB probe for a layer with none (0: start the prefetch once the TOC is in)")
 	readahead := fl.Int64("readahead-kb", 512, "`KiB` of the layer that follow a read that had to go to the registry, fetched along with it in the background (0: none): files read one after another usually sit next to each other in a layer")
 	passthrough := fl.Bool("passthrough", true, "keep a whole-file copy of each fully cached file of 1 MiB or more in the cache dir and let the kernel read it directly (FUSE passthrough), without a request to the daemon per read")
 	writeBehind := fl.Duration("disk-write-behind", 250*time.Millisecond, "write fetched chunks to the disk cache once fetching pauses for `DURATION` (until then memory serves them), so a starting container does not share its CPUs with those writes; 0: write each chunk at once, in the read that fetched it")

@@ -18,10 +18,10 @@ import (
 )
 
 // TestEarlyPrefetch: with PrefetchOptions.Early, an optimized layer's
-// prioritized files come in one stream of the blob's start, begun only
-// once the TOC is in (so the two do not share the link), and no byte of the
-// blob is asked for twice; a layer without prioritized files ends its
-// stream at its first entry.
+// prioritized files come in a stream of the blob's start, a small probe
+// sent beside the TOC and the rest after the TOC request, and no byte of
+// the blob is asked for twice; a layer without prioritized files streams
+// nothing past the probe.
 func TestEarlyPrefetch(t *testing.T) {
 	reg := fixture.StartRegistry(t)
 	tarBytes := layerTar(7, 60)
@@ -38,7 +38,7 @@ func TestEarlyPrefetch(t *testing.T) {
 	// how soon it stops shows in the bytes it delivered.
 	reg.SetMiddleware(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.Contains(r.URL.Path, "/blobs/") && strings.HasPrefix(r.Header.Get("Range"), "bytes=0-") {
+			if rng := r.Header.Get("Range"); strings.Contains(r.URL.Path, "/blobs/") && (rng == probeRange || strings.HasPrefix(rng, restPrefix)) {
 				next.ServeHTTP(&trickle{ResponseWriter: w, every: 5 * time.Millisecond, piece: 64 << 10}, r)
 				return
 			}
@@ -51,11 +51,11 @@ func TestEarlyPrefetch(t *testing.T) {
 		ref    string
 		layer  fixture.LayerInfo
 		early  int64
-		head   string // the head stream's Range (layers with prioritized files)
+		rest   string // the Range of the stream past the probe, "": none
 		others int    // prefetch requests besides the head; -1: some
 	}{
-		{"prioritized files inside the window", optRef, opt[0], 16 << 20, "bytes=0-", 0},
-		{"window smaller than the prioritized files", optRef, opt[0], 256 << 10, "bytes=0-262143", -1},
+		{"prioritized files inside the window", optRef, opt[0], 16 << 20, restPrefix, 0},
+		{"window smaller than the prioritized files", optRef, opt[0], 256 << 10, restPrefix + "262143", -1},
 		{"nothing prioritized", plainRef, plain[0], 16 << 20, "", 0},
 	}
 	for _, tc := range tests {
@@ -82,31 +82,37 @@ func TestEarlyPrefetch(t *testing.T) {
 				t.Logf("requests:\n%s", reg.RequestLog())
 			}
 			prioritized := l.View.Prioritized()
-			if len(prioritized) == 0 {
-				// The TOC (or the first entry) stops the stream: it may
-				// not even have been asked for; if it was, a few
-				// trickled pieces, not the 2 MiB and more of the window.
-				if len(reqs) > 2 {
-					t.Errorf("%d blob requests, want the tail and perhaps a head stream", len(reqs))
+			var tail, probe, rest *fixture.RequestRecord
+			var others []fixture.RequestRecord
+			for i, r := range reqs {
+				switch {
+				case r.Range == probeRange:
+					probe = &reqs[i]
+				case strings.HasPrefix(r.Range, restPrefix):
+					rest = &reqs[i]
+				case tail == nil:
+					tail = &reqs[i] // the first request of another range
+				default:
+					others = append(others, r)
 				}
-				if len(reqs) == 2 && reqs[1].Bytes > 512<<10 {
-					t.Errorf("head stream of a layer with nothing prioritized delivered %d bytes", reqs[1].Bytes)
+			}
+			if tail == nil || probe == nil {
+				t.Fatalf("blob requests %v: want the tail and the probe", reqs)
+			}
+			if tc.rest == "" {
+				if rest != nil || len(others) > 0 {
+					t.Errorf("a layer with nothing prioritized streamed past its probe: %v", reqs)
 				}
 				return
 			}
-			if len(reqs) < 2 {
-				t.Fatalf("%d blob requests, want the tail and the head stream at least", len(reqs))
+			if rest == nil || !strings.HasPrefix(rest.Range, tc.rest) {
+				t.Fatalf("blob requests %v: want the stream's rest %s...", reqs, tc.rest)
 			}
-			tail, head := reqs[0], reqs[1]
-			if !strings.HasPrefix(head.Range, tc.head) {
-				t.Fatalf("second blob request %q, want the head stream %q...", head.Range, tc.head)
+			if rest.Time.Before(tail.Time) {
+				t.Errorf("the stream's rest asked for at %v, before the TOC (%v)", rest.Time.Format("15:04:05.000"), tail.Time.Format("15:04:05.000"))
 			}
-			if tailDone := tail.Time.Add(tail.Took); head.Time.Before(tailDone) {
-				t.Errorf("head stream asked for at %v, before the tail was served (%v)", head.Time.Format("15:04:05.000"), tailDone.Format("15:04:05.000"))
-			}
-			others := reqs[2:]
 			if tc.others >= 0 && len(others) != tc.others {
-				t.Errorf("%d blob requests besides the tail and head, want %d", len(others), tc.others)
+				t.Errorf("%d blob requests besides the tail and the stream, want %d", len(others), tc.others)
 			}
 			if tc.others < 0 && len(others) == 0 {
 				t.Error("the window covers less than the prioritized files, yet nothing else was fetched")
@@ -132,6 +138,12 @@ func TestEarlyPrefetch(t *testing.T) {
 		})
 	}
 }
+
+// The Ranges of the head stream's two requests.
+const (
+	probeRange = "bytes=0-4095"
+	restPrefix = "bytes=4096-"
+)
 
 // trickle writes its body in pieces, a pause after each.
 type trickle struct {
