@@ -294,9 +294,12 @@ func (h *Head) run(ctx context.Context) {
 	err := h.fill(ctx, ep, headProbe)
 	if err == nil && h.probe != nil {
 		h.mu.Lock()
-		first := h.buf[:h.avail]
+		first, released := h.buf, h.released
+		if !released {
+			first = first[:h.avail]
+		}
 		h.mu.Unlock()
-		if !h.probe(first) {
+		if !released && !h.probe(first) {
 			h.Limit(0)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -399,4 +400,33 @@ func (w *trickleWriter) Write(b []byte) (int, error) {
 		w.ResponseWriter.(http.Flusher).Flush()
 	}
 	return n, nil
+}
+
+// TestHeadReleasedAroundTheProbe: a Release that comes as the probe's bytes
+// arrive (a layer whose open failed, or that another open won) stops the
+// stream whichever comes first, and reads still get the right bytes.
+func TestHeadReleasedAroundTheProbe(t *testing.T) {
+	var current atomic.Pointer[Head]
+	rr := &rangeRecorder{spoiled: map[string]bool{probeRange: true}}
+	rr.spoil = func(w http.ResponseWriter, r *http.Request, h http.Handler) {
+		h.ServeHTTP(w, r)
+		w.(http.Flusher).Flush()
+		for current.Load() == nil {
+			time.Sleep(50 * time.Microsecond)
+		}
+		current.Load().Release()
+	}
+	f := newFixture(t, rr.wrap)
+	r, _ := newTestResolver(t, Options{})
+	b, data := openLayer(t, f, r)
+	for i := range 100 {
+		current.Store(nil)
+		h := b.(HeadStreamer).StreamHead(32<<10, func([]byte) bool { return true })
+		current.Store(h)
+		h.Wait()
+		p := make([]byte, 8000)
+		if n, err := h.ReadAt(context.Background(), p, 0); err != nil || !bytes.Equal(p[:n], data[:8000]) {
+			t.Fatalf("round %d: read %d bytes: %v", i, n, err)
+		}
+	}
 }
