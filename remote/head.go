@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"sync"
 	"time"
 
@@ -338,70 +336,41 @@ func (h *Head) grow() int64 {
 }
 
 // fill asks for the bytes from avail up to to (at most end) in one range
-// request and reads them into buf as they arrive.
+// request, the blob's own (rangeOnce), and hands them out as they arrive.
+// A Limit or Release that leaves nothing more to wait for ends the request.
 func (h *Head) fill(ctx context.Context, ep blobEndpoint, to int64) error {
 	h.mu.Lock()
 	from, to := h.avail, min(to, h.end)
-	h.mu.Unlock()
-	if from >= to {
+	if h.released || from >= to {
+		h.mu.Unlock()
 		return nil
 	}
+	dst := h.buf[from:to]
+	h.mu.Unlock()
 	e, err := h.b.r.authFor(ctx, ep.repo)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ep.url, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", from, to-1))
 	// A stall ends the stream like a failure; the deadline moves with
 	// every read that brings bytes.
 	stall := time.AfterFunc(h.b.r.s.fetchTO, func() { h.cancel(errHeadStalled) })
 	defer stall.Stop()
-	resp, err := e.client.Do(req)
+	_, err = h.b.rangeOnce(ctx, e.client, ep.url, dst, from, func(n int) {
+		stall.Reset(h.b.r.s.fetchTO)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.avail = from + int64(n)
+		close(h.more)
+		h.more = make(chan struct{})
+		if h.released || h.avail >= h.end {
+			h.cancel(nil)
+		}
+	})
+	if errors.Is(err, errPartialRange) {
+		return nil // a shorter answer than asked: the blob serves the rest
+	}
 	if err != nil {
 		return fmt.Errorf("head stream of blob %s: %w", h.b.digest, err)
 	}
-	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusPartialContent:
-		if first, _, ok := parseContentRange(resp.Header.Get("Content-Range")); !ok || first != from {
-			return fmt.Errorf("head stream of blob %s: Content-Range %q does not start at %d", h.b.digest, resp.Header.Get("Content-Range"), from)
-		}
-	case http.StatusOK:
-		// Range ignored: the whole blob, usable from byte 0 only.
-		if from != 0 || (resp.ContentLength >= 0 && resp.ContentLength != h.b.size) {
-			return fmt.Errorf("head stream of blob %s: server ignored Range and sent %d bytes of the %d-byte blob", h.b.digest, resp.ContentLength, h.b.size)
-		}
-	default:
-		return fmt.Errorf("head stream of blob %s: %w", h.b.digest, statusError(resp))
-	}
-	got := from
-	for {
-		h.mu.Lock()
-		if h.released || h.avail >= min(to, h.end) {
-			h.mu.Unlock()
-			return nil
-		}
-		dst := h.buf[h.avail:min(to, h.end)]
-		h.mu.Unlock()
-		m, rerr := resp.Body.Read(dst)
-		if m > 0 {
-			stall.Reset(h.b.r.s.fetchTO)
-			h.b.r.stats.blobBytes.Add(int64(m))
-			got += int64(m)
-			h.mu.Lock()
-			h.avail = got
-			close(h.more)
-			h.more = make(chan struct{})
-			h.mu.Unlock()
-		}
-		if rerr == io.EOF {
-			return nil // a body shorter than asked: the blob serves the rest
-		}
-		if rerr != nil {
-			return fmt.Errorf("head stream of blob %s after %d bytes: %w", h.b.digest, got, rerr)
-		}
-	}
+	return nil
 }
