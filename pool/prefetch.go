@@ -35,9 +35,9 @@ type PrefetchOptions struct {
 	// streamed while its TOC is on the way (see remote.Head), so the
 	// prioritized files, which builders put there, arrive without waiting
 	// for the TOC and one more round trip. The stream stops as soon as it
-	// is clear how much of it the prefetch wants: at once for a blob that
-	// starts with .no.prefetch.landmark, at the end of the prioritized
-	// files otherwise. 0, or NoPrioritized: no stream.
+	// is clear how much of it the prefetch wants: after its 4 KiB probe for
+	// a blob that starts with .no.prefetch.landmark, at the end of the
+	// prioritized files otherwise. 0, or NoPrioritized: no stream.
 	Early int64
 }
 

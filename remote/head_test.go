@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	testfixture "github.com/poolfs/poolfs/test/fixture"
 )
 
 // The head streams of these tests: 32 KiB in two requests, the probe and
@@ -331,7 +333,7 @@ func TestHeadStartsOneRoundTripEarly(t *testing.T) {
 				mu.Unlock()
 			}
 			time.Sleep(rtt)
-			tw := &trickleWriter{ResponseWriter: w, piece: 32 << 10, every: 20 * time.Millisecond, first: func() {
+			tw := &testfixture.Trickle{ResponseWriter: w, Piece: 32 << 10, Every: 20 * time.Millisecond, OnFirst: func() {
 				mu.Lock()
 				if bigFirst.IsZero() && strings.HasPrefix(r.Header.Get("Range"), "bytes=524288-") {
 					bigFirst = time.Now()
@@ -372,34 +374,6 @@ func TestHeadStartsOneRoundTripEarly(t *testing.T) {
 	default:
 		t.Logf("stream asked for %v after the read's first byte, %v before the read was done", asked.Sub(first), done.Sub(asked))
 	}
-}
-
-// trickleWriter writes a body in pieces, a pause before each but the first.
-type trickleWriter struct {
-	http.ResponseWriter
-	piece int
-	every time.Duration
-	first func() // called before the first body byte
-	wrote bool
-}
-
-func (w *trickleWriter) Write(b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		if w.wrote {
-			time.Sleep(w.every)
-		} else if w.first != nil {
-			w.first()
-		}
-		w.wrote = true
-		m, err := w.ResponseWriter.Write(b[n:min(len(b), n+w.piece)])
-		n += m
-		if err != nil {
-			return n, err
-		}
-		w.ResponseWriter.(http.Flusher).Flush()
-	}
-	return n, nil
 }
 
 // TestHeadReleasedAroundTheProbe: a Release that comes as the probe's bytes

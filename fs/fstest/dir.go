@@ -255,7 +255,7 @@ func CompareTree(t testing.TB, mountDir string, tarBytes []byte) {
 
 // CompareMergedTree is CompareTree for an overlay mount at mountDir whose
 // only lower directory is the tar's view and whose upper directory is
-// empty (see TarMergedView); its root, the upper directory, is not
+// empty (see tarView); its root, the upper directory, is not
 // compared.
 func CompareMergedTree(t testing.TB, mountDir string, tarBytes []byte) {
 	t.Helper()

@@ -42,17 +42,13 @@ func TarView(tarBytes []byte) (View, error) {
 	return tarView(tarBytes, false)
 }
 
-// TarMergedView computes what an overlay mount shows whose only lower
-// directory is the tar's view (TarView) and whose upper directory is
-// empty: the whiteouts have nothing to hide and are hidden themselves, and
+// tarView is TarView, or with merged what an overlay mount shows whose only
+// lower directory is the tar's view and whose upper directory is empty: the
+// whiteouts have nothing to hide and are hidden themselves, and
 // trusted.overlay.opaque is overlayfs's own marker, which it does not show.
 // (user.overlay.opaque is an ordinary xattr to an overlay mounted without
 // userxattr, so it stays.) The root is the upper directory's; it is in the
 // view as TarView has it, for the caller to leave out.
-func TarMergedView(tarBytes []byte) (View, error) {
-	return tarView(tarBytes, true)
-}
-
 func tarView(tarBytes []byte, merged bool) (View, error) {
 	records, order, err := readTar(tarBytes)
 	if err != nil {

@@ -315,9 +315,9 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if b.c.podmanLog != "" {
 		args = append([]string{"--log-level=" + b.c.podmanLog}, args...)
 	}
-	// Earlier runs' writes (a full pull extracts the whole root, and every
-	// run's store is deleted after it) are on disk before the clock
-	// starts, so no case pays for another's writeback.
+	// Earlier runs' writes (a full pull extracts the whole root) are on
+	// disk before the clock starts, so no case pays for another's
+	// writeback.
 	_ = exec.Command("sync").Run()
 	b.reg.ResetStats()
 	var before procStat

@@ -39,7 +39,7 @@ func TestEarlyPrefetch(t *testing.T) {
 	reg.SetMiddleware(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if rng := r.Header.Get("Range"); strings.Contains(r.URL.Path, "/blobs/") && (rng == probeRange || strings.HasPrefix(rng, restPrefix)) {
-				next.ServeHTTP(&trickle{ResponseWriter: w, every: 5 * time.Millisecond, piece: 64 << 10}, r)
+				next.ServeHTTP(&fixture.Trickle{ResponseWriter: w, Every: 5 * time.Millisecond, Piece: 64 << 10}, r)
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -144,27 +144,6 @@ const (
 	probeRange = "bytes=0-4095"
 	restPrefix = "bytes=4096-"
 )
-
-// trickle writes its body in pieces, a pause after each.
-type trickle struct {
-	http.ResponseWriter
-	every time.Duration
-	piece int
-}
-
-func (w *trickle) Write(b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := w.ResponseWriter.Write(b[n:min(len(b), n+w.piece)])
-		n += m
-		if err != nil {
-			return n, err
-		}
-		w.ResponseWriter.(http.Flusher).Flush()
-		time.Sleep(w.every)
-	}
-	return n, nil
-}
 
 func openLayer(t *testing.T, m *mounted, dg digest.Digest) *pool.Layer {
 	t.Helper()
