@@ -43,7 +43,7 @@ func (d *layerDir) OnAdd(ctx context.Context) {
 	d.AddChild("diff", diff, false)
 	info := d.NewPersistentInode(ctx, &bytesFile{data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("info", info, false)
-	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, cache: d.pool.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("blob", blob, false)
 }
 

@@ -68,6 +68,9 @@ type Layer struct {
 
 	uses       atomic.Int64
 	lastAccess atomic.Int64 // unix nanoseconds
+
+	streamOnce sync.Once
+	stream     *blobStream // the blob file's reads (see ReadBlob)
 }
 
 // Uses is the reference count the containers/storage client keeps through
