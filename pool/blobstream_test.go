@@ -121,7 +121,7 @@ func TestBlobStreamSequentialCostsTheBlobOnce(t *testing.T) {
 }
 
 func TestBlobStreamRandomReadsCostLittle(t *testing.T) {
-	data := pattern(16<<20)
+	data := pattern(16 << 20)
 	b := newMemBlob(data)
 	s := newBlobStream(b)
 	rng := rand.New(rand.NewSource(2))
@@ -143,7 +143,7 @@ func TestBlobStreamRandomReadsCostLittle(t *testing.T) {
 }
 
 func TestBlobStreamReadsAgainWithinTheWindow(t *testing.T) {
-	data := pattern(6<<20)
+	data := pattern(6 << 20)
 	b := newMemBlob(data)
 	s := newBlobStream(b)
 	readLikeKernel(t, s, len(data))
@@ -183,7 +183,7 @@ func TestBlobStreamWindowIsBounded(t *testing.T) {
 }
 
 func TestBlobStreamFailedSegmentIsAskedAgain(t *testing.T) {
-	data := pattern(1<<20)
+	data := pattern(1 << 20)
 	b := newMemBlob(data)
 	b.failAt.Store(100)
 	s := newBlobStream(b)
