@@ -42,6 +42,9 @@ const (
 // stay, oldest dropped first, within streamWindow, and all of them go
 // after streamIdle without reads.
 //
+// The bytes the layer fetched with its TOC (the blob's last MiB, all of a
+// small blob) are served from the layer's copy.
+//
 // Blob bytes are not verified (only the whole blob has a digest) and are
 // not put in the chunk cache, which holds verified bytes only; the blob
 // file is opened with FOPEN_KEEP_CACHE, so the kernel's page cache keeps
@@ -60,6 +63,7 @@ type segment struct {
 	off   int64
 	buf   []byte
 	ahead bool // asked for before anyone read it: the run is sequential
+	known bool // bytes the layer fetched with its TOC: never dropped
 
 	// Guarded by blobStream.mu.
 	avail  int           // buf[:avail] have arrived
@@ -72,8 +76,15 @@ type segment struct {
 
 func (g *segment) end() int64 { return g.off + int64(len(g.buf)) }
 
-func newBlobStream(b remote.Blob) *blobStream {
-	return &blobStream{blob: b, size: b.Size()}
+// newBlobStream reads b; tail, if not nil, is b's bytes [tailOff, size)
+// as the layer already has them (layer.FetchedTail): they are served as a
+// segment that never goes, and runs stop where they start.
+func newBlobStream(b remote.Blob, tailOff int64, tail []byte) *blobStream {
+	s := &blobStream{blob: b, size: b.Size()}
+	if len(tail) > 0 && tailOff >= 0 && tailOff+int64(len(tail)) == s.size {
+		s.segs = append(s.segs, &segment{off: tailOff, buf: tail, known: true, avail: len(tail), done: true, next: true, more: make(chan struct{})})
+	}
+	return s
 }
 
 // ReadAt fills p with the blob's bytes at off; it returns fewer only at
@@ -149,13 +160,13 @@ func (s *blobStream) startLocked(off, n int64, ahead bool) *segment {
 func (s *blobStream) trimLocked(n int64) {
 	held := n
 	for _, g := range s.segs {
-		if g.done {
+		if g.done && !g.known {
 			held += int64(len(g.buf))
 		}
 	}
 	kept := s.segs[:0]
 	for _, g := range s.segs {
-		if g.done && held > streamWindow {
+		if g.done && !g.known && held > streamWindow {
 			held -= int64(len(g.buf))
 			continue
 		}
@@ -181,7 +192,7 @@ func (s *blobStream) drop() {
 	defer s.mu.Unlock()
 	kept := s.segs[:0]
 	for _, g := range s.segs {
-		if !g.done {
+		if !g.done || g.known {
 			kept = append(kept, g)
 		}
 	}

@@ -102,7 +102,7 @@ func TestBlobStreamSequentialCostsTheBlobOnce(t *testing.T) {
 	for _, size := range []int{1, firstSegment - 1, 3*maxSegment + 12345} {
 		data := pattern(size)
 		b := newMemBlob(data)
-		s := newBlobStream(b)
+		s := newBlobStream(b, 0, nil)
 		got := readLikeKernel(t, s, size)
 		if !bytes.Equal(got, data) {
 			t.Fatalf("size %d: bytes read differ from the blob", size)
@@ -123,7 +123,7 @@ func TestBlobStreamSequentialCostsTheBlobOnce(t *testing.T) {
 func TestBlobStreamRandomReadsCostLittle(t *testing.T) {
 	data := pattern(16 << 20)
 	b := newMemBlob(data)
-	s := newBlobStream(b)
+	s := newBlobStream(b, 0, nil)
 	rng := rand.New(rand.NewSource(2))
 	const reads = 20
 	for range reads {
@@ -145,7 +145,7 @@ func TestBlobStreamRandomReadsCostLittle(t *testing.T) {
 func TestBlobStreamReadsAgainWithinTheWindow(t *testing.T) {
 	data := pattern(6 << 20)
 	b := newMemBlob(data)
-	s := newBlobStream(b)
+	s := newBlobStream(b, 0, nil)
 	readLikeKernel(t, s, len(data))
 	before := b.served.Load()
 	// The blob is smaller than the window: all of it is still there.
@@ -160,7 +160,7 @@ func TestBlobStreamReadsAgainWithinTheWindow(t *testing.T) {
 func TestBlobStreamWindowIsBounded(t *testing.T) {
 	data := make([]byte, 32<<20)
 	b := newMemBlob(data)
-	s := newBlobStream(b)
+	s := newBlobStream(b, 0, nil)
 	readLikeKernel(t, s, len(data))
 	// Let the last read-ahead finish.
 	deadline := time.Now().Add(5 * time.Second)
@@ -186,7 +186,7 @@ func TestBlobStreamFailedSegmentIsAskedAgain(t *testing.T) {
 	data := pattern(1 << 20)
 	b := newMemBlob(data)
 	b.failAt.Store(100)
-	s := newBlobStream(b)
+	s := newBlobStream(b, 0, nil)
 	p := make([]byte, 4096)
 	if _, err := s.ReadAt(context.Background(), p, 0); err == nil {
 		t.Fatal("read through a failing request succeeded")
@@ -199,7 +199,7 @@ func TestBlobStreamFailedSegmentIsAskedAgain(t *testing.T) {
 
 func TestBlobStreamEnd(t *testing.T) {
 	data := []byte("0123456789")
-	s := newBlobStream(newMemBlob(data))
+	s := newBlobStream(newMemBlob(data), 0, nil)
 	for _, c := range []struct {
 		off  int64
 		n    int
@@ -213,5 +213,28 @@ func TestBlobStreamEnd(t *testing.T) {
 	}
 	if _, err := s.ReadAt(context.Background(), make([]byte, 1), -1); err == nil {
 		t.Error("negative offset: no error")
+	}
+}
+
+func TestBlobStreamServesTheKnownTail(t *testing.T) {
+	data := pattern(3 << 20)
+	b := newMemBlob(data)
+	tailOff := int64(len(data) - 1<<20)
+	s := newBlobStream(b, tailOff, data[tailOff:])
+	if got := readLikeKernel(t, s, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("wrong bytes")
+	}
+	if served := b.served.Load(); served != tailOff {
+		t.Errorf("the blob served %d bytes, want the %d before the known tail", served, tailOff)
+	}
+	// The tail is never dropped, the rest is after streamIdle.
+	s.drop()
+	before := b.served.Load()
+	p := make([]byte, 4096)
+	if _, err := s.ReadAt(context.Background(), p, int64(len(data))-4096); err != nil || !bytes.Equal(p, data[len(data)-4096:]) {
+		t.Fatalf("read in the tail: %v", err)
+	}
+	if b.served.Load() != before {
+		t.Error("a read in the known tail fetched bytes")
 	}
 }

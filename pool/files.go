@@ -93,6 +93,9 @@ func (f *blobFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 // ReadBlob reads the compressed blob at off (see blobStream). It returns
 // fewer bytes than len(p) only at the end of the blob.
 func (l *Layer) ReadBlob(ctx context.Context, p []byte, off int64) (int, error) {
-	l.streamOnce.Do(func() { l.stream = newBlobStream(l.Blob) })
+	l.streamOnce.Do(func() {
+		off, tail := l.View.FetchedTail()
+		l.stream = newBlobStream(l.Blob, off, tail)
+	})
 	return l.stream.ReadAt(ctx, p, off)
 }
