@@ -66,12 +66,11 @@ type segment struct {
 	known bool // bytes the layer fetched with its TOC: never dropped
 
 	// Guarded by blobStream.mu.
-	avail  int           // buf[:avail] have arrived
-	done   bool          // no more bytes will arrive
-	err    error         // why the request failed, if it did
-	more   chan struct{} // closed and replaced when avail grows or done is set
-	next   bool          // the segment that follows was asked for
-	cancel context.CancelFunc
+	avail int           // buf[:avail] have arrived
+	done  bool          // no more bytes will arrive
+	err   error         // why the request failed, if it did
+	more  chan struct{} // closed and replaced when avail grows or done is set
+	next  bool          // the segment that follows was asked for
 }
 
 func (g *segment) end() int64 { return g.off + int64(len(g.buf)) }
@@ -148,10 +147,9 @@ func (s *blobStream) startLocked(off, n int64, ahead bool) *segment {
 		}
 	}
 	s.trimLocked(n)
-	ctx, cancel := context.WithCancel(context.Background())
-	g := &segment{off: off, buf: make([]byte, n), ahead: ahead, more: make(chan struct{}), cancel: cancel}
+	g := &segment{off: off, buf: make([]byte, n), ahead: ahead, more: make(chan struct{})}
 	s.segs = append(s.segs, g)
-	go s.fetch(ctx, g)
+	go s.fetch(g)
 	return g
 }
 
@@ -201,10 +199,10 @@ func (s *blobStream) drop() {
 }
 
 // fetch is the segment's range request. The request is detached from the
-// read that started it: other reads wait for the same bytes.
-func (s *blobStream) fetch(ctx context.Context, g *segment) {
-	defer g.cancel()
-	n, err := s.blob.ReadAtProgress(ctx, g.buf, g.off, func(n int) {
+// read that started it (other reads wait for the same bytes); the blob's
+// own fetch timeout bounds it.
+func (s *blobStream) fetch(g *segment) {
+	n, err := s.blob.ReadAtProgress(context.Background(), g.buf, g.off, func(n int) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		g.avail = n
