@@ -132,26 +132,43 @@ func runHello(t *testing.T, ctx context.Context, pm *fixture.Podman, ref string)
 
 // TestPodmanPushLazyImage: lazy pull, then `podman push` to a second
 // registry. Each blob is fetched about once, and the pushed image has the
-// source's layers.
+// source's layers. With Debian's podman 4.3.1 and, if built, podman 5.4.2
+// (which looks layers up by TOC digest).
 func TestPodmanPushLazyImage(t *testing.T) {
 	requireRoot(t)
 	requirePodman(t)
-	ctx := testContext(t, 5*time.Minute)
-	src, dst := fixture.StartRegistry(t), fixture.StartRegistry(t)
-	ref, layers := lazyImage(t, ctx, src, "test/push")
-	_, als := startDaemon(t, src)
-	pm := newPodman(t, als, src, dst)
-	src.ResetStats()
-	if _, _, err := pm.Run(ctx, "pull", "--tls-verify=false", ref); err != nil {
-		t.Fatal(err)
+	clients := map[string]string{"v4": ""} // short: podman refuses a runroot path over 50 characters
+	if bin := fixture.Podman5Path(); fileExists(bin) {
+		clients["v5"] = bin
 	}
-	pushed := fixture.ImageRef(dst.Host, "test/pushed", "v1")
-	if _, _, err := pm.Run(ctx, "push", "--tls-verify=false", ref, pushed); err != nil {
-		t.Fatal(err)
+	for name, bin := range clients {
+		t.Run(name, func(t *testing.T) {
+			ctx := testContext(t, 5*time.Minute)
+			src, dst := fixture.StartRegistry(t), fixture.StartRegistry(t)
+			ref, layers := lazyImage(t, ctx, src, "test/push")
+			_, als := startDaemon(t, src)
+			pm := newPodman(t, als, src, dst)
+			if bin != "" {
+				pm.Binary = bin
+			}
+			src.ResetStats()
+			if _, _, err := pm.Run(ctx, "pull", "--tls-verify=false", ref); err != nil {
+				t.Fatal(err)
+			}
+			pushed := fixture.ImageRef(dst.Host, "test/pushed", "v1")
+			if _, _, err := pm.Run(ctx, "push", "--tls-verify=false", ref, pushed); err != nil {
+				t.Fatal(err)
+			}
+			checkFetched(t, "pull+push", src, layers)
+			checkSameContent(t, ctx, pushed, layers)
+			runHello(t, ctx, newPodman(t, "", dst), pushed)
+		})
 	}
-	checkFetched(t, "pull+push", src, layers)
-	checkSameContent(t, ctx, pushed, layers)
-	runHello(t, ctx, newPodman(t, "", dst), pushed)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // TestPodmanSaveLazyImage: lazy pull, then `podman save`; the archive
