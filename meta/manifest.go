@@ -72,3 +72,23 @@ func pruneManifests(tx *bolt.Tx, cutoff time.Time) error {
 	}
 	return nil
 }
+
+// Alias records that (ref, d) names the layer stored under blob digest
+// blob, as Put does, for a layer the pool opened under another reference.
+// It writes only if the store does not say so already.
+func (s *Store) Alias(ref string, d, blob digest.Digest) error {
+	key, val := refKey(ref, d), []byte(blob.String())
+	same := false
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		same = string(tx.Bucket(bucketRefs).Get(key)) == string(val)
+		return nil
+	})
+	if same {
+		return nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRefs).Put(key, val) })
+	if err != nil {
+		return fmt.Errorf("storing %s of %s as layer %s: %w", d, ref, blob, err)
+	}
+	return nil
+}

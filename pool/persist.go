@@ -96,6 +96,21 @@ func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *
 	})
 }
 
+// recordRef records that key names l, which may have been opened under
+// another reference, so that after a restart key finds l's record without
+// the registry (the reference's manifest, which lists l, is stored too:
+// see Pool.listed).
+func (p *Pool) recordRef(key LayerKey, l *Layer) {
+	if p.meta == nil {
+		return
+	}
+	p.inBackground(func() {
+		if err := p.meta.Alias(key.Ref, key.Digest, l.Desc.Digest); err != nil {
+			p.log.WithError(err).WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest}).Warn("storing layer record failed")
+		}
+	})
+}
+
 // inBackground runs a metadata store write that no lookup waits for;
 // Flush waits for it.
 func (p *Pool) inBackground(write func()) {

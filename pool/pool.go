@@ -150,6 +150,7 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 			return nil, fmt.Errorf("layer %s: path names TOC digest %s but the layer's is %s", key.Digest, key.TOCDigest, l.Desc.TOCDigest)
 		}
 		l.touch()
+		p.recordRef(key, l)
 		return l, nil
 	}
 	v, err, _ := p.opening.Do(key.Ref+"@"+key.Digest.String(), func() (any, error) {
@@ -162,6 +163,7 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	l := v.(*Layer)
 	l.touch()
+	p.recordRef(key, l)
 	return l, nil
 }
 
