@@ -108,7 +108,12 @@ func procGroups(pid uint32) (map[uint32]bool, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
+	return parseGroups(b)
+}
+
+// parseGroups reads the Groups line of a /proc/<pid>/status.
+func parseGroups(status []byte) (map[uint32]bool, error) {
+	sc := bufio.NewScanner(bytes.NewReader(status))
 	for sc.Scan() {
 		rest, ok := bytes.CutPrefix(sc.Bytes(), []byte("Groups:"))
 		if !ok {
@@ -118,13 +123,13 @@ func procGroups(pid uint32) (map[uint32]bool, error) {
 		for _, f := range bytes.Fields(rest) {
 			g, err := strconv.ParseUint(string(f), 10, 32)
 			if err != nil {
-				return nil, fmt.Errorf("/proc/%d/status: bad group %q", pid, f)
+				return nil, fmt.Errorf("bad group %q in the Groups line", f)
 			}
 			out[uint32(g)] = true
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("/proc/%d/status has no Groups line", pid)
+	return nil, errors.New("no Groups line")
 }
 
 // PrepareRoot creates ROOT with a's mode (and group), or, if it exists,
