@@ -103,6 +103,8 @@ type Pool struct {
 	tagRecheck time.Duration            // see WithTagRecheck
 	refs       map[string]meta.Manifest // what each reference lists (see listed)
 	listing    singleflight.Group       // manifest fetches by reference
+	// When a tag's recheck last failed (see recheckRetry).
+	recheckFailed map[string]time.Time
 }
 
 // New returns an empty pool.
@@ -118,6 +120,8 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		notEStargz: map[digest.Digest]notEStargz{},
 		tagRecheck: DefaultTagRecheck,
 		refs:       map[string]meta.Manifest{},
+
+		recheckFailed: map[string]time.Time{},
 	}
 	for _, o := range opts {
 		o(p)

@@ -70,7 +70,7 @@ func (p *Pool) listed(ctx context.Context, key LayerKey) error {
 		return nil
 	}
 	m, known := p.knownManifest(key.Ref)
-	if !known || !p.fresh(m) {
+	if !known || !p.fresh(m) && !p.recheckFailedRecently(key.Ref) {
 		v, err, _ := p.listing.Do(key.Ref, func() (any, error) {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), openTimeout)
 			defer cancel()
@@ -80,6 +80,9 @@ func (p *Pool) listed(ctx context.Context, key LayerKey) error {
 		case err == nil:
 			m = v.(meta.Manifest)
 		case known && !gone(err):
+			p.mu.Lock()
+			p.recheckFailed[key.Ref] = time.Now()
+			p.mu.Unlock()
 			p.log.WithError(err).WithFields(logrus.Fields{"ref": key.Ref, "fetched_at": m.FetchedAt}).
 				Warn("cannot recheck what the tag lists; trusting what it listed before")
 		default:
@@ -104,6 +107,18 @@ func gone(err error) bool {
 		return true
 	}
 	return false
+}
+
+// recheckRetry is how long after a failed recheck of a tag the old list is
+// trusted without trying again: the lookups of an image's layers come one
+// after another, and each would otherwise wait for the retries.
+const recheckRetry = 30 * time.Second
+
+func (p *Pool) recheckFailedRecently(ref string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	at, ok := p.recheckFailed[ref]
+	return ok && time.Since(at) < recheckRetry
 }
 
 func (p *Pool) fresh(m meta.Manifest) bool {
@@ -156,5 +171,6 @@ func (p *Pool) fetchManifest(ctx context.Context, lister refLister, ref string) 
 func (p *Pool) remember(ref string, m meta.Manifest) {
 	p.mu.Lock()
 	p.refs[ref] = m
+	delete(p.recheckFailed, ref)
 	p.mu.Unlock()
 }

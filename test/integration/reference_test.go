@@ -110,17 +110,25 @@ func TestLayerServedOnlyUnderListingReference(t *testing.T) {
 		if _, _, err := fixture.PushImage(ctx, refA, [][]byte{baseTar}, fixture.ImageOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		faults := fixture.NewFaults(fixture.FaultConfig{})
+		reg.SetMiddleware(faults.Middleware)
+		defer reg.SetMiddleware(nil)
 		for _, c := range []struct {
 			name    string
 			recheck time.Duration
+			down    bool          // the registry cannot be reached
 			app     syscall.Errno // the dropped layer's answer
 		}{
-			{"recheck not due", time.Hour, 0},
-			{"recheck due", time.Nanosecond, syscall.ENOENT},
+			{"recheck not due", time.Hour, false, 0},
+			// The old list serves on while the tag cannot be rechecked.
+			{"recheck due, registry down", time.Nanosecond, true, 0},
+			{"recheck due", time.Nanosecond, false, syscall.ENOENT},
 		} {
 			t.Run(c.name, func(t *testing.T) {
 				store, closeStore := openMeta(t, metaPath)
 				defer closeStore()
+				faults.SetDown(c.down, fixture.DownRefuse)
+				defer faults.SetDown(false, fixture.DownRefuse)
 				reg.ResetStats()
 				m := mountPoolOpts(t, reg, mountOpts{CacheDir: cacheDir, Meta: store, Quiet: true, Pool: []pool.Option{pool.WithTagRecheck(c.recheck)}})
 				check(t, m, []lookup{
@@ -133,6 +141,9 @@ func TestLayerServedOnlyUnderListingReference(t *testing.T) {
 				want := int64(0)
 				if c.app != 0 {
 					want = 1
+				}
+				if c.down {
+					want = 0 // none got through
 				}
 				if st := reg.Stats(); st.ManifestRequests != want {
 					t.Errorf("%d manifest requests, want %d:\n%s", st.ManifestRequests, want, reg.RequestLog())
