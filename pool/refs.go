@@ -59,9 +59,6 @@ func WithAccess(a Access) Option { return func(p *Pool) { p.access = a } }
 // (default DefaultTagRecheck; see ErrNotListed).
 func WithTagRecheck(d time.Duration) Option { return func(p *Pool) { p.tagRecheck = d } }
 
-// Access returns who besides root may reach the store.
-func (p *Pool) Access() Access { return p.access }
-
 // listed returns nil if key's reference lists key's layer, ErrNotListed
 // (wrapped) if not, or why it could not tell.
 func (p *Pool) listed(ctx context.Context, key LayerKey) error {
