@@ -2,14 +2,10 @@ package integration
 
 import (
 	"archive/tar"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,95 +16,6 @@ import (
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/test/fixture"
 )
-
-// localUser is an account a test created with useradd.
-type localUser struct {
-	name     string
-	uid, gid uint32
-	groups   []uint32 // supplementary
-	caps     []uintptr
-}
-
-// newGroup creates a group for the test (groupdel at cleanup).
-func newGroup(t *testing.T, name string) uint32 {
-	t.Helper()
-	if out, err := exec.Command("groupadd", name).CombinedOutput(); err != nil {
-		t.Fatalf("groupadd %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("groupdel", name).Run() })
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gid, _ := strconv.ParseUint(g.Gid, 10, 32)
-	return uint32(gid)
-}
-
-// newUser creates a user for the test (userdel at cleanup), in the given
-// supplementary groups.
-func newUser(t *testing.T, name string, groups ...string) localUser {
-	t.Helper()
-	args := []string{"--no-create-home", "--shell", "/usr/sbin/nologin"}
-	if len(groups) > 0 {
-		args = append(args, "--groups", strings.Join(groups, ","))
-	}
-	if out, err := exec.Command("useradd", append(args, name)...).CombinedOutput(); err != nil {
-		t.Fatalf("useradd %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("userdel", name).Run() })
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	lu := localUser{name: name, uid: uint32(uid), gid: uint32(gid)}
-	ids, err := u.GroupIds()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range ids {
-		if g, _ := strconv.ParseUint(id, 10, 32); uint32(g) != lu.gid {
-			lu.groups = append(lu.groups, uint32(g))
-		}
-	}
-	return lu
-}
-
-// requireUserTools skips unless the test can create users.
-func requireUserTools(t *testing.T) {
-	t.Helper()
-	for _, tool := range []string{"useradd", "userdel", "groupadd", "groupdel"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (package passwd)", tool)
-		}
-	}
-}
-
-// errnoAs runs a coreutils command as u and returns 0, EACCES or ENOENT
-// from what it says.
-func errnoAs(t *testing.T, u localUser, args ...string) syscall.Errno {
-	t.Helper()
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential:  &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.groups},
-		AmbientCaps: u.caps,
-	}
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = nil, &stderr
-	err := cmd.Run()
-	switch msg := stderr.String(); {
-	case err == nil:
-		return 0
-	case strings.Contains(msg, "Permission denied"):
-		return syscall.EACCES
-	case strings.Contains(msg, "No such file"):
-		return syscall.ENOENT
-	default:
-		t.Fatalf("%s as %s: %v: %s", strings.Join(args, " "), u.name, err, msg)
-		return 0
-	}
-}
 
 // traversableDir is a temp dir every user may pass through, removed at
 // cleanup (after the mounts in it, which are registered later).
@@ -142,7 +49,7 @@ func statMode(t *testing.T, path string) (uint32, uint32) {
 // by the daemon, and in no case makes the daemon ask the registry anything.
 func TestAccess(t *testing.T) {
 	requireFUSE(t)
-	requireUserTools(t)
+	fixture.RequireUserTools(t)
 	reg := fixture.StartRegistry(t)
 	private := fixture.BuildTar([]fixture.TarEntry{
 		{Name: "hello.txt", Mode: 0o644, Content: []byte("hello\n")},
@@ -154,11 +61,11 @@ func TestAccess(t *testing.T) {
 	})
 	ref, layers := pushImage(t, reg, "test/access", [][]byte{private, public}, fixture.ImageOptions{})
 	tag := fmt.Sprintf("pfs%d", os.Getpid()%100000)
-	gid := newGroup(t, tag+"g")
-	member := newUser(t, tag+"m", tag+"g")
-	other := newUser(t, tag+"o")
-	if len(member.groups) != 1 || member.groups[0] != gid {
-		t.Fatalf("member's supplementary groups are %v, want [%d]", member.groups, gid)
+	gid := fixture.NewGroup(t, tag+"g")
+	member := fixture.NewUser(t, tag+"m", tag+"g")
+	other := fixture.NewUser(t, tag+"o")
+	if len(member.Groups) != 1 || member.Groups[0] != gid {
+		t.Fatalf("member's supplementary groups are %v, want [%d]", member.Groups, gid)
 	}
 
 	for _, tc := range []struct {
@@ -206,11 +113,11 @@ func TestAccess(t *testing.T) {
 
 			pub := m.grammar2(ref, layers[1].Digest.String())
 			trees := filepath.Join(m.TreesDir, layers[0].Digest.String())
-			outsider := func(t *testing.T, u localUser, rootOpen bool) {
+			outsider := func(t *testing.T, u fixture.LocalUser, rootOpen bool) {
 				t.Helper()
 				reg.ResetStats()
-				if e := errnoAs(t, u, "ls", root); (e == 0) != rootOpen {
-					t.Errorf("ls %s as %s: %v", root, u.name, e)
+				if e := u.Errno(t, "ls", root); (e == 0) != rootOpen {
+					t.Errorf("ls %s as %s: %v", root, u.Name, e)
 				}
 				for _, args := range [][]string{
 					{"ls", m.Dir},
@@ -220,12 +127,12 @@ func TestAccess(t *testing.T) {
 					{"cat", filepath.Join(trees, "hello.txt")},
 					{"stat", pub}, // would open a layer
 				} {
-					if e := errnoAs(t, u, args...); e != syscall.EACCES {
-						t.Errorf("%s as %s: %v, want EACCES", strings.Join(args, " "), u.name, e)
+					if e := u.Errno(t, args...); e != syscall.EACCES {
+						t.Errorf("%s as %s: %v, want EACCES", strings.Join(args, " "), u.Name, e)
 					}
 				}
 				if st := reg.Stats(); st.Requests != 0 {
-					t.Errorf("%s made the daemon send %d requests:\n%s", u.name, st.Requests, reg.RequestLog())
+					t.Errorf("%s made the daemon send %d requests:\n%s", u.Name, st.Requests, reg.RequestLog())
 				}
 			}
 			t.Run("outsider", func(t *testing.T) { outsider(t, other, false) })
@@ -247,10 +154,10 @@ func TestAccess(t *testing.T) {
 			// (CAP_DAC_READ_SEARCH) still cannot make the daemon fetch.
 			t.Run("capable outsider", func(t *testing.T) {
 				capable := other
-				capable.caps = []uintptr{unix.CAP_DAC_READ_SEARCH}
+				capable.Caps = []uintptr{unix.CAP_DAC_READ_SEARCH}
 				hook.Reset()
 				reg.ResetStats()
-				if e := errnoAs(t, capable, "stat", pub); e != syscall.EACCES {
+				if e := capable.Errno(t, "stat", pub); e != syscall.EACCES {
 					t.Errorf("stat of an unopened layer: %v, want EACCES", e)
 				}
 				if st := reg.Stats(); st.Requests != 0 {
@@ -290,7 +197,7 @@ func TestAccess(t *testing.T) {
 					{[]string{"cat", filepath.Join(pub, "blob")}, 0},
 					{[]string{"cat", filepath.Join(pub, "diff", "pub", "readme")}, 0},
 				} {
-					if e := errnoAs(t, member, c.args...); e != c.want {
+					if e := member.Errno(t, c.args...); e != c.want {
 						t.Errorf("%s as the member: %v, want %v", strings.Join(c.args, " "), e, c.want)
 					}
 				}
