@@ -22,10 +22,13 @@ import (
 // extra request.
 //
 // A reference by digest names a manifest that never changes: its list is
-// kept for good. A tag moves: its list is trusted for DefaultTagRecheck
-// after it was fetched, then fetched again at the next lookup under the tag
-// that has to decide (a new (tag, layer) pair, or any after a restart); a
-// layer the tag no longer lists is refused from then on. If the registry
+// kept for good. A tag moves: its list is trusted to serve the layers it
+// has for DefaultTagRecheck after it was fetched, then fetched again at the
+// next lookup under the tag that has to decide (a new (tag, layer) pair, or
+// any after a restart); a layer the tag no longer lists is refused from
+// then on. A layer the list does not have is asked for again at once (the
+// resolver keeps a tag's manifest for 30 s), as the tag may have moved to
+// an image that has it. If the registry
 // cannot be reached for that, the old list keeps serving (with a warning),
 // unless the registry answered that the image is gone or not ours to read.
 // Within one daemon's life a (reference, layer) directory already looked up
@@ -67,7 +70,14 @@ func (p *Pool) listed(ctx context.Context, key LayerKey) error {
 		return nil
 	}
 	m, known := p.knownManifest(key.Ref)
-	if !known || !p.fresh(m) && !p.recheckFailedRecently(key.Ref) {
+	ask := !known || !p.fresh(m) && !p.recheckFailedRecently(key.Ref)
+	if known && !ask && !m.Pinned && !slices.Contains(m.Layers, key.Digest) {
+		// The tag may have moved to an image that has the layer (podman
+		// pulling the new image asks for it): look again, through the
+		// resolver's short cache of tags, before refusing.
+		ask = !p.recheckFailedRecently(key.Ref)
+	}
+	if ask {
 		v, err, _ := p.listing.Do(key.Ref, func() (any, error) {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), openTimeout)
 			defer cancel()

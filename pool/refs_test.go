@@ -98,32 +98,37 @@ func TestListed(t *testing.T) {
 	p := newPool(time.Hour)
 	step("tag lists the layer", listed(p, tag, app), nil, 1)
 	step("by its TOC digest", listed(p, tag, appTOC), nil, 1)
-	step("tag does not list it", listed(p, tag, digest.FromString("other")), ErrNotListed, 1)
-	step("pinned reference", listed(p, pinned, base), nil, 2)
-	step("pinned reference does not list it", listed(p, pinned, app), ErrNotListed, 2)
-	step("unknown reference", listed(p, "reg.example/none:1", base), errGone, 3)
+	// A miss under a tag asks again: the tag may have moved.
+	step("tag does not list it", listed(p, tag, digest.FromString("other")), ErrNotListed, 2)
+	step("pinned reference", listed(p, pinned, base), nil, 3)
+	step("pinned reference does not list it", listed(p, pinned, app), ErrNotListed, 3)
+	step("unknown reference", listed(p, "reg.example/none:1", base), errGone, 4)
 
 	// A restart: the lists come from the metadata store.
 	p = newPool(time.Hour)
-	step("after a restart", listed(p, tag, app), nil, 3)
-	step("pinned after a restart", listed(p, pinned, base), nil, 3)
+	step("after a restart", listed(p, tag, app), nil, 4)
+	step("pinned after a restart", listed(p, pinned, base), nil, 4)
 
-	// The tag moved, and its list is due for a recheck.
-	res.layers[tag] = []remote.LayerDesc{{Digest: base}}
+	// The tag moved to an image with a new layer: served at once.
+	added := digest.FromString("added")
+	res.layers[tag] = []remote.LayerDesc{{Digest: base}, {Digest: added}}
+	step("tag gained a layer", listed(p, tag, added), nil, 5)
+
+	// Its list is due for a recheck, which fails.
 	res.err = errors.New("connection refused")
 	p = newPool(time.Nanosecond)
-	step("recheck fails: the old list serves", listed(p, tag, app), nil, 4)
-	step("and is not retried at once", listed(p, tag, app), nil, 4)
-	step("pinned: never rechecked", listed(p, pinned, base), nil, 4)
+	step("recheck fails: the old list serves", listed(p, tag, base), nil, 6)
+	step("and is not retried at once", listed(p, tag, added), nil, 6)
+	step("pinned: never rechecked", listed(p, pinned, base), nil, 6)
 	res.err = nil
 	p = newPool(time.Nanosecond)
-	step("recheck: dropped layer", listed(p, tag, app), ErrNotListed, 5)
-	step("recheck: kept layer", listed(p, tag, base), nil, 6)
+	step("recheck: dropped layer", listed(p, tag, app), ErrNotListed, 7)
+	step("recheck: kept layer", listed(p, tag, base), nil, 8)
 	p = newPool(time.Hour)
-	step("the new list was stored", listed(p, tag, app), ErrNotListed, 6)
+	step("the new list was stored", listed(p, tag, base), nil, 8)
 
 	// The registry says the image is gone: the old list goes too.
 	res.err = fmt.Errorf("fetch manifest: %w", &remote.StatusError{StatusCode: 404})
 	p = newPool(time.Nanosecond)
-	step("image gone", listed(p, tag, base), errGone, 7)
+	step("image gone", listed(p, tag, base), errGone, 9)
 }

@@ -18,9 +18,9 @@ import (
 // another image that shares the base layer gets it with one manifest
 // request and no second TOC fetch, while a reference whose manifest does
 // not list the layer, a repository that does not exist and a tag that
-// does not exist get ENOENT. After a restart the same answers cost no
-// request at all; after the tag moves and the recheck is due, the layer it
-// dropped is refused.
+// does not exist get ENOENT. After a restart the layers served before cost
+// no request at all; after the tag moves and the recheck is due, the layer
+// it dropped is refused.
 func TestLayerServedOnlyUnderListingReference(t *testing.T) {
 	reg := fixture.StartRegistry(t)
 	baseTar, appTar := layerTar(41, 6), layerTar(42, 6)
@@ -94,35 +94,60 @@ func TestLayerServedOnlyUnderListingReference(t *testing.T) {
 		check(t, m, []lookup{
 			{"a layer of the first image", refA, app, 0},
 			{"the shared base layer, under the second image", refB, base, 0},
-			{"a layer the other image does not list", refB, app, syscall.ENOENT},
 		})
 		compareTree(t, filepath.Join(m.grammar2(refB, base.Digest.String()), "diff"), baseTar)
 		m.Pool.Flush()
 		if st := reg.Stats(); st.Requests != 0 {
 			t.Errorf("%d registry requests after the restart, want none:\n%s", st.Requests, reg.RequestLog())
 		}
+		// A miss under a tag asks the registry once more (the tag may
+		// have moved to an image that has the layer), then is refused.
+		check(t, m, []lookup{{"a layer the other image does not list", refB, app, syscall.ENOENT}})
+		if st := reg.Stats(); st.ManifestRequests != 1 || st.BlobRequests != 0 {
+			t.Errorf("%d manifest and %d blob requests for a layer the tag does not list, want 1 and 0:\n%s", st.ManifestRequests, st.BlobRequests, reg.RequestLog())
+		}
 	})
 
 	t.Run("tag moved", func(t *testing.T) {
-		// test/a:v1 now names an image without the app layer.
+		// test/a:v1 now names an image without the app layer and with a
+		// new one.
+		newTar := layerTar(43, 4)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, _, err := fixture.PushImage(ctx, refA, [][]byte{baseTar}, fixture.ImageOptions{}); err != nil {
+		_, moved, err := fixture.PushImage(ctx, refA, [][]byte{baseTar, newTar}, fixture.ImageOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
+		added := moved[1]
 		faults := fixture.NewFaults(fixture.FaultConfig{})
 		reg.SetMiddleware(faults.Middleware)
 		defer reg.SetMiddleware(nil)
+		// In this order: each case starts from the list the one before
+		// stored (the first, from the list stored before the tag moved).
 		for _, c := range []struct {
-			name    string
-			recheck time.Duration
-			down    bool          // the registry cannot be reached
-			app     syscall.Errno // the dropped layer's answer
+			name      string
+			recheck   time.Duration
+			down      bool // the registry cannot be reached
+			lookups   []lookup
+			manifests int64 // manifest requests the registry serves
 		}{
-			{"recheck not due", time.Hour, false, 0},
 			// The old list serves on while the tag cannot be rechecked.
-			{"recheck due, registry down", time.Nanosecond, true, 0},
-			{"recheck due", time.Nanosecond, false, syscall.ENOENT},
+			{"recheck due, registry down", time.Nanosecond, true, []lookup{
+				{"the layer the tag dropped", refA, app, 0},
+				{"the layer the tag still lists", refA, base, 0},
+			}, 0},
+			// The old list serves what it has; the new layer (podman
+			// pulling the moved tag asks for it) is looked for at once.
+			{"recheck not due", time.Hour, false, []lookup{
+				{"the layer the tag dropped", refA, app, 0},
+				{"the layer the tag still lists", refA, base, 0},
+				{"the layer the tag gained", refA, added, 0},
+			}, 1},
+			{"recheck due", time.Nanosecond, false, []lookup{
+				{"the layer the tag dropped", refA, app, syscall.ENOENT},
+				{"the layer the tag still lists", refA, base, 0},
+				{"the layer the tag gained", refA, added, 0},
+			}, 1}, // the resolver keeps the manifest for the later lookups
 		} {
 			t.Run(c.name, func(t *testing.T) {
 				store, closeStore := openMeta(t, metaPath)
@@ -131,22 +156,10 @@ func TestLayerServedOnlyUnderListingReference(t *testing.T) {
 				defer faults.SetDown(false, fixture.DownRefuse)
 				reg.ResetStats()
 				m := mountPoolOpts(t, reg, mountOpts{CacheDir: cacheDir, Meta: store, Quiet: true, Pool: []pool.Option{pool.WithTagRecheck(c.recheck)}})
-				check(t, m, []lookup{
-					{"the layer the tag dropped", refA, app, c.app},
-					{"the layer the tag still lists", refA, base, 0},
-				})
+				check(t, m, c.lookups)
 				m.Pool.Flush()
-				// Due, the tag's manifest is fetched once (the resolver
-				// keeps it for the second lookup); not due, never.
-				want := int64(0)
-				if c.app != 0 {
-					want = 1
-				}
-				if c.down {
-					want = 0 // none got through
-				}
-				if st := reg.Stats(); st.ManifestRequests != want {
-					t.Errorf("%d manifest requests, want %d:\n%s", st.ManifestRequests, want, reg.RequestLog())
+				if st := reg.Stats(); st.ManifestRequests != c.manifests {
+					t.Errorf("%d manifest requests, want %d:\n%s", st.ManifestRequests, c.manifests, reg.RequestLog())
 				}
 			})
 		}
