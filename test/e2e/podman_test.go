@@ -69,7 +69,7 @@ func TestPodmanRunFromPool(t *testing.T) {
 			t.Errorf("run %d: output %q, want %q\nstderr:\n%s", i, out, helloText, stderr)
 		}
 		st := reg.Stats()
-		t.Logf("run %d: the registry served %d bytes of blobs in %d range GETs so far", i, st.BlobBytes-before, st.RangeGets)
+		t.Logf("run %d: the registry served %d bytes of blobs in %d range GETs so far (%d requests, %d for manifests)", i, st.BlobBytes-before, st.RangeGets, st.Requests, st.ManifestRequests)
 		before = st.BlobBytes
 	}
 
