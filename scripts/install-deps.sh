@@ -15,6 +15,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   uidmap          newuidmap/newgidmap, which podman expects to find
 #   util-linux      mount/umount/mountpoint (overlay mounts, lazy unmount)
 #   ca-certificates TLS to real registries
+#   passwd          useradd/groupadd, for the users the access tests create
 declare -A want=(
 	[podman]=/usr/bin/podman
 	[buildah]=/usr/bin/buildah
@@ -24,6 +25,7 @@ declare -A want=(
 	[uidmap]=/usr/bin/newuidmap
 	[util-linux]=/usr/bin/mountpoint
 	[ca-certificates]=/etc/ssl/certs/ca-certificates.crt
+	[passwd]=/usr/sbin/useradd
 )
 
 missing=()
