@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"sync"
 	"time"
 
@@ -38,17 +39,24 @@ type diffIDs struct {
 // a blob, the blob is decompressed in the background (never on the lookup
 // path: that reads all of it) to find the true value; from then on a
 // lookup whose config disagrees with it fails with ErrDiffIDMismatch.
-// Until then each image gets what its own config says.
+// Until then each image gets what its own config says. The value is kept
+// with what the pool keeps of the reference (see listed), so a restart
+// does not ask for the config again.
 func (p *Pool) DiffIDFor(ctx context.Context, l *Layer, ref string) (digest.Digest, error) {
 	d := l.Desc.DiffID
 	if ref != l.Desc.Ref {
-		// Cached per reference by the resolver: the client has just
-		// looked this image up, so this is usually no round trip.
-		desc, err := p.resolver.ResolveLayer(ctx, ref, l.Desc.Digest)
-		if err != nil {
-			return "", fmt.Errorf("resolving the diff_id of layer %s in %s: %w", l.Desc.Digest, ref, err)
+		var ok bool
+		if d, ok = p.keptDiffID(ref, l.Desc.Digest); !ok {
+			// Cached per reference by the resolver: the client has
+			// just looked this image up, so this is usually no round
+			// trip.
+			desc, err := p.resolver.ResolveLayer(ctx, ref, l.Desc.Digest)
+			if err != nil {
+				return "", fmt.Errorf("resolving the diff_id of layer %s in %s: %w", l.Desc.Digest, ref, err)
+			}
+			d = desc.DiffID
+			p.keepDiffID(ref, l.Desc.Digest, d)
 		}
-		d = desc.DiffID
 	}
 	if d == "" {
 		return "", nil // the config does not say; info leaves it out
@@ -72,6 +80,38 @@ func (p *Pool) DiffIDFor(ctx context.Context, l *Layer, ref string) (digest.Dige
 		}
 	}
 	return d, nil
+}
+
+// keptDiffID returns the diff_id ref's config gives blob d from what the
+// pool keeps of ref (see listed), so a restart asks no registry for it.
+func (p *Pool) keptDiffID(ref string, d digest.Digest) (digest.Digest, bool) {
+	m, ok := p.knownManifest(ref)
+	if !ok {
+		return "", false
+	}
+	id, ok := m.DiffIDs[d]
+	return id, ok
+}
+
+// keepDiffID adds to what the pool keeps of ref that its config gives blob
+// d the diff_id id. A reference whose list the pool does not keep keeps
+// nothing; a list fetched again starts with none (the tag may have moved).
+func (p *Pool) keepDiffID(ref string, d, id digest.Digest) {
+	p.mu.Lock()
+	m, ok := p.refs[ref]
+	if ok {
+		ids := maps.Clone(m.DiffIDs)
+		if ids == nil {
+			ids = map[digest.Digest]digest.Digest{}
+		}
+		ids[d] = id
+		m.DiffIDs = ids
+		p.refs[ref] = m
+	}
+	p.mu.Unlock()
+	if ok {
+		p.storeManifest(ref)
+	}
 }
 
 // VerifiedDiffID is l's diff_id as computed from its blob, "" until images
