@@ -125,7 +125,8 @@ func idSets(root *layer.Entry) (uids, gids []uint32) {
 		}
 		seen[e] = true
 		u[e.UID], g[e.GID] = true, true
-		for _, c := range e.Children {
+		for i := range e.NumChildren() {
+			_, c := e.ChildAt(i)
 			walk(c)
 		}
 	}

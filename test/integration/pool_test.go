@@ -313,7 +313,7 @@ func compressedRange(t *testing.T, m *mounted, dg digest.Digest, rel string) (in
 		}
 		e := l.View.Root()
 		for _, name := range strings.Split(rel, "/") {
-			e = e.Children[name]
+			e = e.Child(name)
 			if e == nil {
 				t.Fatalf("%s not in the view", rel)
 			}
