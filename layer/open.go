@@ -12,8 +12,8 @@ import (
 // Layer is one opened eStargz blob: its view and the means to read file
 // contents from it. It is safe for concurrent use.
 type Layer struct {
-	blob        BlobReader
-	cache       Cache
+	blob      BlobReader
+	cache     Cache
 	log       *logrus.Entry
 	tree      *tree
 	tocDigest digest.Digest

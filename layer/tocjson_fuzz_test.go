@@ -1,8 +1,8 @@
 package layer
 
 import (
-	"errors"
 	"encoding/json"
+	"errors"
 	"reflect"
 	"testing"
 
