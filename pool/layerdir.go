@@ -41,7 +41,7 @@ func (d *layerDir) OnAdd(ctx context.Context) {
 	tree, mode := d.pool.treeNode(d.layer, 2, d.log) // below <ref>/<digest>
 	diff := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 	d.AddChild("diff", diff, false)
-	info := d.NewPersistentInode(ctx, &bytesFile{data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	info := d.NewPersistentInode(ctx, &bytesFile{data: layerInfo(ctx, d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("info", info, false)
 	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, cache: d.pool.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("blob", blob, false)
@@ -89,7 +89,7 @@ const compressionGzip = 2
 // in; without it the size is left out, as containers/storage allows.
 const uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
 
-func layerInfo(l *Layer) []byte {
+func layerInfo(ctx context.Context, l *Layer) []byte {
 	in := info{
 		CompressedDigest:   l.Desc.Digest.String(),
 		CompressedSize:     l.Desc.Size,
@@ -107,7 +107,9 @@ func layerInfo(l *Layer) []byte {
 			in.UncompressedSize = n
 		}
 	}
-	in.UIDs, in.GIDs = idSets(l.View.Root())
+	if v, err := l.View(ctx); err == nil {
+		in.UIDs, in.GIDs = idSets(v.Root())
+	}
 	// Only strings, numbers and slices go in: Marshal cannot fail.
 	b, _ := json.Marshal(in)
 	return append(b, '\n')
@@ -117,13 +119,10 @@ func layerInfo(l *Layer) []byte {
 // decide whether the layer fits a user-namespaced container.
 func idSets(root *layer.Entry) (uids, gids []uint32) {
 	u, g := map[uint32]bool{}, map[uint32]bool{}
-	seen := map[*layer.Entry]bool{}
+	// Directories have one name each, so the walk ends; a hard-linked
+	// file seen twice changes nothing.
 	var walk func(e *layer.Entry)
 	walk = func(e *layer.Entry) {
-		if seen[e] {
-			return
-		}
-		seen[e] = true
 		u[e.UID], g[e.GID] = true, true
 		for i := range e.NumChildren() {
 			_, c := e.ChildAt(i)

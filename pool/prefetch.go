@@ -58,17 +58,23 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 // reads through; it is released once the prefetch no longer needs it.
 func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 	o := p.prefetch
-	l.View.SetReadahead(o.Readahead)
+	v := l.tree.view
+	v.SetReadahead(o.Readahead)
 	if o.NoPrioritized && !o.Background {
 		head.Release()
 		return
 	}
+	// The fetching holds the tree: it stays in memory until done.
+	l.tree.mu.Lock()
+	l.tree.pins++
+	l.tree.mu.Unlock()
 	go func() {
+		defer l.Release()
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
-		if !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
+		if !o.NoPrioritized && len(v.Prioritized()) > 0 {
 			start := time.Now()
-			st, err := l.View.Prefetch(ctx)
+			st, err := v.Prefetch(ctx)
 			if head != nil {
 				n, _ := head.Streamed()
 				log = log.WithField("early_bytes", n)
@@ -84,7 +90,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 		head.Release()
 		if o.Background {
 			start := time.Now()
-			st, err := l.View.FetchAll(ctx)
+			st, err := v.FetchAll(ctx)
 			f := log.WithFields(logrus.Fields{"files": st.Files, "chunks": st.Chunks, "bytes": st.Bytes,
 				"elapsed": time.Since(start).Round(time.Millisecond)})
 			if err != nil {

@@ -68,8 +68,8 @@ func TestEarlyPrefetch(t *testing.T) {
 				t.Fatal(err)
 			}
 			l := openLayer(t, m, tc.layer.Digest)
-			for _, e := range l.View.Prioritized() {
-				for !l.View.ChunksCached(e) {
+			for _, e := range layerView(t, l).Prioritized() {
+				for !layerView(t, l).ChunksCached(e) {
 					if time.Since(start) > 30*time.Second {
 						t.Fatalf("%s not prefetched after 30 s", e.Path())
 					}
@@ -81,7 +81,7 @@ func TestEarlyPrefetch(t *testing.T) {
 			if t.Failed() || testing.Verbose() {
 				t.Logf("requests:\n%s", reg.RequestLog())
 			}
-			prioritized := l.View.Prioritized()
+			prioritized := layerView(t, l).Prioritized()
 			var tail, probe, rest *fixture.RequestRecord
 			var others []fixture.RequestRecord
 			for i, r := range reqs {
