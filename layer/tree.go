@@ -79,6 +79,7 @@ type builder struct {
 	errs     map[int]recErrs // by index in recs
 	last     map[string]int  // cleaned name -> index in recs of its last entry
 	reserved int64
+	pending  int64 // taken but not yet reserved
 	interned map[digest.Digest]digest.Digest
 	chunks   chunkIndexer
 
@@ -137,8 +138,8 @@ func (b *builder) release(keep int64) {
 	}
 }
 
-// reserveEvery is how many entries the build takes between reservations.
-const reserveEvery = 4096
+// reserveEvery is how many bytes the build takes between reservations.
+const reserveEvery = 1 << 20
 
 // add takes the next TOC entry.
 func (b *builder) add(te *estargz.TOCEntry) error {
@@ -147,13 +148,17 @@ func (b *builder) add(te *estargz.TOCEntry) error {
 	if b.limits.MaxEntries > 0 && b.n > b.limits.MaxEntries {
 		return fmt.Errorf("%w: the TOC has more than %d entries (the entries limit)", ErrLimit, b.limits.MaxEntries)
 	}
-	if b.n%reserveEvery == 0 {
-		if err := b.reserve(reserveEvery * recCost); err != nil {
-			return err
-		}
-	}
 	if te == nil {
 		return fmt.Errorf("entry %d is null", i)
+	}
+	// What the entry will keep until the tree is built: its rec and
+	// maps' share, and its strings, which a hostile TOC makes long.
+	b.pending += recCost + int64(len(te.Name)+len(te.LinkName)+len(te.ChunkDigest)+len(te.Digest))
+	if b.pending >= reserveEvery {
+		if err := b.reserve(b.pending); err != nil {
+			return err
+		}
+		b.pending = 0
 	}
 	if err := b.chunks.add(i, te, b); err != nil {
 		return err

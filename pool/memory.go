@@ -36,6 +36,18 @@ type TreeLimits struct {
 	Keep func(*Layer) bool
 }
 
+// DefaultTreeLimits are the daemon's defaults (docs/security.md says why).
+var DefaultTreeLimits = TreeLimits{
+	// About three times the largest real layers (a few hundred thousand
+	// entries): a hostile TOC of millions of tiny entries is refused
+	// before it is built, and the biggest tree allowed takes 80-250 MiB.
+	MaxEntries: 1_000_000,
+	// Room for the trees of a few dozen ordinary images at once, or one
+	// layer at the entries limit while it is built.
+	MaxBytes: 512 << 20,
+	Idle:     10 * time.Minute,
+}
+
 // Option sets up a Pool at construction.
 type Option func(*Pool)
 
@@ -128,6 +140,9 @@ func (p *Pool) TreeBytes() (used, limit int64) {
 	defer p.treeMu.Unlock()
 	return p.treeUsed, p.limits.MaxBytes
 }
+
+// MaxEntries is the entries limit of one layer (0: none).
+func (p *Pool) MaxEntries() int { return p.limits.MaxEntries }
 
 // treeRoot makes the node of l's tree root and remembers it, so that the
 // tree stays while the kernel uses it.
