@@ -191,7 +191,7 @@ func (t *tree) measure() {
 	for i := range t.chunks {
 		if d := string(t.chunks[i].digest); d != "" && !seen[d] {
 			seen[d] = true
-			n += stringCost(d)
+			n += stringBytes(d) // the header is in the chunk
 		}
 	}
 	for _, m := range t.xattrs {
@@ -209,5 +209,8 @@ func (t *tree) measure() {
 // mapCost is a rough price of a small Go map and its slot in another.
 const mapCost = 64
 
-// stringCost is a string's header plus its bytes in their size class.
-func stringCost(s string) int64 { return 16 + (int64(len(s))+15)&^15 }
+// stringCost is a string's header plus its bytes.
+func stringCost(s string) int64 { return 16 + stringBytes(s) }
+
+// stringBytes is what a string's bytes take in their size class.
+func stringBytes(s string) int64 { return (int64(len(s)) + 15) &^ 15 }

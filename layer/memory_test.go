@@ -1,7 +1,10 @@
 package layer
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"fmt"
 	"errors"
 	"runtime"
 	"sync/atomic"
@@ -13,6 +16,7 @@ import (
 
 // liveHeap is the heap still reachable after a collection.
 func liveHeap() uint64 {
+	runtime.GC() // twice: sync.Pools keep their victims for one cycle
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
@@ -124,4 +128,42 @@ func TestLimits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTreeBytesPerFile measures the same for files like a real layer's:
+// paths of a few directories, each file with content, so a chunk and its
+// digest.
+func TestTreeBytesPerFile(t *testing.T) {
+	const n = 10_000
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for d := 0; d < 100; d++ {
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("usr/lib/python3.11/site-packages/pkg%02d/", d), Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	for i := 0; i < n; i++ {
+		body := []byte(fmt.Sprintf("# module %d\n", i))
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("usr/lib/python3.11/site-packages/pkg%02d/module_%05d.py", i%100, i),
+			Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+		tw.Write(body)
+	}
+	tw.Close()
+	data, toc := fstest.EStargz(t, buf.Bytes())
+	mb := fstest.NewMemBlob(data)
+	before := liveHeap()
+	l, err := Open(context.Background(), mb, toc, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The blob's tail, fetched with the TOC, is kept beside the tree (at
+	// most 1 MiB a layer; here, the whole payload).
+	kept := int64(liveHeap()) - int64(before) - int64(len(l.tail))
+	t.Logf("%d files of one chunk (names of 15 bytes): %.0f bytes/entry kept besides the tail (TreeBytes says %.0f)",
+		n, float64(kept)/float64(l.Entries()), float64(l.TreeBytes())/float64(l.Entries()))
+	if per := float64(kept) / float64(l.Entries()); per > 260 {
+		t.Errorf("a file costs %.0f bytes, want at most 260", per)
+	}
+	runtime.KeepAlive(l)
+	runtime.KeepAlive(mb)
+	runtime.KeepAlive(buf.Bytes())
+	runtime.KeepAlive(data)
 }

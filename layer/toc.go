@@ -90,7 +90,9 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, o options
 	}
 	raw := &rawTOC{tree: t, digest: got, tocOffset: tocOffset, member: append([]byte(nil), compressed...), chunkTailStart: tailStart}
 	if tocOffset > tailStart {
-		raw.chunkTail = tail[:tocOffset-tailStart]
+		// Copied so that the layer does not keep the TOC's bytes, which
+		// can be most of the tail, beside it.
+		raw.chunkTail = append([]byte(nil), tail[:tocOffset-tailStart]...)
 	}
 	return raw, nil
 }

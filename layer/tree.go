@@ -354,7 +354,9 @@ func (b *builder) finish() (*tree, error) {
 			}
 		}
 	}
-	t.strs = b.strs.String()
+	// Copies without the builders' spare capacity, up to half of each.
+	t.strs = strings.Clone(b.strs.String())
+	t.aliases = append([]alias(nil), t.aliases...)
 	t.chunks, t.chunkPtrs = b.chunks.chunks, make([]*chunk, len(b.chunks.chunks))
 	for i := range t.chunks {
 		t.chunkPtrs[i] = &t.chunks[i]
