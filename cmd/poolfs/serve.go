@@ -38,7 +38,7 @@ func serve(ctx context.Context, args []string) error {
 	metaMaxAge := fl.Duration("meta-max-age", 30*24*time.Hour, "forget the stored record (descriptor and TOC, in the cache dir's meta.db) of a layer neither open nor used for `DURATION`; checked at startup and hourly; 0: keep records forever")
 	treeEntries := fl.Int("tree-max-entries", pool.DefaultTreeLimits.MaxEntries, "refuse (ENOENT: podman pulls it) a layer whose TOC has more than `N` entries; the largest real layers have a few hundred thousand (0: no limit)")
 	treeMemory := fl.Int64("tree-memory-mb", pool.DefaultTreeLimits.MaxBytes>>20, "`MiB` that the trees of all layers in memory may take together, counting one being built; idle trees leave memory to make room, and a layer that does not fit is refused (0: no limit)")
-	treeIdle := fl.Duration("tree-idle", pool.DefaultTreeLimits.Idle, "a layer's tree that nothing uses (no `use` count, nothing looked up or open below it) leaves memory after `DURATION`, and comes back from meta.db on the next lookup (0: never)")
+	treeIdle := fl.Duration("tree-idle", pool.DefaultTreeLimits.Idle, "a layer's tree that nothing uses (no use count, nothing looked up or open below it) leaves memory after `DURATION`, and comes back from meta.db on the next lookup (0: never)")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
