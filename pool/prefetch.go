@@ -58,16 +58,17 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 // reads through; it is released once the prefetch no longer needs it.
 func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 	o := p.prefetch
+	l.tree.mu.Lock()
 	v := l.tree.view
+	if !o.NoPrioritized || o.Background {
+		l.tree.pins++ // the fetching holds the tree until done
+	}
+	l.tree.mu.Unlock()
 	v.SetReadahead(o.Readahead)
 	if o.NoPrioritized && !o.Background {
 		head.Release()
 		return
 	}
-	// The fetching holds the tree: it stays in memory until done.
-	l.tree.mu.Lock()
-	l.tree.pins++
-	l.tree.mu.Unlock()
 	go func() {
 		defer l.Release()
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
