@@ -48,9 +48,6 @@ var DefaultTreeLimits = TreeLimits{
 	Idle:     10 * time.Minute,
 }
 
-// Option sets up a Pool at construction.
-type Option func(*Pool)
-
 // WithTreeLimits bounds the trees' memory (see TreeLimits).
 func WithTreeLimits(t TreeLimits) Option { return func(p *Pool) { p.limits = t } }
 

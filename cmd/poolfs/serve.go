@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -39,6 +41,8 @@ func serve(ctx context.Context, args []string) error {
 	treeEntries := fl.Int("tree-max-entries", pool.DefaultTreeLimits.MaxEntries, "refuse (ENOENT: podman pulls it) a layer whose TOC has more than `N` entries; the largest real layers have a few hundred thousand (0: no limit)")
 	treeMemory := fl.Int64("tree-memory-mb", pool.DefaultTreeLimits.MaxBytes>>20, "`MiB` that the trees of all layers in memory may take together, counting one being built; idle trees leave memory to make room, and a layer that does not fit is refused (0: no limit)")
 	treeIdle := fl.Duration("tree-idle", pool.DefaultTreeLimits.Idle, "a layer's tree that nothing uses (no use count, nothing looked up or open below it) leaves memory after `DURATION`, and comes back from meta.db on the next lookup (0: never)")
+	group := fl.String("group", "", "let the members of group `NAME|GID` reach the store (ROOT 0750 and the mounts' own directories group-readable, layer files as their modes say) and make the daemon fetch on their behalf, for rootless podman users who share it; default: root only (see docs/security.md)")
+	tagRecheck := fl.Duration("tag-recheck", pool.DefaultTagRecheck, "trust what a tag's manifest lists for `DURATION`, then fetch it again before serving another layer under the tag (a layer is served under a reference only if its manifest lists it; digest references are never rechecked)")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -94,6 +98,13 @@ func serve(ctx context.Context, args []string) error {
 	defer chunks.Close()
 	resolver := remote.New(remote.Options{Insecure: insecure, FetchTimeout: *fetchTimeout, Log: log.WithField("component", "remote"),
 		Registries: rs.registries, Keychain: rs.keychain, OnFetch: rs.onFetch})
+	access, err := accessFor(*group)
+	if err != nil {
+		return err
+	}
+	if *tagRecheck <= 0 {
+		return fmt.Errorf("--tag-recheck: %s is not a positive duration", *tagRecheck)
+	}
 	limits := pool.TreeLimits{MaxEntries: *treeEntries, MaxBytes: *treeMemory << 20, Idle: *treeIdle}
 	if os.Getenv("GOMEMLIMIT") == "" && limits.MaxBytes > 0 && *memCache > 0 {
 		// A soft limit makes the collector work harder before the heap
@@ -101,7 +112,7 @@ func serve(ctx context.Context, args []string) error {
 		// grow to twice the live heap while a big tree is built.
 		debug.SetMemoryLimit(*memCache<<20 + limits.MaxBytes + memorySlack)
 	}
-	p := pool.New(resolver, chunks, log.WithField("component", "pool"), pool.WithTreeLimits(limits))
+	p := pool.New(resolver, chunks, log.WithField("component", "pool"), pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits))
 	defer p.Close()
 	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
@@ -221,4 +232,25 @@ func pruneMetaEvery(ctx context.Context, interval time.Duration, p *pool.Pool, m
 		cancel()
 		<-done
 	}
+}
+
+// accessFor turns --group (a name or a numeric id; "" for none) into the
+// pool's Access.
+func accessFor(group string) (pool.Access, error) {
+	if group == "" {
+		return pool.Access{}, nil
+	}
+	id := group
+	if _, err := strconv.ParseUint(group, 10, 32); err != nil {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return pool.Access{}, fmt.Errorf("--group: %w", err)
+		}
+		id = g.Gid
+	}
+	gid, err := strconv.ParseUint(id, 10, 32)
+	if err != nil {
+		return pool.Access{}, fmt.Errorf("--group: group %s has id %q", group, id)
+	}
+	return pool.Access{Group: true, GID: uint32(gid)}, nil
 }
