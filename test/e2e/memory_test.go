@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -171,16 +172,36 @@ func TestIdleTreesLeaveMemory(t *testing.T) {
 	}
 
 	// The kernel keeps what was looked up until told otherwise; a tree it
-	// still references must stay.
-	dropKernelCaches(t)
-	deadline := time.Now().Add(30 * time.Second)
-	for st = status(ctx, t, als); st.Trees.Loaded > 0; st = status(ctx, t, als) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d trees still in memory 30 s later (%d bytes)", st.Trees.Loaded, st.Trees.Bytes)
-		}
-		time.Sleep(200 * time.Millisecond)
-		dropKernelCaches(t)
+	// still references (here, a file of layer 0 kept open) must stay.
+	// ManyEntries names: d<seed><dir>/f<n>.
+	open0, err := os.Open(filepath.Join(diffs[0], "d00", "f0"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	waitLoaded := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for st = status(ctx, t, als); st.Trees.Loaded > want; st = status(ctx, t, als) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d trees still in memory 30 s later (%d bytes), want %d", st.Trees.Loaded, st.Trees.Bytes, want)
+			}
+			time.Sleep(200 * time.Millisecond)
+			dropKernelCaches(t)
+		}
+	}
+	dropKernelCaches(t)
+	waitLoaded(1)
+	time.Sleep(2 * time.Second) // two idle times more: the open file keeps its tree
+	for _, l := range status(ctx, t, als).Layers {
+		if held := strings.Contains(diffs[0], l.Digest); l.TreeLoaded != held {
+			t.Errorf("layer %s: tree in memory %v, want %v", l.Digest, l.TreeLoaded, held)
+		}
+	}
+	if b, err := io.ReadAll(open0); err != nil || len(b) != 0 {
+		t.Errorf("reading the file kept open: %q, %v", b, err)
+	}
+	open0.Close()
+	waitLoaded(0)
 	idle := procStatus(t, d.Pid(), "VmRSS")
 	t.Logf("RSS %d MiB once the trees left, trees take %d bytes", idle/mib, st.Trees.Bytes)
 	if idle > baseline+(loaded-baseline)/4 {
