@@ -28,6 +28,11 @@ tag_recheck = "10m"
 dir = "/srv/poolfs-cache"
 max_size = "20GiB"
 memory_size = "256MiB"
+
+[trees]
+max_entries = 300000
+max_memory = "1GiB"
+idle = "90s"
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +61,9 @@ memory_size = "256MiB"
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
 		"cache.max_size->cache-max-size":         {"21474836480"},
 		"cache.memory_size->memory-cache-mb":     {"256"},
+		"trees.max_entries->tree-max-entries":    {"300000"},
+		"trees.max_memory->tree-memory-mb":       {"1024"},
+		"trees.idle->tree-idle":                  {"1m30s"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Settings:\n got %v\nwant %v", got, want)
@@ -147,7 +155,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 13 {
-		t.Errorf("the sample sets %d keys, want all 13", len(f.Settings()))
+	if len(f.Settings()) != 16 {
+		t.Errorf("the sample sets %d keys, want all 16", len(f.Settings()))
 	}
 }
