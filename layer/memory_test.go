@@ -50,6 +50,9 @@ func peakLive(f func()) uint64 {
 // and while it is built, and holds TreeBytes to the measured figure:
 // these are the numbers docs/security.md quotes.
 func TestTreeBytesPerEntry(t *testing.T) {
+	if raceDetector {
+		t.Skip("heap measurements mean nothing under the race detector (make test runs this without it)")
+	}
 	const n = 200_000
 	blob, toc, err := fstest.ManyEntries{Entries: n, Dirs: 100}.Build()
 	if err != nil {
@@ -134,6 +137,9 @@ func TestLimits(t *testing.T) {
 // paths of a few directories, each file with content, so a chunk and its
 // digest.
 func TestTreeBytesPerFile(t *testing.T) {
+	if raceDetector {
+		t.Skip("heap measurements mean nothing under the race detector (make test runs this without it)")
+	}
 	const n = 10_000
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)

@@ -39,9 +39,6 @@ type rawTOC struct {
 	// data already paid for, which for small layers is the whole layer.
 	chunkTail      []byte
 	chunkTailStart int64
-	// fetchedTail is the whole tail as fetched, TOC and footer included,
-	// when chunkTail holds on to its memory anyway ([chunkTailStart, size)).
-	fetchedTail []byte
 }
 
 // readTOC fetches the blob's tail (one ReadAt), finds the footer and
@@ -93,11 +90,10 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, o options
 	}
 	raw := &rawTOC{tree: t, digest: got, tocOffset: tocOffset, member: append([]byte(nil), compressed...), chunkTailStart: tailStart}
 	if tocOffset > tailStart {
-		// The whole tail stays (at most tailSize bytes, and only while the
-		// tree is in memory): its chunks serve reads, and the blob file
-		// serves all of it, TOC and footer included, without a refetch.
-		raw.chunkTail = tail[:tocOffset-tailStart]
-		raw.fetchedTail = tail
+		// Copied so that the layer does not keep the TOC's bytes, which
+		// can be most of the tail, beside the tree: a reader of the blob
+		// file fetches those again (see FetchedTail).
+		raw.chunkTail = append([]byte(nil), tail[:tocOffset-tailStart]...)
 	}
 	return raw, nil
 }
