@@ -16,6 +16,9 @@ type imageEntry struct {
 	layers  []LayerDesc
 	config  v1.Descriptor
 	from    name.Reference // the endpoint that served the manifest, for the config
+	// manifest describes the image manifest itself (the platform's, for an
+	// index): the subject of artifacts attached to the image.
+	manifest v1.Descriptor
 	expires time.Time      // zero: never (digest references are immutable)
 
 	// The config's diff IDs, once fetched (guarded by Resolver.imgMu);
