@@ -64,6 +64,13 @@ func (c *Client) SetCredentials(ctx context.Context, creds map[string]Credential
 	return r, err
 }
 
+// PushProfiles has the daemon publish the profiles of ref's layers.
+func (c *Client) PushProfiles(ctx context.Context, ref string) (PushResult, error) {
+	var r PushResult
+	err := c.do(ctx, http.MethodPost, "/profiles/push", PushRequest{Ref: ref}, &r)
+	return r, err
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {

@@ -4,7 +4,9 @@
 //
 // Requests: GET /status (Status as JSON), POST /gc (trim the disk cache,
 // returns CacheStatus), POST /credentials (a JSON object from image
-// references to Credentials, the ALS auth-helper format).
+// references to Credentials, the ALS auth-helper format), POST
+// /profiles/push (PushRequest: publish the startup profiles of an image's
+// layers to its registry, returns PushResult).
 package control
 
 import (
@@ -77,6 +79,22 @@ type GCRequest struct {
 type GCResult struct {
 	FreedBytes int64       `json:"freed_bytes"`
 	Cache      CacheStatus `json:"cache"`
+}
+
+// PushRequest asks the daemon to publish the profiles it holds for the
+// layers of the image Ref (as it resolved it) to Ref's registry.
+type PushRequest struct {
+	Ref string `json:"ref"`
+}
+
+// PushResult says what was published: an artifact (manifest Digest) in
+// Repository whose subject is the image manifest Subject, with the
+// profiles of Layers (blob digests).
+type PushResult struct {
+	Repository string   `json:"repository"`
+	Subject    string   `json:"subject"`
+	Digest     string   `json:"digest"`
+	Layers     []string `json:"layers"`
 }
 
 // CredentialsResult says which registries credentials were recorded for

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -46,6 +47,13 @@ func (b *fakeBackend) SetCredentials(ref string, c Credentials) (string, error) 
 	return reg, nil
 }
 
+func (b *fakeBackend) PushProfiles(_ context.Context, ref string) (PushResult, error) {
+	if strings.Contains(ref, "none") {
+		return PushResult{}, fmt.Errorf("image %s: %w", ref, ErrNoProfiles)
+	}
+	return PushResult{Repository: "reg/app", Subject: "sha256:5b", Digest: "sha256:a7", Layers: []string{"sha256:ab"}}, nil
+}
+
 func quietLog() *logrus.Entry {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
@@ -78,6 +86,13 @@ func TestRoundTrip(t *testing.T) {
 	res, err := c.GC(ctx, 40)
 	if err != nil || res.FreedBytes != 60 || b.kept != 40 {
 		t.Errorf("GC = %+v, %v", res, err)
+	}
+	pr, err := c.PushProfiles(ctx, "reg/app:1")
+	if err != nil || pr.Digest != "sha256:a7" || len(pr.Layers) != 1 {
+		t.Errorf("PushProfiles = %+v, %v", pr, err)
+	}
+	if _, err := c.PushProfiles(ctx, "reg/none:1"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("PushProfiles of an image without profiles: %v, want a 404", err)
 	}
 	cr, err := c.SetCredentials(ctx, map[string]Credentials{"reg.a/x:1": {Username: "u", Password: "p"}, "reg.b/y:2": {IdentityToken: "t"}})
 	if err != nil || strings.Join(cr.Registries, ",") != "reg.a,reg.b" || b.creds["reg.b/y:2"].IdentityToken != "t" {

@@ -24,7 +24,13 @@ type Backend interface {
 	// SetCredentials records credentials for ref's registry and returns
 	// the registry's name.
 	SetCredentials(ref string, c Credentials) (string, error)
+	// PushProfiles publishes the profiles of ref's layers to ref's
+	// registry. ErrNoProfiles (wrapped) says there are none to push.
+	PushProfiles(ctx context.Context, ref string) (PushResult, error)
 }
+
+// ErrNoProfiles says the daemon holds no profile for any layer of an image.
+var ErrNoProfiles = errors.New("no profile recorded for the image's layers")
 
 // maxRequest bounds request bodies: an auth-helper input is a few KiB.
 const maxRequest = 1 << 20
@@ -103,6 +109,25 @@ func Listen(path string, b Backend, log *logrus.Entry) (*Server, error) {
 			log.WithFields(logrus.Fields{"ref": ref, "registry": reg}).Info("credentials received from auth helper")
 			res.Registries = append(res.Registries, reg)
 		}
+		writeJSON(w, res)
+	})
+	mux.HandleFunc("POST /profiles/push", func(w http.ResponseWriter, r *http.Request) {
+		var req PushRequest
+		if err := decode(r, &req); err != nil || req.Ref == "" {
+			http.Error(w, "profiles/push: want {\"ref\": IMAGE}", http.StatusBadRequest)
+			return
+		}
+		res, err := b.PushProfiles(r.Context(), req.Ref)
+		switch {
+		case errors.Is(err, ErrNoProfiles):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
+			log.WithField("ref", req.Ref).WithError(err).Warn("pushing profiles failed")
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		log.WithFields(logrus.Fields{"ref": req.Ref, "repository": res.Repository, "subject": res.Subject, "digest": res.Digest, "layers": len(res.Layers)}).Info("profiles pushed")
 		writeJSON(w, res)
 	})
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
