@@ -70,7 +70,9 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	}
 	// Prefetched like a layer opened from the registry; after a restart
 	// its prioritized chunks are usually in the disk cache already.
-	l := p.adopt(&Layer{Desc: rec.Desc, Blob: blob, View: view}, nil, log)
+	l := &Layer{Desc: rec.Desc, Blob: blob, View: view}
+	l.prof.stored = p.storedProfile(rec.Desc.Digest, log)
+	l = p.adopt(l, nil, nil, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	p.inBackground(func() {
 		if err := p.meta.Touch(rec.Desc.Digest); err != nil {
