@@ -110,6 +110,10 @@ func (r *recorder) closeLocked() {
 	close(r.done)
 }
 
+// EndRecording ends the layer's startup window now (a daemon stopping
+// keeps what it recorded so far).
+func (l *Layer) EndRecording() { l.rec.close() }
+
 // RecordDone is closed when the layer's startup window has ended (see
 // Recorded).
 func (l *Layer) RecordDone() <-chan struct{} { return l.rec.done }

@@ -109,8 +109,14 @@ func (p *Pool) inBackground(write func()) {
 }
 
 // Flush waits until the records of the layers opened so far are written
-// to the metadata store. Call it before closing the store.
-func (p *Pool) Flush() { p.persisting.Wait() }
+// to the metadata store, ending their startup windows so that what they
+// recorded is stored too. Call it before closing the store.
+func (p *Pool) Flush() {
+	for _, l := range p.Layers() {
+		l.View.EndRecording()
+	}
+	p.persisting.Wait()
+}
 
 // PruneMeta forgets the stored records of layers neither opened by this
 // pool nor used since maxAge ago (see meta.Store.Prune), and returns how

@@ -182,9 +182,12 @@ func (p *Pool) replay(ctx context.Context, l *Layer, pr *profile.Profile, source
 }
 
 // recordProfile waits for the end of l's startup window and stores the
-// recording merged into the profile stored before.
+// recording merged into the profile stored before. Flush ends the windows
+// still open and waits for the writes.
 func (p *Pool) recordProfile(l *Layer, log *logrus.Entry) {
+	p.persisting.Add(1)
 	go func() {
+		defer p.persisting.Done()
 		<-l.View.RecordDone()
 		rec := l.recorded()
 		if rec == nil {
@@ -194,14 +197,12 @@ func (p *Pool) recordProfile(l *Layer, log *logrus.Entry) {
 		merged := profile.Merge(l.prof.stored, rec)
 		l.prof.stored = merged
 		l.prof.mu.Unlock()
-		p.inBackground(func() {
-			if err := p.keepProfile(merged); err != nil {
-				log.WithError(err).Warn("storing the recorded profile failed")
-				return
-			}
-			log.WithFields(logrus.Fields{"chunks": len(merged.Chunks), "recorded": len(rec.Chunks), "bytes": merged.Bytes()}).
-				Info("recorded startup profile")
-		})
+		if err := p.keepProfile(merged); err != nil {
+			log.WithError(err).Warn("storing the recorded profile failed")
+			return
+		}
+		log.WithFields(logrus.Fields{"chunks": len(merged.Chunks), "recorded": len(rec.Chunks), "bytes": merged.Bytes()}).
+			Info("recorded startup profile")
 	}()
 }
 
