@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/profile"
 )
 
 // fakeBackend records what the socket asked of it.
@@ -46,6 +48,9 @@ func (b *fakeBackend) SetCredentials(ref string, c Credentials) (string, error) 
 	reg, _, _ := strings.Cut(ref, "/")
 	return reg, nil
 }
+
+func (b *fakeBackend) Profiles(string) profile.Set               { return profile.Set{} }
+func (b *fakeBackend) ImportProfiles(s profile.Set) (int, error) { return len(s.Profiles), nil }
 
 func (b *fakeBackend) PushProfiles(_ context.Context, ref string) (PushResult, error) {
 	if strings.Contains(ref, "none") {

@@ -33,6 +33,8 @@ type Layer struct {
 
 	whole atomic.Pointer[WholeFiles] // whole-file copies (SetWholeFiles); nil: none
 
+	rec *recorder // the startup window's needs (see Recorded)
+
 	readahead    atomic.Int64 // see SetReadahead; 0: off
 	readingAhead atomic.Bool  // one read-ahead at a time
 	blobOrder    struct {     // every chunk by blob offset, for readAhead
@@ -93,6 +95,7 @@ func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, 
 		tocDigest:   raw.digest,
 		prioritized: v.prioritized,
 		inflight:    map[chunkKey]*flight{},
+		rec:         newRecorder(),
 		tail:        raw.chunkTail,
 		tailStart:   raw.chunkTailStart,
 	}, nil

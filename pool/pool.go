@@ -17,6 +17,7 @@ import (
 
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -68,6 +69,8 @@ type Layer struct {
 
 	uses       atomic.Int64
 	lastAccess atomic.Int64 // unix nanoseconds
+
+	prof profileState
 }
 
 // Uses is the reference count the containers/storage client keeps through
@@ -98,20 +101,28 @@ type Pool struct {
 	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
 
 	treesMount string // see SetTreesMount; "": trees are served in place
+
+	profileSource profile.Source                     // see WithProfileSource; nil: none
+	profiles      map[digest.Digest]*profile.Profile // profiles kept without a metadata store
 }
 
 // New returns an empty pool.
-func New(resolver Resolver, c Cache, log *logrus.Entry) *Pool {
+func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	return &Pool{
+	p := &Pool{
 		resolver:   resolver,
 		cache:      c,
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
 		notEStargz: map[digest.Digest]notEStargz{},
+		profiles:   map[digest.Digest]*profile.Profile{},
 	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
 }
 
 // Get returns the layer that key names, resolving the reference and opening
@@ -219,8 +230,19 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		}
 		return r.desc.DiffID, nil
 	}
+	// A stored profile replaces the prefetch of prioritized files, and
+	// with it the stream of the blob's head; without one, a published
+	// profile is looked for while the TOC is read.
+	stored := p.storedProfile(desc.Digest, log)
+	var found <-chan *profile.Profile
+	if stored == nil {
+		found = p.lookupProfile(key.Ref, desc.Digest, tocDigest, log)
+	}
 	start := time.Now()
-	viewBlob, head := p.startHead(blob, tocDigest.String())
+	viewBlob, head := blob, (*remote.Head)(nil)
+	if stored == nil {
+		viewBlob, head = p.startHead(blob, tocDigest.String())
+	}
 	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
@@ -241,7 +263,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		head.Release()
 		return nil, err
 	}
-	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, head, log)
+	l := &Layer{Desc: desc, Blob: blob, View: view}
+	l.prof.stored = stored
+	l = p.adopt(l, head, found, log)
 	p.persist(key, desc, toc, log)
 	log.WithFields(logrus.Fields{
 		"toc_digest": desc.TOCDigest,
@@ -257,7 +281,10 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 //
 // head is the stream of the blob's start l's view reads through, if any
 // (see startHead); the prefetch releases it when done with it.
-func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
+//
+// found, if not nil, gives the answer of a profile.Source lookup, replayed
+// when it comes.
+func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile, log *logrus.Entry) *Layer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if prev, ok := p.layers[l.Desc.Digest]; ok {
@@ -270,7 +297,8 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
 		// the files whose copies exist, and ask for the rest.
 		l.View.SetWholeFiles(p.whole)
 	}
-	p.startPrefetch(l, head, log)
+	p.startPrefetch(l, head, found, log)
+	p.recordProfile(l, log)
 	return l
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -56,17 +57,33 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 //
 // head, if not nil, is the stream of the blob's start that the layer's view
 // reads through; it is released once the prefetch no longer needs it.
-func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
+//
+// A profile stored for the layer is replayed instead of the prefetch of
+// prioritized files (it says what this image's start reads, which the
+// builder's prioritized files only guess); one that found gives later is
+// replayed when it comes, beside whatever else runs.
+func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.Profile, log *logrus.Entry) {
 	o := p.prefetch
 	l.View.SetReadahead(o.Readahead)
-	if o.NoPrioritized && !o.Background {
+	stored := l.prof.stored
+	if found != nil {
+		go func() {
+			if pr := <-found; pr != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+				defer cancel()
+				p.replay(ctx, l, pr, "source", log)
+			}
+		}()
+	}
+	if o.NoPrioritized && !o.Background && stored == nil {
 		head.Release()
 		return
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
-		if !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
+		replayed := stored != nil && p.replay(ctx, l, stored, "store", log)
+		if !replayed && !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
 			start := time.Now()
 			st, err := l.View.Prefetch(ctx)
 			if head != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/metrics"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -168,6 +169,10 @@ func (s *daemonState) Status() control.Status {
 		if ls.Size > 0 {
 			ls.Fetched = float64(ls.FetchedBytes) / float64(ls.Size)
 		}
+		if pi := l.Profile(); pi.Recorded > 0 || pi.Loaded || pi.Published {
+			ls.Profile = &control.ProfileStatus{Recorded: pi.Recorded, Loaded: pi.Loaded, Source: pi.Source,
+				Published: pi.Published, Chunks: pi.Chunks, Fetched: pi.Fetched, Used: pi.Used}
+		}
 		st.Layers = append(st.Layers, ls)
 	}
 	sort.Slice(st.Layers, func(i, j int) bool {
@@ -178,6 +183,12 @@ func (s *daemonState) Status() control.Status {
 	})
 	return st
 }
+
+// Profiles implements control.ProfileBackend.
+func (s *daemonState) Profiles(ref string) profile.Set { return s.pool.Profiles(ref) }
+
+// ImportProfiles implements control.ProfileBackend.
+func (s *daemonState) ImportProfiles(set profile.Set) (int, error) { return s.pool.ImportProfiles(set) }
 
 func (s *daemonState) cacheStatus() control.CacheStatus {
 	ds := s.disk.Stats()
