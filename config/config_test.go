@@ -19,6 +19,7 @@ log_format = "json"
 insecure_registries = ["reg.lan:5000", "other.lan"]
 registries_conf = "/etc/poolfs/registries.conf"
 fetch_timeout = "45s"
+profile_lookup = false
 control_socket = "/run/poolfs/control.sock"
 metrics_address = "unix:/run/poolfs/metrics.sock"
 
@@ -47,6 +48,7 @@ memory_size = "256MiB"
 		"insecure_registries->insecure-registry": {"reg.lan:5000", "other.lan"},
 		"registries_conf->registries-conf":       {"/etc/poolfs/registries.conf"},
 		"fetch_timeout->fetch-timeout":           {"45s"},
+		"profile_lookup->profile-lookup":         {"false"},
 		"control_socket->control-socket":         {"/run/poolfs/control.sock"},
 		"metrics_address->metrics-address":       {"unix:/run/poolfs/metrics.sock"},
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
@@ -78,6 +80,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{`log_level = "chatty"`, "log_level"},
 		{`log_format = "xml"`, "log_format"},
 		{`fetch_timeout = "soon"`, "fetch_timeout"},
+		{`profile_lookup = "no"`, "profile_lookup"},
 		{`fetch_timeout = "-1s"`, "fetch_timeout"},
 		{`root = "relative/dir"`, "root"},
 		{`metrics_address = "nowhere"`, "metrics_address"},

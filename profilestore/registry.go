@@ -231,6 +231,20 @@ func (g *Registry) Push(ctx context.Context, ref string, set profile.Set) (remot
 	if len(set.Profiles) == 0 {
 		return remote.Pushed{}, errors.New("push profiles: no profile to push")
 	}
+	// Every profile must be of a layer of the image the artifact will
+	// refer to: a tag that moved since the layers were served would
+	// otherwise get profiles of another image.
+	var subject digest.Digest
+	for _, p := range set.Profiles {
+		ld, err := g.r.ResolveBlob(ctx, ref, p.Blob)
+		if err != nil {
+			return remote.Pushed{}, fmt.Errorf("push profiles: %w", err)
+		}
+		if ld.TOCDigest != "" && ld.TOCDigest != p.TOC {
+			return remote.Pushed{}, fmt.Errorf("push profiles: layer %s of %s: profile for TOC %s, the manifest says %s", p.Blob, ref, p.TOC, ld.TOCDigest)
+		}
+		subject = ld.Manifest
+	}
 	data, err := profile.MarshalSet(set)
 	if err != nil {
 		return remote.Pushed{}, fmt.Errorf("push profiles: %w", err)
@@ -242,6 +256,11 @@ func (g *Registry) Push(ctx context.Context, ref string, set profile.Set) (remot
 	})
 	if err != nil {
 		return remote.Pushed{}, fmt.Errorf("push profiles: %w", err)
+	}
+	if pushed.Subject != subject {
+		// ref moved between the checks and the push (a tag, 30 s TTL).
+		g.log.WithFields(logrus.Fields{"ref": ref, "subject": pushed.Subject, "checked": subject}).
+			Warn("image changed while its profiles were pushed; the artifact may list layers it does not have")
 	}
 	g.remember(pushed.Subject, &set)
 	return pushed, nil

@@ -199,9 +199,17 @@ func TestLookupIgnores(t *testing.T) {
 	// in the image is never asked for.
 	other := profileOf(fixture.LayerInfo{Digest: digest.FromString("other blob"), TOCDigest: digest.FromString("t")}, 1)
 	pusher, _ := newStore(profilestore.Options{})
-	if _, err := pusher.Push(ctx, ref, profile.Set{Profiles: []*profile.Profile{foreign, other}}); err != nil {
+	for _, p := range []*profile.Profile{foreign, other} {
+		if _, err := pusher.Push(ctx, ref, profile.Set{Profiles: []*profile.Profile{p}}); err == nil {
+			t.Errorf("Push accepted a profile of blob %s TOC %s, which the image does not have", p.Blob, p.TOC)
+		}
+	}
+	// Another publisher is not so careful.
+	data, err := profile.MarshalSet(profile.Set{Profiles: []*profile.Profile{foreign, other}})
+	if err != nil {
 		t.Fatal(err)
 	}
+	publishRaw(t, ref, data)
 	store, _ := newStore(profilestore.Options{})
 	for i, l := range layers {
 		got, err := store.Lookup(ctx, ref, l.Digest, l.TOCDigest)
@@ -211,17 +219,23 @@ func TestLookupIgnores(t *testing.T) {
 	}
 }
 
+// publishRaw attaches data to ref's image as a profile artifact, unchecked.
+func publishRaw(t *testing.T, ref string, data []byte) {
+	t.Helper()
+	r := remote.New(remote.Options{Log: quietLog()})
+	if _, err := r.PushArtifact(testCtx(t), ref, remote.Artifact{ArtifactType: profile.ArtifactType,
+		Blobs: []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: data}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestLookupMalformedIsAMiss: a profile blob that does not parse is
 // ignored and remembered as a miss.
 func TestLookupMalformedIsAMiss(t *testing.T) {
 	reg := fixture.StartRegistry(t, fixture.WithReferrersAPI())
 	ctx := testCtx(t)
 	ref, _, layers := image(t, reg, "app/malformed")
-	r := remote.New(remote.Options{Log: quietLog()})
-	if _, err := r.PushArtifact(ctx, ref, remote.Artifact{ArtifactType: profile.ArtifactType,
-		Blobs: []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: []byte(`{"version":1,"layers":[{"blob":"nope"}]}`)}}}); err != nil {
-		t.Fatal(err)
-	}
+	publishRaw(t, ref, []byte(`{"version":1,"layers":[{"blob":"nope"}]}`))
 	store, _ := newStore(profilestore.Options{})
 	reg.ResetStats()
 	for range 2 {

@@ -27,6 +27,8 @@ Usage:
   poolfs profile export IMAGE FILE
                                  write the running daemon's startup profiles of IMAGE's layers to FILE
   poolfs profile import FILE     hand the profiles in FILE to the running daemon
+  poolfs profile push IMAGE      publish the running daemon's profiles of IMAGE's layers to its
+                                 registry (an OCI artifact referring to the image manifest)
   poolfs auth-helper             hand credentials from podman (JSON on stdin) to the daemon;
                                  name it in registries.conf as additional-layer-store-auth-helper
 

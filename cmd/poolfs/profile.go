@@ -12,7 +12,8 @@ import (
 )
 
 const profileUsage = `usage: poolfs profile export [--socket PATH] IMAGE FILE
-       poolfs profile import [--socket PATH] FILE`
+       poolfs profile import [--socket PATH] FILE
+       poolfs profile push [--socket PATH] IMAGE`
 
 // profileCmd moves startup profiles between the running daemon and files
 // (FILE "-": stdout or stdin), for sites without a shared registry.
@@ -77,6 +78,17 @@ func profileCmd(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		_, err = fmt.Fprintf(out, "imported the profiles of %d layers\n", res.Layers)
+		return err
+	case "push":
+		if len(pos) != 1 {
+			return errors.New(profileUsage)
+		}
+		res, err := clientFor(*sock).PushProfiles(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(out, "pushed the profiles of %d layers of %s to %s@%s (subject %s)\n",
+			len(res.Layers), pos[0], res.Repository, res.Digest, res.Subject)
 		return err
 	default:
 		return fmt.Errorf("unknown profile command %q\n%s", args[0], profileUsage)

@@ -15,6 +15,7 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -35,6 +36,7 @@ func serve(ctx context.Context, args []string) error {
 	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
 	inPlaceTrees := fl.Bool("in-place-trees", false, "serve each layer's tree inside ROOT/.pool, as diff (rootfs.<ID>) itself, rather than on a second, read-only mount at ROOT/.trees that diff links to; on the read-only mount a stat of a directory already listed never goes to the daemon")
 	metaMaxAge := fl.Duration("meta-max-age", 30*24*time.Hour, "forget the stored record (descriptor and TOC, in the cache dir's meta.db) of a layer neither open nor used for `DURATION`; checked at startup and hourly; 0: keep records forever")
+	profileLookup := fl.Bool("profile-lookup", true, "when opening a layer with no startup profile, look in its registry, beside the TOC read, for one published for the image (`poolfs profile push`); one small request per image, never waited for")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -90,7 +92,14 @@ func serve(ctx context.Context, args []string) error {
 	defer chunks.Close()
 	resolver := remote.New(remote.Options{Insecure: insecure, FetchTimeout: *fetchTimeout, Log: log.WithField("component", "remote"),
 		Registries: rs.registries, Keychain: rs.keychain, OnFetch: rs.onFetch})
-	p := pool.New(resolver, chunks, log.WithField("component", "pool"))
+	// Profiles are pushed through the store whether or not the daemon
+	// looks them up.
+	published := profilestore.New(resolver, profilestore.Options{Log: log.WithField("component", "profiles")})
+	var popts []pool.Option
+	if *profileLookup {
+		popts = append(popts, pool.WithProfileSource(published))
+	}
+	p := pool.New(resolver, chunks, log.WithField("component", "pool"), popts...)
 	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
 	// a restart serves known layers without asking the registry. NewDisk
@@ -124,7 +133,7 @@ func serve(ctx context.Context, args []string) error {
 	}
 	mnt := mounts.PoolDir
 	log.WithFields(logrus.Fields{"path": mnt, "trees": mounts.TreesDir, "cache_dir": *cacheDir}).Info("serving")
-	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain}
+	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain, published: published}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
 	if err != nil {
 		_ = mounts.Unmount()
