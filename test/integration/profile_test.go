@@ -206,4 +206,3 @@ func merge(rs [][2]int64) [][2]int64 {
 	}
 	return out
 }
-
