@@ -71,7 +71,10 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 			if pr := <-found; pr != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 				defer cancel()
-				p.replay(ctx, l, pr, "source", log)
+				if p.replay(ctx, l, pr, "source", log) {
+					// It came from where it is published.
+					p.MarkPublished(l.Desc.Digest)
+				}
 			}
 		}()
 	}

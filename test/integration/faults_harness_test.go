@@ -18,6 +18,7 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
 	"github.com/poolfs/poolfs/test/fixture"
 )
@@ -40,6 +41,10 @@ type mountOpts struct {
 	// Prefetch is what the pool fetches on its own (the zero value: the
 	// prioritized files once the TOC is in, nothing else).
 	Prefetch pool.PrefetchOptions
+	// ProfileLookup makes the pool look for published profiles in the
+	// registry (the daemon's --profile-lookup); mounted.Published is the
+	// store either way.
+	ProfileLookup bool
 }
 
 // mountPoolOpts is mountPool with a tunable resolver and cache location.
@@ -69,7 +74,13 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	ro := o.Remote
 	ro.Insecure = append(ro.Insecure, reg.Host)
 	ro.Log = entry
-	p := pool.New(remote.New(ro), c, entry)
+	resolver := remote.New(ro)
+	published := profilestore.New(resolver, profilestore.Options{Log: entry})
+	var popts []pool.Option
+	if o.ProfileLookup {
+		popts = append(popts, pool.WithProfileSource(published))
+	}
+	p := pool.New(resolver, c, entry, popts...)
 	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
@@ -79,7 +90,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 		t.Cleanup(w.Close) // after the unmount below, as in the daemon
 		p.SetWholeFiles(w)
 	}
-	m := &mounted{Pool: p, Disk: disk}
+	m := &mounted{Pool: p, Disk: disk, Published: published}
 	mounts, err := pool.Mount(root, p, pool.MountOptions{InPlaceTrees: o.InPlaceTrees, Observer: func(op string, _ time.Duration, _ fuse.Status) {
 		switch op {
 		case "read":
