@@ -92,17 +92,6 @@ type artifactManifest struct {
 	Annotations   map[string]string `json:"annotations,omitempty"`
 }
 
-// Subject returns the digest of the image manifest ref resolves to (for an
-// index, the manifest of the configured platform): the manifest the
-// daemon's layers of ref were resolved through.
-func (r *Resolver) Subject(ctx context.Context, ref string) (digest.Digest, error) {
-	img, _, err := r.imageOf(ctx, ref)
-	if err != nil {
-		return "", err
-	}
-	return digest.Digest(img.manifest.Digest.String()), nil
-}
-
 // imageOf resolves ref (through the image cache) and returns the image and
 // the repository of the endpoint that served its manifest.
 func (r *Resolver) imageOf(ctx context.Context, ref string) (*imageEntry, name.Repository, error) {
