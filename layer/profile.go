@@ -31,10 +31,10 @@ const (
 	recordMaxBytes = 512 << 20
 
 	// replayPiece is how many compressed bytes of the profile, in need
-	// order, make one piece; replayParallel pieces are fetched at once.
-	// Within a piece the chunks go in blob order, coalesced.
+	// order, make one piece; within a piece the chunks go in blob order,
+	// coalesced into runs, and replayParallel runs are in flight at once.
 	replayPiece    = 4 << 20
-	replayParallel = 2
+	replayParallel = 8
 	// replayGap: profile chunks closer than this in the blob are fetched
 	// in one request together with the chunks between them, which are
 	// cached too: on a link with tens of milliseconds of round trip a
@@ -153,12 +153,15 @@ type ReplayStats struct {
 	Chunks  int   // chunks the profile names
 	Fetched int   // of them, not cached when the replay started
 	Bytes   int64 // compressed bytes fetched, chunks between close profile chunks included
+	// Requests is how many range requests the replay made at most (a run
+	// that reaches into the bytes Open fetched with the TOC costs less).
+	Requests int
 }
 
 // Replay fetches the chunks p names, in its order of first need, into the
 // cache: pieces of about replayPiece bytes in need order, each fetched in
 // blob order with chunks less than replayGap apart coalesced into one
-// request, replayParallel pieces at a time. Chunks cached or in flight are
+// request, replayParallel requests at a time. Chunks cached or in flight are
 // not fetched again, and readers that need a chunk Replay is fetching
 // wait for it. Before fetching anything it checks p against the layer
 // (the TOC digest, and every chunk's offsets and digest against the TOC):
@@ -208,7 +211,10 @@ func (l *Layer) Replay(ctx context.Context, p *profile.Profile) (ReplayStats, er
 	}
 	l.rec.mu.Unlock()
 
-	// Pieces in need order; chunks already cached are left out.
+	// Pieces in need order; chunks already cached are left out. Each
+	// piece becomes its runs (one range request each), all in flight
+	// replayParallel at a time: a start's chunks are scattered over the
+	// blob, and one request after another would pay a round trip each.
 	var pieces [][]*chunk
 	var cur []*chunk
 	var curBytes int64
@@ -227,13 +233,15 @@ func (l *Layer) Replay(ctx context.Context, p *profile.Profile) (ReplayStats, er
 	if len(cur) > 0 {
 		pieces = append(pieces, cur)
 	}
-	for i, piece := range pieces {
-		pieces[i] = l.bridge(piece, order)
-		for _, c := range pieces[i] {
-			st.Bytes += c.blobEnd - c.blobOff
+	var work [][]*chunk
+	for _, piece := range pieces {
+		for _, r := range coalesce(l.bridge(piece, order)) {
+			work = append(work, r.chunks)
+			st.Bytes += r.end - r.start
+			st.Requests++
 		}
 	}
-	return st, l.fetchPieces(ctx, "(profile)", pieces, replayParallel, false)
+	return st, l.fetchPieces(ctx, "(profile)", work, replayParallel, false)
 }
 
 // bridge sorts piece by blob offset and adds the uncached chunks lying in

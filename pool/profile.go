@@ -168,7 +168,7 @@ func (p *Pool) replay(ctx context.Context, l *Layer, pr *profile.Profile, source
 		l.prof.loaded, l.prof.source = nil, ""
 	}
 	l.prof.mu.Unlock()
-	f := log.WithFields(logrus.Fields{"chunks": st.Chunks, "fetched_chunks": st.Fetched, "bytes": st.Bytes,
+	f := log.WithFields(logrus.Fields{"chunks": st.Chunks, "fetched_chunks": st.Fetched, "bytes": st.Bytes, "requests": st.Requests,
 		"elapsed": time.Since(start).Round(time.Millisecond)})
 	switch {
 	case !took:
