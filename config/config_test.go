@@ -144,7 +144,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 11 {
-		t.Errorf("the sample sets %d keys, want all 11", len(f.Settings()))
+	if len(f.Settings()) != 12 {
+		t.Errorf("the sample sets %d keys, want all 12", len(f.Settings()))
 	}
 }
