@@ -76,6 +76,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		}()
 	}
 	if o.NoPrioritized && !o.Background && stored == nil {
+		l.prof.early.Release()
 		head.Release()
 		return
 	}
@@ -83,6 +84,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
 		replayed := stored != nil && p.replay(ctx, l, stored, "store", log)
+		l.prof.early.Release()
 		if !replayed && !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
 			start := time.Now()
 			st, err := l.View.Prefetch(ctx)

@@ -152,10 +152,21 @@ func TestProfileRecordRestartReplay(t *testing.T) {
 		if n, err := m.Pool.ImportProfiles(exported); err != nil || n != 1 {
 			t.Fatalf("ImportProfiles: %d, %v", n, err)
 		}
+		reg.ResetStats()
 		if _, err := os.Stat(diff(m)); err != nil {
 			t.Fatal(err)
 		}
 		waitReplayed(t, m.Pool)
+		// The profile was known before the TOC: its ranges were fetched
+		// while the TOC was decoded, and the replay used them instead of
+		// asking again.
+		got := blobRanges(t, reg, li.Digest)
+		for i := 1; i < len(got); i++ {
+			if got[i][0] < got[i-1][1] {
+				t.Errorf("blob ranges %v and %v overlap: bytes fetched twice", got[i-1], got[i])
+			}
+		}
+		t.Logf("blob requests of the open and replay: %v", got)
 		reg.ResetStats()
 		readProfileFiles(t, diff(m))
 		if st := reg.Stats(); st.BlobGets != 0 {
