@@ -69,6 +69,9 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 	if found != nil {
 		go func() {
 			if pr := <-found; pr != nil {
+				l.prof.mu.Lock()
+				l.prof.published = true // it came from where it is published
+				l.prof.mu.Unlock()
 				ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 				defer cancel()
 				p.replay(ctx, l, pr, "source", log)

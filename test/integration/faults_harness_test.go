@@ -18,6 +18,7 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 	"github.com/poolfs/poolfs/test/fixture"
 )
@@ -40,6 +41,8 @@ type mountOpts struct {
 	// Prefetch is what the pool fetches on its own (the zero value: the
 	// prioritized files once the TOC is in, nothing else).
 	Prefetch pool.PrefetchOptions
+	// ProfileSource is asked for published startup profiles (nil: none).
+	ProfileSource profile.Source
 }
 
 // mountPoolOpts is mountPool with a tunable resolver and cache location.
@@ -69,7 +72,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	ro := o.Remote
 	ro.Insecure = append(ro.Insecure, reg.Host)
 	ro.Log = entry
-	p := pool.New(remote.New(ro), c, entry)
+	p := pool.New(remote.New(ro), c, entry, pool.WithProfileSource(o.ProfileSource))
 	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
