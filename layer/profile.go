@@ -32,9 +32,10 @@ const (
 
 	// replayPiece is how many compressed bytes of the profile, in need
 	// order, make one piece; within a piece the chunks go in blob order,
-	// coalesced into runs, and replayParallel runs are in flight at once.
-	replayPiece    = 4 << 20
-	replayParallel = 8
+	// coalesced into runs, and ReplayParallel runs are in flight at once.
+	replayPiece = 4 << 20
+	// ReplayParallel is how many of Replay's requests are in flight.
+	ReplayParallel = 8
 	// replayGap: profile chunks closer than this in the blob are fetched
 	// in one request together with the chunks between them, which are
 	// cached too: on a link with tens of milliseconds of round trip a
@@ -161,7 +162,7 @@ type ReplayStats struct {
 // Replay fetches the chunks p names, in its order of first need, into the
 // cache: pieces of about replayPiece bytes in need order, each fetched in
 // blob order with chunks less than replayGap apart coalesced into one
-// request, replayParallel requests at a time. Chunks cached or in flight are
+// request, ReplayParallel requests at a time. Chunks cached or in flight are
 // not fetched again, and readers that need a chunk Replay is fetching
 // wait for it. Before fetching anything it checks p against the layer
 // (the TOC digest, and every chunk's offsets and digest against the TOC):
@@ -213,35 +214,68 @@ func (l *Layer) Replay(ctx context.Context, p *profile.Profile) (ReplayStats, er
 
 	// Pieces in need order; chunks already cached are left out. Each
 	// piece becomes its runs (one range request each), all in flight
-	// replayParallel at a time: a start's chunks are scattered over the
+	// ReplayParallel at a time: a start's chunks are scattered over the
 	// blob, and one request after another would pay a round trip each.
-	var pieces [][]*chunk
-	var cur []*chunk
-	var curBytes int64
+	// ReplayRuns plans the same requests from the profile alone.
+	var todo []*chunk
 	for _, c := range chunks {
-		if l.cached(c) {
-			continue
-		}
-		st.Fetched++
-		cur = append(cur, c)
-		curBytes += c.blobEnd - c.blobOff
-		if curBytes >= replayPiece {
-			pieces = append(pieces, cur)
-			cur, curBytes = nil, 0
+		if !l.cached(c) {
+			todo = append(todo, c)
 		}
 	}
-	if len(cur) > 0 {
-		pieces = append(pieces, cur)
-	}
+	st.Fetched = len(todo)
 	var work [][]*chunk
-	for _, piece := range pieces {
+	for _, piece := range needPieces(todo, func(c *chunk) int64 { return c.blobEnd - c.blobOff }) {
 		for _, r := range coalesce(l.bridge(piece, order)) {
 			work = append(work, r.chunks)
 			st.Bytes += r.end - r.start
 			st.Requests++
 		}
 	}
-	return st, l.fetchPieces(ctx, "(profile)", work, replayParallel, false)
+	return st, l.fetchPieces(ctx, "(profile)", work, ReplayParallel, false)
+}
+
+// needPieces cuts items, in need order, into pieces of about replayPiece
+// bytes.
+func needPieces[T any](items []T, size func(T) int64) [][]T {
+	var pieces [][]T
+	var cur []T
+	var n int64
+	for _, it := range items {
+		cur = append(cur, it)
+		if n += size(it); n >= replayPiece {
+			pieces = append(pieces, cur)
+			cur, n = nil, 0
+		}
+	}
+	if len(cur) > 0 {
+		pieces = append(pieces, cur)
+	}
+	return pieces
+}
+
+// ReplayRuns is the byte ranges Replay requests for chunks (in need order,
+// none cached), in the order it requests them: a caller that has a
+// profile before the layer's TOC can fetch them early (the replay's runs
+// then lie inside them).
+func ReplayRuns(chunks []profile.Chunk) [][2]int64 {
+	var runs [][2]int64
+	for _, piece := range needPieces(chunks, func(c profile.Chunk) int64 { return c.End - c.Offset }) {
+		piece = append([]profile.Chunk(nil), piece...)
+		sort.Slice(piece, func(i, j int) bool {
+			a, b := piece[i], piece[j]
+			return a.Offset < b.Offset || (a.Offset == b.Offset && a.Inner < b.Inner)
+		})
+		first := len(runs)
+		for _, c := range piece {
+			if n := len(runs); n > first && c.Offset <= runs[n-1][1]+replayGap {
+				runs[n-1][1] = max(runs[n-1][1], c.End)
+				continue
+			}
+			runs = append(runs, [2]int64{c.Offset, c.End})
+		}
+	}
+	return runs
 }
 
 // bridge sorts piece by blob offset and adds the uncached chunks lying in

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/profile"
@@ -240,14 +241,18 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	start := time.Now()
 	viewBlob, head := blob, (*remote.Head)(nil)
+	var early *earlyRanges
 	if stored == nil {
 		viewBlob, head = p.startHead(blob, tocDigest.String())
+	} else if early = newEarlyRanges(blob, stored, p.cached); early != nil {
+		viewBlob = early
 	}
 	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {
 		head.Release()
+		early.Release()
 		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
 		if errors.Is(err, layer.ErrNotEStargz) {
 			p.mu.Lock()
@@ -261,10 +266,11 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	if desc.DiffID, err = diffID(); err != nil {
 		head.Release()
+		early.Release()
 		return nil, err
 	}
 	l := &Layer{Desc: desc, Blob: blob, View: view}
-	l.prof.stored = stored
+	l.prof.stored, l.prof.early = stored, early
 	l = p.adopt(l, head, found, log)
 	p.persist(key, desc, toc, log)
 	log.WithFields(logrus.Fields{
@@ -289,6 +295,7 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile,
 	defer p.mu.Unlock()
 	if prev, ok := p.layers[l.Desc.Digest]; ok {
 		head.Release()
+		l.prof.early.Release()
 		return prev
 	}
 	p.layers[l.Desc.Digest] = l
@@ -320,4 +327,11 @@ func (p *Pool) Layers() []*Layer {
 		out = append(out, l)
 	}
 	return out
+}
+
+// cached reports whether the pool's cache holds the chunk with digest d,
+// as far as it can tell without reading it.
+func (p *Pool) cached(d digest.Digest) bool {
+	c, ok := p.cache.(cache.Peeker)
+	return ok && c.Has(d.String())
 }

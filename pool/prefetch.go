@@ -69,16 +69,17 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 	if found != nil {
 		go func() {
 			if pr := <-found; pr != nil {
+				l.prof.mu.Lock()
+				l.prof.published = true // it came from where it is published
+				l.prof.mu.Unlock()
 				ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 				defer cancel()
-				if p.replay(ctx, l, pr, "source", log) {
-					// It came from where it is published.
-					p.MarkPublished(l.Desc.Digest)
-				}
+				p.replay(ctx, l, pr, "source", log)
 			}
 		}()
 	}
 	if o.NoPrioritized && !o.Background && stored == nil {
+		l.prof.early.Release()
 		head.Release()
 		return
 	}
@@ -86,6 +87,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
 		replayed := stored != nil && p.replay(ctx, l, stored, "store", log)
+		l.prof.early.Release()
 		if !replayed && !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
 			start := time.Now()
 			st, err := l.View.Prefetch(ctx)

@@ -49,6 +49,7 @@ type ProfileInfo struct {
 type profileState struct {
 	mu        sync.Mutex
 	stored    *profile.Profile // what the store held when the layer was opened, then the refined one
+	early     *earlyRanges     // the stored profile's ranges fetched before the TOC was decoded; released after its replay
 	loaded    *profile.Profile // the replayed one
 	source    string
 	published bool

@@ -18,6 +18,7 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
 	"github.com/poolfs/poolfs/test/fixture"
@@ -41,8 +42,11 @@ type mountOpts struct {
 	// Prefetch is what the pool fetches on its own (the zero value: the
 	// prioritized files once the TOC is in, nothing else).
 	Prefetch pool.PrefetchOptions
+	// ProfileSource is asked for published startup profiles (nil: none,
+	// unless ProfileLookup).
+	ProfileSource profile.Source
 	// ProfileLookup makes the pool look for published profiles in the
-	// registry (the daemon's --profile-lookup); mounted.Published is the
+	// registry (the daemon's --profile-lookup); mounted.Published is that
 	// store either way.
 	ProfileLookup bool
 }
@@ -76,11 +80,11 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	ro.Log = entry
 	resolver := remote.New(ro)
 	published := profilestore.New(resolver, profilestore.Options{Log: entry})
-	var popts []pool.Option
-	if o.ProfileLookup {
-		popts = append(popts, pool.WithProfileSource(published))
+	src := o.ProfileSource
+	if src == nil && o.ProfileLookup {
+		src = published
 	}
-	p := pool.New(resolver, c, entry, popts...)
+	p := pool.New(resolver, c, entry, pool.WithProfileSource(src))
 	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)

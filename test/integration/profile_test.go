@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,6 +122,7 @@ func TestProfileRecordRestartReplay(t *testing.T) {
 		defer closeStore()
 		reg.ResetStats()
 		m := mountPoolOpts(t, reg, mountOpts{Meta: store, Quiet: true})
+		defer m.Pool.Flush() // before the store closes
 		if _, err := os.Stat(diff(m)); err != nil {
 			t.Fatal(err)
 		}
@@ -152,15 +156,52 @@ func TestProfileRecordRestartReplay(t *testing.T) {
 		if n, err := m.Pool.ImportProfiles(exported); err != nil || n != 1 {
 			t.Fatalf("ImportProfiles: %d, %v", n, err)
 		}
+		reg.ResetStats()
 		if _, err := os.Stat(diff(m)); err != nil {
 			t.Fatal(err)
 		}
 		waitReplayed(t, m.Pool)
+		// The profile was known before the TOC: its ranges were fetched
+		// while the TOC was decoded, and the replay used them instead of
+		// asking again.
+		got := blobRanges(t, reg, li.Digest)
+		for i := 1; i < len(got); i++ {
+			if got[i][0] < got[i-1][1] {
+				t.Errorf("blob ranges %v and %v overlap: bytes fetched twice", got[i-1], got[i])
+			}
+		}
+		t.Logf("blob requests of the open and replay: %v", got)
 		reg.ResetStats()
 		readProfileFiles(t, diff(m))
 		if st := reg.Stats(); st.BlobGets != 0 {
 			t.Errorf("the start after the replay made %d blob requests (%d bytes)", st.BlobGets, st.BlobBytes)
 		}
+	})
+
+	t.Run("from a profile source", func(t *testing.T) {
+		src := &fakeSource{p: exported.Profiles[0], wait: make(chan struct{})}
+		m := mountPoolOpts(t, reg, mountOpts{Quiet: true, ProfileSource: src})
+		// The source has not answered: the layer is served all the same.
+		if _, err := os.Stat(diff(m)); err != nil {
+			t.Fatal(err)
+		}
+		if src.asked() != li.Digest {
+			t.Errorf("source asked for %q, want %s", src.asked(), li.Digest)
+		}
+		close(src.wait)
+		pi := waitReplayed(t, m.Pool)
+		if pi.Source != "source" || !pi.Published {
+			t.Errorf("profile from the source: %+v", pi)
+		}
+		reg.ResetStats()
+		readProfileFiles(t, diff(m))
+		if st := reg.Stats(); st.BlobGets != 0 {
+			t.Errorf("the start after the replay made %d blob requests (%d bytes)", st.BlobGets, st.BlobBytes)
+		}
+	})
+	t.Run("failing profile source", func(t *testing.T) {
+		m := mountPoolOpts(t, reg, mountOpts{Quiet: true, ProfileSource: &fakeSource{err: errors.New("referrers: 500")}})
+		compareTree(t, diff(m), tarBytes)
 	})
 
 	bad := func(f func(p *profile.Profile)) profile.Set {
@@ -192,6 +233,36 @@ func TestProfileRecordRestartReplay(t *testing.T) {
 			t.Error("a profile naming a chunk twice was imported")
 		}
 	})
+}
+
+// fakeSource is a profile.Source that answers p (or err) once wait is
+// closed (nil: at once).
+type fakeSource struct {
+	p    *profile.Profile
+	err  error
+	wait chan struct{}
+	mu   sync.Mutex
+	blob digest.Digest
+}
+
+func (s *fakeSource) Lookup(ctx context.Context, ref string, blob, toc digest.Digest) (*profile.Profile, error) {
+	s.mu.Lock()
+	s.blob = blob
+	s.mu.Unlock()
+	if s.wait != nil {
+		select {
+		case <-s.wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.p, s.err
+}
+
+func (s *fakeSource) asked() digest.Digest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.blob
 }
 
 // merge joins touching ranges.
