@@ -69,10 +69,9 @@ const (
 	maxArtifactManifest = 4 << 20
 	maxArtifactBlob     = 64 << 20
 
-	// emptyJSON is the OCI empty descriptor's content and media type,
-	// the config of an artifact that has nothing to configure.
-	emptyJSON          = "{}"
-	emptyJSONMediaType = "application/vnd.oci.empty.v1+json"
+	// emptyJSON is the OCI empty descriptor's content, the config of an
+	// artifact that has nothing to configure.
+	emptyJSON = "{}"
 
 	// noReferrersAPITTL is how long a registry that answered the
 	// referrers API with "no such endpoint" is sent straight to the
@@ -142,7 +141,7 @@ func (r *Resolver) PushArtifact(ctx context.Context, ref string, a Artifact) (Pu
 	opts := []ggcr.Option{ggcr.WithContext(ctx), ggcr.WithTransport(rt)}
 	for _, b := range blobs {
 		// The media type given here is not sent: a blob is just bytes.
-		if err := ggcr.WriteLayer(repo, static.NewLayer(b, emptyJSONMediaType), opts...); err != nil {
+		if err := ggcr.WriteLayer(repo, static.NewLayer(b, "application/octet-stream"), opts...); err != nil {
 			return Pushed{}, fmt.Errorf("push artifact blob to %s: %w", repo, fromTransportError(err))
 		}
 	}
