@@ -172,9 +172,17 @@ func (g *Registry) remember(manifest digest.Digest, set *profile.Set) {
 	if set == nil {
 		f.expires = time.Now().Add(g.missTTL)
 	}
+	now := time.Now()
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	// Entries are only looked at when their image is opened again, so
+	// the expired ones (a Set can be megabytes) are dropped here.
+	for m, e := range g.images {
+		if now.After(e.expires) {
+			delete(g.images, m)
+		}
+	}
 	g.images[manifest] = f
-	g.mu.Unlock()
 }
 
 // fetch finds the newest profile artifact attached to manifest and reads
