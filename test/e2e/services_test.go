@@ -73,6 +73,7 @@ func TestDaemonServices(t *testing.T) {
 	writeFile(t, cfg, `
 log_level = "warn"   # the --log-level debug StartDaemon passes wins
 log_format = "json"
+profile_lookup = false
 [cache]
 max_size = "1MiB"
 memory_size = "1MiB"
@@ -275,6 +276,11 @@ blocked = true
 		// The start just read is the layer's profile; the daemon pushes it
 		// with the credentials the auth helper gave it, to a registry
 		// without the referrers API: the artifact, then the referrers tag.
+		// profile_lookup = false in the config file: the layers were
+		// opened without a single referrers request.
+		if n := reg.Stats().ReferrersRequests; n != 0 {
+			t.Errorf("%d referrers requests with profile_lookup = false", n)
+		}
 		_, imgDigest, err := manifestDigestOf(ctx, reg, "private/sink", "v1", user, pass)
 		if err != nil {
 			t.Fatal(err)
