@@ -11,7 +11,7 @@ import (
 )
 
 func chunk(i int) Chunk {
-	return Chunk{Offset: int64(i) * 100, End: int64(i)*100 + 100, Digest: digest.FromString(fmt.Sprint(i))}
+	return Chunk{Offset: int64(i) * 100, End: int64(i)*100 + 100, Digest: digest.Digest(fmt.Sprintf("sha256:%064x", i))}
 }
 
 func sample(n int) *Profile {
