@@ -31,6 +31,9 @@ func (d *profileDaemon) Profiles(ref string) profile.Set {
 	}
 	return profile.Set{}
 }
+func (d *profileDaemon) PushProfiles(context.Context, string) (control.PushResult, error) {
+	return control.PushResult{}, nil
+}
 func (d *profileDaemon) ImportProfiles(s profile.Set) (int, error) {
 	d.imported = append(d.imported, s)
 	return len(s.Profiles), nil
