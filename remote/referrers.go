@@ -91,22 +91,14 @@ type artifactManifest struct {
 	Annotations   map[string]string `json:"annotations,omitempty"`
 }
 
-// imageOf resolves ref (through the image cache) and returns the image and
-// the repository of the endpoint that served its manifest.
-func (r *Resolver) imageOf(ctx context.Context, ref string) (*imageEntry, name.Repository, error) {
-	nref, err := r.parseRef(ref)
+// servedFrom resolves ref (through the image cache) and returns the
+// repository of the endpoint that served its manifest.
+func (r *Resolver) servedFrom(ctx context.Context, ref string) (name.Repository, error) {
+	img, _, err := r.imageOf(ctx, ref)
 	if err != nil {
-		return nil, name.Repository{}, err
+		return name.Repository{}, err
 	}
-	eps, err := r.endpoints(ref)
-	if err != nil {
-		return nil, name.Repository{}, err
-	}
-	img, err := r.image(ctx, nref, eps)
-	if err != nil {
-		return nil, name.Repository{}, fmt.Errorf("resolve %s: %w", ref, err)
-	}
-	return img, img.from.Context(), nil
+	return img.from.Context(), nil
 }
 
 // PushArtifact attaches a to the image manifest ref resolves to (the
@@ -229,7 +221,7 @@ func (r *Resolver) Referrers(ctx context.Context, ref string, subject digest.Dig
 	if err := subject.Validate(); err != nil {
 		return nil, fmt.Errorf("referrers of %q: %w", subject, err)
 	}
-	_, repo, err := r.imageOf(ctx, ref)
+	repo, err := r.servedFrom(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("referrers of %s: %w", subject, err)
 	}
@@ -360,7 +352,7 @@ func (r *Resolver) ReadArtifact(ctx context.Context, ref string, d digest.Digest
 	if err := d.Validate(); err != nil {
 		return Artifact{}, fmt.Errorf("read artifact %q: %w", d, err)
 	}
-	_, repo, err := r.imageOf(ctx, ref)
+	repo, err := r.servedFrom(ctx, ref)
 	if err != nil {
 		return Artifact{}, fmt.Errorf("read artifact %s: %w", d, err)
 	}
@@ -402,7 +394,7 @@ func (r *Resolver) ReadBlob(ctx context.Context, ref string, d digest.Digest, si
 	if size > maxArtifactBlob {
 		return nil, fmt.Errorf("read blob %s of %s: %d bytes is more than the %d allowed", d, ref, size, maxArtifactBlob)
 	}
-	_, repo, err := r.imageOf(ctx, ref)
+	repo, err := r.servedFrom(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("read blob %s: %w", d, err)
 	}

@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -37,6 +39,8 @@ func serve(ctx context.Context, args []string) error {
 	inPlaceTrees := fl.Bool("in-place-trees", false, "serve each layer's tree inside ROOT/.pool, as diff (rootfs.<ID>) itself, rather than on a second, read-only mount at ROOT/.trees that diff links to; on the read-only mount a stat of a directory already listed never goes to the daemon")
 	metaMaxAge := fl.Duration("meta-max-age", 30*24*time.Hour, "forget the stored record (descriptor and TOC, in the cache dir's meta.db) of a layer neither open nor used for `DURATION`; checked at startup and hourly; 0: keep records forever")
 	profileLookup := fl.Bool("profile-lookup", true, "when opening a layer with no startup profile, look in its registry, beside the TOC read, for one published for the image (`poolfs profile push`); one small request per image, never waited for")
+	group := fl.String("group", "", "let the members of group `NAME|GID` reach the store (ROOT 0750 and the mounts' own directories group-readable, layer files as their modes say) and make the daemon fetch on their behalf, for rootless podman users who share it; default: root only (see docs/security.md)")
+	tagRecheck := fl.Duration("tag-recheck", pool.DefaultTagRecheck, "trust what a tag's manifest lists for `DURATION`, then fetch it again before serving another layer under the tag (a layer is served under a reference only if its manifest lists it; digest references are never rechecked)")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -92,10 +96,17 @@ func serve(ctx context.Context, args []string) error {
 	defer chunks.Close()
 	resolver := remote.New(remote.Options{Insecure: insecure, FetchTimeout: *fetchTimeout, Log: log.WithField("component", "remote"),
 		Registries: rs.registries, Keychain: rs.keychain, OnFetch: rs.onFetch})
+	access, err := accessFor(*group)
+	if err != nil {
+		return err
+	}
+	if *tagRecheck <= 0 {
+		return fmt.Errorf("--tag-recheck: %s is not a positive duration", *tagRecheck)
+	}
 	// Profiles are pushed through the store whether or not the daemon
 	// looks them up.
 	published := profilestore.New(resolver, profilestore.Options{Log: log.WithField("component", "profiles")})
-	var popts []pool.Option
+	popts := []pool.Option{pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck)}
 	if *profileLookup {
 		popts = append(popts, pool.WithProfileSource(published))
 	}
@@ -213,4 +224,25 @@ func pruneMetaEvery(ctx context.Context, interval time.Duration, p *pool.Pool, m
 		cancel()
 		<-done
 	}
+}
+
+// accessFor turns --group (a name or a numeric id; "" for none) into the
+// pool's Access.
+func accessFor(group string) (pool.Access, error) {
+	if group == "" {
+		return pool.Access{}, nil
+	}
+	id := group
+	if _, err := strconv.ParseUint(group, 10, 32); err != nil {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return pool.Access{}, fmt.Errorf("--group: %w", err)
+		}
+		id = g.Gid
+	}
+	gid, err := strconv.ParseUint(id, 10, 32)
+	if err != nil {
+		return pool.Access{}, fmt.Errorf("--group: group %s has id %q", group, id)
+	}
+	return pool.Access{Group: true, GID: uint32(gid)}, nil
 }

@@ -49,6 +49,12 @@ type mountOpts struct {
 	// registry (the daemon's --profile-lookup); mounted.Published is that
 	// store either way.
 	ProfileLookup bool
+	// Root is the ALS root ("": <a fresh temp dir>/als).
+	Root string
+	// Pool is passed to pool.New (access, tag recheck).
+	Pool []pool.Option
+	// LogHook also gets the daemon's log entries.
+	LogHook logrus.Hook
 }
 
 // mountPoolOpts is mountPool with a tunable resolver and cache location.
@@ -61,9 +67,15 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 		log.SetLevel(logrus.InfoLevel)
 	}
 	log.SetOutput(testWriter{t})
+	if o.LogHook != nil {
+		log.AddHook(o.LogHook)
+	}
 	entry := logrus.NewEntry(log)
 
-	root := filepath.Join(t.TempDir(), "als")
+	root := o.Root
+	if root == "" {
+		root = filepath.Join(t.TempDir(), "als")
+	}
 	if o.CacheDir == "" {
 		o.CacheDir = filepath.Join(t.TempDir(), "cache")
 	}
@@ -84,7 +96,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	if src == nil && o.ProfileLookup {
 		src = published
 	}
-	p := pool.New(resolver, c, entry, pool.WithProfileSource(src))
+	p := pool.New(resolver, c, entry, append([]pool.Option{pool.WithProfileSource(src)}, o.Pool...)...)
 	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
