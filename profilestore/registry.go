@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -150,7 +151,10 @@ func (g *Registry) Lookup(ctx context.Context, ref string, blob, toc digest.Dige
 			Warn("published profile is for another TOC of this layer; ignoring it")
 		return nil, nil
 	}
-	return p, nil
+	// The Set is cached and shared; the caller gets its own copy.
+	cp := *p
+	cp.Chunks = slices.Clone(p.Chunks)
+	return &cp, nil
 }
 
 func (g *Registry) cached(manifest digest.Digest) (*profile.Set, bool) {
