@@ -103,6 +103,13 @@ type Pool struct {
 
 	treesMount string // see SetTreesMount; "": trees are served in place
 
+	access     Access                   // see WithAccess
+	tagRecheck time.Duration            // see WithTagRecheck
+	refs       map[string]meta.Manifest // what each reference lists (see listed)
+	listing    singleflight.Group       // manifest fetches by reference
+	// When a tag's recheck last failed (see recheckRetry).
+	recheckFailed map[string]time.Time
+
 	profileSource profile.Source                     // see WithProfileSource; nil: none
 	profiles      map[digest.Digest]*profile.Profile // profiles kept without a metadata store
 }
@@ -119,6 +126,10 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		layers:     map[digest.Digest]*Layer{},
 		notEStargz: map[digest.Digest]notEStargz{},
 		profiles:   map[digest.Digest]*profile.Profile{},
+		tagRecheck: DefaultTagRecheck,
+		refs:       map[string]meta.Manifest{},
+
+		recheckFailed: map[string]time.Time{},
 	}
 	for _, o := range opts {
 		o(p)
@@ -127,8 +138,12 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 }
 
 // Get returns the layer that key names, resolving the reference and opening
-// the eStargz TOC on first use.
+// the eStargz TOC on first use. ctx is the FUSE request's, if any: its
+// caller must be one Access lets make the daemon fetch (ErrAccess).
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
+	if err := p.access.check(ctx); err != nil {
+		return nil, err
+	}
 	// A reference the configuration refuses (registries.conf "blocked") is
 	// refused even when its blob is already open under another name.
 	if c, ok := p.resolver.(refChecker); ok {
@@ -136,13 +151,18 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 			return nil, err
 		}
 	}
+	// Nor is an open layer served under a reference that does not list it.
+	if err := p.listed(ctx, key); err != nil {
+		return nil, err
+	}
 	if l := p.byDigest(key.Digest); l != nil {
-		// The same blob under another reference is the same content,
-		// but a TOC digest named in the path must still match.
+		// The same blob under a reference that lists it is the same
+		// content, but a TOC digest named in the path must still match.
 		if key.TOCDigest != "" && l.Desc.TOCDigest != key.TOCDigest {
 			return nil, fmt.Errorf("layer %s: path names TOC digest %s but the layer's is %s", key.Digest, key.TOCDigest, l.Desc.TOCDigest)
 		}
 		l.touch()
+		p.recordRef(key, l)
 		return l, nil
 	}
 	v, err, _ := p.opening.Do(key.Ref+"@"+key.Digest.String(), func() (any, error) {
@@ -155,6 +175,7 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	l := v.(*Layer)
 	l.touch()
+	p.recordRef(key, l)
 	return l, nil
 }
 

@@ -25,9 +25,6 @@ import (
 // waits for it.
 const profileLookupTimeout = 30 * time.Second
 
-// Option sets up a Pool at construction.
-type Option func(*Pool)
-
 // WithProfileSource makes the pool ask src for a published profile of
 // each layer it opens from the registry and has none for (nil: never).
 func WithProfileSource(src profile.Source) Option {

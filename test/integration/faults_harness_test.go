@@ -41,6 +41,12 @@ type mountOpts struct {
 	// Prefetch is what the pool fetches on its own (the zero value: the
 	// prioritized files once the TOC is in, nothing else).
 	Prefetch pool.PrefetchOptions
+	// Root is the ALS root ("": <a fresh temp dir>/als).
+	Root string
+	// Pool is passed to pool.New (access, tag recheck).
+	Pool []pool.Option
+	// LogHook also gets the daemon's log entries.
+	LogHook logrus.Hook
 	// ProfileSource is asked for published startup profiles (nil: none).
 	ProfileSource profile.Source
 }
@@ -55,9 +61,15 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 		log.SetLevel(logrus.InfoLevel)
 	}
 	log.SetOutput(testWriter{t})
+	if o.LogHook != nil {
+		log.AddHook(o.LogHook)
+	}
 	entry := logrus.NewEntry(log)
 
-	root := filepath.Join(t.TempDir(), "als")
+	root := o.Root
+	if root == "" {
+		root = filepath.Join(t.TempDir(), "als")
+	}
 	if o.CacheDir == "" {
 		o.CacheDir = filepath.Join(t.TempDir(), "cache")
 	}
@@ -72,7 +84,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	ro := o.Remote
 	ro.Insecure = append(ro.Insecure, reg.Host)
 	ro.Log = entry
-	p := pool.New(remote.New(ro), c, entry, pool.WithProfileSource(o.ProfileSource))
+	p := pool.New(remote.New(ro), c, entry, append(o.Pool, pool.WithProfileSource(o.ProfileSource))...)
 	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
