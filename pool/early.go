@@ -13,8 +13,9 @@ import (
 )
 
 // earlyRanges is a remote.Blob that fetches the ranges a stored profile's
-// replay will ask for as soon as the layer's TOC bytes are in (TailRead),
-// before the TOC is decoded and the replay can start: the replay's runs
+// replay will ask for from when the layer's TOC read is about a round trip
+// from done (remote.NearTheEnd, as the head stream does), or its bytes are
+// in (TailRead), before the TOC is decoded and the replay can start: the replay's runs
 // (layer.ReplayRuns, the same plan) then find their bytes in flight, and
 // the link is not idle for the decoding and a round trip. A read inside a
 // range is served from it as its bytes arrive, each byte once (a run
@@ -28,6 +29,7 @@ type earlyRanges struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	released  atomic.Bool
+	started   atomic.Bool
 }
 
 type earlyRange struct {
@@ -78,6 +80,7 @@ func (e *earlyRanges) start() {
 		return
 	}
 	e.startOnce.Do(func() {
+		e.started.Store(true)
 		work := make(chan *earlyRange)
 		for range layer.ReplayParallel {
 			go func() {
@@ -160,6 +163,11 @@ func (e *earlyRanges) ReadAt(ctx context.Context, p []byte, off int64) (int, err
 func (e *earlyRanges) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error) {
 	r := e.claim(off, int64(len(p)))
 	if r == nil {
+		// The TOC's read, for one: the ranges start when it is about a
+		// round trip from done.
+		if !e.started.Load() {
+			progress = remote.NearTheEnd(len(p), progress, e.start)
+		}
 		return e.Blob.ReadAtProgress(ctx, p, off, progress)
 	}
 	e.start()

@@ -127,6 +127,7 @@ func (p *Pool) inBackground(write func()) {
 func (p *Pool) Flush() {
 	for _, l := range p.Layers() {
 		l.View.EndRecording()
+		<-l.prof.settled
 	}
 	p.persisting.Wait()
 }

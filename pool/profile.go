@@ -47,6 +47,7 @@ type profileState struct {
 	mu        sync.Mutex
 	stored    *profile.Profile // what the store held when the layer was opened, then the refined one
 	early     *earlyRanges     // the stored profile's ranges fetched before the TOC was decoded; released after its replay
+	settled   chan struct{}    // closed once the startup window's recording is handed to inBackground (see recordProfile)
 	loaded    *profile.Profile // the replayed one
 	source    string
 	published bool
@@ -183,9 +184,9 @@ func (p *Pool) replay(ctx context.Context, l *Layer, pr *profile.Profile, source
 // recording merged into the profile stored before. Flush ends the windows
 // still open and waits for the writes.
 func (p *Pool) recordProfile(l *Layer, log *logrus.Entry) {
-	p.persisting.Add(1)
+	l.prof.settled = make(chan struct{})
 	go func() {
-		defer p.persisting.Done()
+		defer close(l.prof.settled)
 		<-l.View.RecordDone()
 		rec := l.recorded()
 		if rec == nil {
@@ -195,12 +196,14 @@ func (p *Pool) recordProfile(l *Layer, log *logrus.Entry) {
 		merged := profile.Merge(l.prof.stored, rec)
 		l.prof.stored = merged
 		l.prof.mu.Unlock()
-		if err := p.keepProfile(merged); err != nil {
-			log.WithError(err).Warn("storing the recorded profile failed")
-			return
-		}
-		log.WithFields(logrus.Fields{"chunks": len(merged.Chunks), "recorded": len(rec.Chunks), "bytes": merged.Bytes()}).
-			Info("recorded startup profile")
+		p.inBackground(func() {
+			if err := p.keepProfile(merged); err != nil {
+				log.WithError(err).Warn("storing the recorded profile failed")
+				return
+			}
+			log.WithFields(logrus.Fields{"chunks": len(merged.Chunks), "recorded": len(rec.Chunks), "bytes": merged.Bytes()}).
+				Info("recorded startup profile")
+		})
 	}()
 }
 
