@@ -45,7 +45,8 @@ const (
 
 // recorder is a layer's startup window and what it saw.
 type recorder struct {
-	closed atomic.Bool // fast path for reads after the window
+	idle   time.Duration // recordIdle; shorter in tests
+	closed atomic.Bool   // fast path for reads after the window
 	mu     sync.Mutex
 	start  time.Time
 	timer  *time.Timer
@@ -59,7 +60,7 @@ type recorder struct {
 }
 
 func newRecorder() *recorder {
-	return &recorder{seen: map[*chunk]bool{}, done: make(chan struct{})}
+	return &recorder{idle: recordIdle, seen: map[*chunk]bool{}, done: make(chan struct{})}
 }
 
 // note records that a reader needs chunks.
@@ -75,9 +76,9 @@ func (r *recorder) note(chunks []*chunk) {
 	now := time.Now()
 	if r.timer == nil {
 		r.start = now
-		r.timer = time.AfterFunc(recordIdle, r.close)
+		r.timer = time.AfterFunc(r.idle, r.close)
 	} else {
-		r.timer.Reset(recordIdle)
+		r.timer.Reset(r.idle)
 	}
 	for _, c := range chunks {
 		if r.seen[c] {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -205,5 +206,22 @@ func TestReplayCoalesces(t *testing.T) {
 		if !b.cache.has(string(c.digest)) {
 			t.Errorf("chunk at %d not cached after the replay", c.fileOff)
 		}
+	}
+}
+
+// TestRecordWindowClosesWhenReadsPause: the startup window ends on its own
+// once no read came for the idle time, and later reads are not recorded.
+func TestRecordWindowClosesWhenReadsPause(t *testing.T) {
+	b := openBigLayer(t, false)
+	b.l.rec.idle = 50 * time.Millisecond
+	b.readRange(t, "app/a", 0, 100)
+	select {
+	case <-b.l.RecordDone():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the window did not close after reads paused")
+	}
+	b.readRange(t, "data/x", 0, 100)
+	if got := b.l.Recorded(); got == nil || len(got.Chunks) != 1 {
+		t.Errorf("recorded %+v, want the one chunk read before the pause", got)
 	}
 }
