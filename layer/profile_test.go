@@ -28,7 +28,7 @@ func (b *bigLayer) readRange(t *testing.T, name string, off, n int64) {
 // names them.
 func chunksOf(t *testing.T, l *Layer, name string, off, n int64) []profile.Chunk {
 	t.Helper()
-	f := lookup(t, l, name).file
+	f := lookup(t, l, name).file()
 	var out []profile.Chunk
 	for _, c := range f.chunks[f.find(off) : f.find(off+n-1)+1] {
 		out = append(out, profile.Chunk{Offset: c.blobOff, Inner: c.inner, End: c.blobEnd, Digest: c.digest})
@@ -183,7 +183,7 @@ func TestReplayCoalesces(t *testing.T) {
 	b := openBigLayer(t, false)
 	// Every other chunk of data/x (32 KiB chunks of random data: gaps of
 	// about 32 KiB, under replayGap).
-	f := lookup(t, b.l, "data/x").file
+	f := lookup(t, b.l, "data/x").file()
 	var p profile.Profile
 	p.Blob, p.TOC = digest.FromString("blob"), b.l.TOCDigest()
 	for i := len(f.chunks) - 1; i >= 0; i -= 2 {

@@ -64,8 +64,14 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 // replayed when it comes, beside whatever else runs.
 func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.Profile, log *logrus.Entry) {
 	o := p.prefetch
-	l.View.SetReadahead(o.Readahead)
 	stored := l.prof.stored
+	l.tree.mu.Lock()
+	v := l.tree.view
+	if !o.NoPrioritized || o.Background || stored != nil {
+		l.tree.pins++ // the fetching holds the tree until done
+	}
+	l.tree.mu.Unlock()
+	v.SetReadahead(o.Readahead)
 	if found != nil {
 		go func() {
 			if pr := <-found; pr != nil {
@@ -84,13 +90,14 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		return
 	}
 	go func() {
+		defer l.Release()
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
 		replayed := stored != nil && p.replay(ctx, l, stored, "store", log)
 		l.prof.early.Release()
-		if !replayed && !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
+		if !replayed && !o.NoPrioritized && len(v.Prioritized()) > 0 {
 			start := time.Now()
-			st, err := l.View.Prefetch(ctx)
+			st, err := v.Prefetch(ctx)
 			if head != nil {
 				n, _ := head.Streamed()
 				log = log.WithField("early_bytes", n)
@@ -106,7 +113,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		head.Release()
 		if o.Background {
 			start := time.Now()
-			st, err := l.View.FetchAll(ctx)
+			st, err := v.FetchAll(ctx)
 			f := log.WithFields(logrus.Fields{"files": st.Files, "chunks": st.Chunks, "bytes": st.Bytes,
 				"elapsed": time.Since(start).Round(time.Millisecond)})
 			if err != nil {

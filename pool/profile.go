@@ -9,6 +9,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/profile"
 )
@@ -48,6 +49,7 @@ type profileState struct {
 	stored    *profile.Profile // what the store held when the layer was opened, then the refined one
 	early     *earlyRanges     // the stored profile's ranges fetched before the TOC was decoded; released after its replay
 	settled   chan struct{}    // closed once the startup window's recording is handed to inBackground (see recordProfile)
+	recording *layer.Layer     // the view whose startup window records; nil once its recording is merged into stored
 	loaded    *profile.Profile // the replayed one
 	source    string
 	published bool
@@ -65,18 +67,25 @@ func (l *Layer) Profile() ProfileInfo {
 	if merged := profile.Merge(stored, l.recorded()); merged != nil {
 		info.Recorded = len(merged.Chunks)
 	}
-	if l.View != nil {
-		info.Used = l.View.ProfileUsed()
+	l.tree.mu.Lock()
+	v := l.tree.view // not loaded for a status: a tree out of memory used nothing lately
+	l.tree.mu.Unlock()
+	if v != nil {
+		info.Used = v.ProfileUsed()
 	}
 	return info
 }
 
-// recorded is this run's recording so far, with the layer's blob digest.
+// recorded is this run's recording so far, with the layer's blob digest;
+// nil once it is merged into the stored profile.
 func (l *Layer) recorded() *profile.Profile {
-	if l.View == nil {
+	l.prof.mu.Lock()
+	v := l.prof.recording
+	l.prof.mu.Unlock()
+	if v == nil {
 		return nil
 	}
-	r := l.View.Recorded()
+	r := v.Recorded()
 	if r != nil {
 		r.Blob = l.Desc.Digest
 	}
@@ -159,7 +168,17 @@ func (p *Pool) replay(ctx context.Context, l *Layer, pr *profile.Profile, source
 	}
 	l.prof.loaded, l.prof.source = pr, source
 	l.prof.mu.Unlock()
-	st, err := l.View.Replay(ctx, pr)
+	// Held: the tree must not leave memory under the replay.
+	v, err := l.hold(ctx)
+	if err != nil {
+		l.prof.mu.Lock()
+		l.prof.loaded, l.prof.source = nil, ""
+		l.prof.mu.Unlock()
+		log.WithError(err).Warn("cannot replay the startup profile: the layer's tree did not load")
+		return false
+	}
+	defer l.Release()
+	st, err := v.Replay(ctx, pr)
 	l.prof.mu.Lock()
 	l.prof.stats.chunks, l.prof.stats.fetched = st.Chunks, st.Fetched
 	took := err == nil || st.Chunks > 0
@@ -180,19 +199,26 @@ func (p *Pool) replay(ctx context.Context, l *Layer, pr *profile.Profile, source
 	return took
 }
 
-// recordProfile waits for the end of l's startup window and stores the
-// recording merged into the profile stored before. Flush ends the windows
-// still open and waits for the writes.
-func (p *Pool) recordProfile(l *Layer, log *logrus.Entry) {
+// recordProfile waits for the end of the startup window of v, l's first
+// view, and stores the recording merged into the profile stored before.
+// Flush ends the windows still open and waits for the writes. The window
+// closes long before the tree may leave memory (TreeLimits.Idle), and a
+// view loaded again later records nothing that is kept.
+func (p *Pool) recordProfile(l *Layer, v *layer.Layer, log *logrus.Entry) {
 	l.prof.settled = make(chan struct{})
+	l.prof.mu.Lock()
+	l.prof.recording = v
+	l.prof.mu.Unlock()
 	go func() {
 		defer close(l.prof.settled)
-		<-l.View.RecordDone()
+		<-v.RecordDone()
 		rec := l.recorded()
+		l.prof.mu.Lock()
+		l.prof.recording = nil // merged below: the view need not stay for it
 		if rec == nil {
+			l.prof.mu.Unlock()
 			return
 		}
-		l.prof.mu.Lock()
 		merged := profile.Merge(l.prof.stored, rec)
 		l.prof.stored = merged
 		l.prof.mu.Unlock()
