@@ -29,6 +29,7 @@ type File struct {
 	InsecureRegistries []string  `toml:"insecure_registries"`
 	RegistriesConf     *string   `toml:"registries_conf"`
 	FetchTimeout       *Duration `toml:"fetch_timeout"`
+	ProfileLookup      *bool     `toml:"profile_lookup"`
 	ControlSocket      *string   `toml:"control_socket"`
 	MetricsAddress     *string   `toml:"metrics_address"`
 	Group              *string   `toml:"group"`
@@ -184,6 +185,9 @@ func (f *File) Settings() []Setting {
 	str("registries_conf", "registries-conf", f.RegistriesConf)
 	if f.FetchTimeout != nil {
 		out = append(out, Setting{Key: "fetch_timeout", Flag: "fetch-timeout", Values: []string{f.FetchTimeout.D.String()}})
+	}
+	if f.ProfileLookup != nil {
+		out = append(out, Setting{Key: "profile_lookup", Flag: "profile-lookup", Values: []string{strconv.FormatBool(*f.ProfileLookup)}})
 	}
 	str("control_socket", "control-socket", f.ControlSocket)
 	str("metrics_address", "metrics-address", f.MetricsAddress)

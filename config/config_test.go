@@ -19,6 +19,7 @@ log_format = "json"
 insecure_registries = ["reg.lan:5000", "other.lan"]
 registries_conf = "/etc/poolfs/registries.conf"
 fetch_timeout = "45s"
+profile_lookup = false
 control_socket = "/run/poolfs/control.sock"
 metrics_address = "unix:/run/poolfs/metrics.sock"
 group = "podman-users"
@@ -54,6 +55,7 @@ idle = "90s"
 		"insecure_registries->insecure-registry": {"reg.lan:5000", "other.lan"},
 		"registries_conf->registries-conf":       {"/etc/poolfs/registries.conf"},
 		"fetch_timeout->fetch-timeout":           {"45s"},
+		"profile_lookup->profile-lookup":         {"false"},
 		"control_socket->control-socket":         {"/run/poolfs/control.sock"},
 		"metrics_address->metrics-address":       {"unix:/run/poolfs/metrics.sock"},
 		"group->group":                           {"podman-users"},
@@ -90,6 +92,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{`log_level = "chatty"`, "log_level"},
 		{`log_format = "xml"`, "log_format"},
 		{`fetch_timeout = "soon"`, "fetch_timeout"},
+		{`profile_lookup = "no"`, "profile_lookup"},
 		{`fetch_timeout = "-1s"`, "fetch_timeout"},
 		{`root = "relative/dir"`, "root"},
 		{`metrics_address = "nowhere"`, "metrics_address"},
@@ -155,7 +158,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 16 {
-		t.Errorf("the sample sets %d keys, want all 16", len(f.Settings()))
+	if len(f.Settings()) != 17 {
+		t.Errorf("the sample sets %d keys, want all 17", len(f.Settings()))
 	}
 }

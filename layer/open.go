@@ -31,6 +31,8 @@ type Layer struct {
 
 	whole atomic.Pointer[WholeFiles] // whole-file copies (SetWholeFiles); nil: none
 
+	rec *recorder // the startup window's needs (see Recorded)
+
 	readahead    atomic.Int64 // see SetReadahead; 0: off
 	readingAhead atomic.Bool  // one read-ahead at a time
 	blobOrder    struct {     // every chunk by blob offset, for readAhead
@@ -84,6 +86,7 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
 		tree:      raw.tree,
 		tocDigest: raw.digest,
 		inflight:  map[chunkKey]*flight{},
+		rec:       newRecorder(),
 		tail:      raw.chunkTail,
 		tailStart: raw.chunkTailStart,
 	}

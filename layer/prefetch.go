@@ -130,7 +130,15 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	if len(cur) > 0 {
 		pieces = append(pieces, cur)
 	}
+	return st, l.fetchPieces(ctx, "(prefetch)", pieces, parallel, yield)
+}
 
+// fetchPieces fetches pieces (each a set of chunks, coalesced into as few
+// range requests as touch) in order, parallel pieces at a time, through
+// the singleflight; with yield a piece waits until no ReadAt is in
+// progress. The error is the first failure (later pieces are still
+// fetched).
+func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk, parallel int, yield bool) error {
 	work := make(chan []*chunk)
 	var mu sync.Mutex
 	var firstErr error
@@ -143,7 +151,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 				if yield {
 					l.waitIdle(ctx)
 				}
-				if _, err := l.getChunks(ctx, "(prefetch)", p, false); err != nil {
+				if _, err := l.getChunks(ctx, path, p, false); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -164,7 +172,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()
 	}
-	return st, firstErr
+	return firstErr
 }
 
 // waitIdle returns once no ReadAt is in progress (or ctx ends).

@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -31,6 +32,10 @@ var (
 	bucketRefs   = []byte("refs")   // ref + "\x00" + lookup digest -> blob digest
 	bucketLayers = []byte("layers") // blob digest -> JSON layerRecord
 	bucketTOCs   = []byte("tocs")   // TOC digest -> the TOC's gzip member from the blob, or (older records) gzip of the TOC JSON
+	// bucketProfiles: blob digest -> profile.Marshal of the layer's startup
+	// profile. Kept apart from the layer record: a profile may come (by
+	// import) before the daemon ever opened its layer.
+	bucketProfiles = []byte("profiles")
 	// ref -> JSON Manifest: which layers a reference's manifest lists.
 	bucketManifests = []byte("manifests")
 )
@@ -66,7 +71,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("opening metadata store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketManifests} {
+		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketProfiles, bucketManifests} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -228,7 +233,7 @@ func setUsed(lb *bolt.Bucket, key, raw []byte, t int64) error {
 	return lb.Put(key, b)
 }
 
-// Prune forgets every layer not used since before cutoff: its record, its
+// Prune forgets every layer not used since before cutoff: its record, its profile, its
 // TOC and the refs that lead to it. Layers inUse (those the daemon has
 // open) count as used now. Records from before UsedAt existed start their
 // clock now rather than go at once; records that do not decode are left
@@ -267,6 +272,9 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 			if err := tb.Delete(st[1]); err != nil {
 				return err
 			}
+			if err := tx.Bucket(bucketProfiles).Delete(st[0]); err != nil {
+				return err
+			}
 			if err := lb.Delete(st[0]); err != nil {
 				return err
 			}
@@ -294,4 +302,46 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 		return 0, fmt.Errorf("pruning layer records: %w", err)
 	}
 	return len(gone), nil
+}
+
+// PutProfile stores p as the startup profile of its layer (p.Blob),
+// replacing any earlier one.
+func (s *Store) PutProfile(p *profile.Profile) error {
+	b, err := profile.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encoding profile of layer %s: %w", p.Blob, err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketProfiles).Put([]byte(p.Blob.String()), b)
+	})
+	if err != nil {
+		return fmt.Errorf("storing profile of layer %s: %w", p.Blob, err)
+	}
+	return nil
+}
+
+// Profile returns the startup profile stored for the layer with blob
+// digest blob, or ErrNotFound. One that does not decode is an error
+// wrapping profile.ErrInvalid.
+func (s *Store) Profile(blob digest.Digest) (*profile.Profile, error) {
+	var raw []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketProfiles).Get([]byte(blob.String()))
+		if v == nil {
+			return ErrNotFound
+		}
+		raw = append([]byte(nil), v...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	p, err := profile.Unmarshal(raw)
+	if err != nil {
+		return nil, fmt.Errorf("stored profile of layer %s: %w", blob, err)
+	}
+	if p.Blob != blob {
+		return nil, fmt.Errorf("stored profile of layer %s names layer %s: %w", blob, p.Blob, profile.ErrInvalid)
+	}
+	return p, nil
 }

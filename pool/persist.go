@@ -72,7 +72,9 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	}
 	// Prefetched like a layer opened from the registry; after a restart
 	// its prioritized chunks are usually in the disk cache already.
-	l := p.adopt(p.newLayer(key, rec.Desc, blob, view, true, log), nil, log)
+	l := p.newLayer(key, rec.Desc, blob, view, true, log)
+	l.prof.stored = p.storedProfile(rec.Desc.Digest, log)
+	l = p.adopt(l, nil, nil, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	p.inBackground(func() {
 		if err := p.meta.Touch(rec.Desc.Digest); err != nil {
@@ -129,8 +131,20 @@ func (p *Pool) inBackground(write func()) {
 }
 
 // Flush waits until the records of the layers opened so far are written
-// to the metadata store. Call it before closing the store.
-func (p *Pool) Flush() { p.persisting.Wait() }
+// to the metadata store, ending their startup windows so that what they
+// recorded is stored too. Call it before closing the store.
+func (p *Pool) Flush() {
+	for _, l := range p.Layers() {
+		l.prof.mu.Lock()
+		v := l.prof.recording
+		l.prof.mu.Unlock()
+		if v != nil {
+			v.EndRecording()
+		}
+		<-l.prof.settled
+	}
+	p.persisting.Wait()
+}
 
 // PruneMeta forgets the stored records of layers neither opened by this
 // pool nor used since maxAge ago (see meta.Store.Prune), and returns how

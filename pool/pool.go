@@ -15,8 +15,10 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -75,6 +77,8 @@ type Layer struct {
 
 	streamOnce sync.Once
 	stream     *blobStream // the blob file's reads (see ReadBlob)
+
+	prof profileState
 }
 
 // Uses is the reference count the containers/storage client keeps through
@@ -106,10 +110,12 @@ type Pool struct {
 
 	treesMount string // see SetTreesMount; "": trees are served in place
 
-	access     Access                   // see WithAccess
-	tagRecheck time.Duration            // see WithTagRecheck
-	refs       map[string]meta.Manifest // what each reference lists (see listed)
-	listing    singleflight.Group       // manifest fetches by reference
+	profileSource profile.Source                     // see WithProfileSource; nil: none
+	profiles      map[digest.Digest]*profile.Profile // profiles kept without a metadata store
+	access        Access                             // see WithAccess
+	tagRecheck    time.Duration                      // see WithTagRecheck
+	refs          map[string]meta.Manifest           // what each reference lists (see listed)
+	listing       singleflight.Group                 // manifest fetches by reference
 	// When a tag's recheck last failed (see recheckRetry).
 	recheckFailed map[string]time.Time
 
@@ -131,6 +137,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
 		notEStargz: map[digest.Digest]notEStargz{},
+		profiles:   map[digest.Digest]*profile.Profile{},
 		tagRecheck: DefaultTagRecheck,
 		refs:       map[string]meta.Manifest{},
 
@@ -262,13 +269,28 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		}
 		return r.desc.DiffID, nil
 	}
+	// A stored profile replaces the prefetch of prioritized files, and
+	// with it the stream of the blob's head; without one, a published
+	// profile is looked for while the TOC is read.
+	stored := p.storedProfile(desc.Digest, log)
+	var found <-chan *profile.Profile
+	if stored == nil {
+		found = p.lookupProfile(key.Ref, desc.Digest, tocDigest, log)
+	}
 	start := time.Now()
-	viewBlob, head := p.startHead(blob, tocDigest.String())
+	viewBlob, head := blob, (*remote.Head)(nil)
+	var early *earlyRanges
+	if stored == nil {
+		viewBlob, head = p.startHead(blob, tocDigest.String())
+	} else if early = newEarlyRanges(blob, stored, p.cached); early != nil {
+		viewBlob = early
+	}
 	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, p.layerOptions()...)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {
 		head.Release()
+		early.Release()
 		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
 		if errors.Is(err, layer.ErrLimit) {
 			// Said once here, with the limit, for whoever wonders why this
@@ -287,10 +309,13 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	if desc.DiffID, err = diffID(); err != nil {
 		head.Release()
+		early.Release()
 		_ = p.reserve(-view.TreeBytes())
 		return nil, err
 	}
-	l := p.adopt(p.newLayer(key, desc, blob, view, false, log), head, log)
+	l := p.newLayer(key, desc, blob, view, false, log)
+	l.prof.stored, l.prof.early = stored, early
+	l = p.adopt(l, head, found, log)
 	if l.tree.view == view {
 		p.persist(l, key, desc, toc, log)
 	}
@@ -308,11 +333,15 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 //
 // head is the stream of the blob's start l's view reads through, if any
 // (see startHead); the prefetch releases it when done with it.
-func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
+//
+// found, if not nil, gives the answer of a profile.Source lookup, replayed
+// when it comes.
+func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile, log *logrus.Entry) *Layer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if prev, ok := p.layers[l.Desc.Digest]; ok {
 		head.Release()
+		l.prof.early.Release()
 		_ = p.reserve(-l.tree.view.TreeBytes())
 		return prev
 	}
@@ -322,7 +351,8 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
 		// the files whose copies exist, and ask for the rest.
 		l.tree.view.SetWholeFiles(p.whole)
 	}
-	p.startPrefetch(l, head, log)
+	p.startPrefetch(l, head, found, log)
+	p.recordProfile(l, l.tree.view, log)
 	return l
 }
 
@@ -352,4 +382,11 @@ func (p *Pool) Layers() []*Layer {
 		out = append(out, l)
 	}
 	return out
+}
+
+// cached reports whether the pool's cache holds the chunk with digest d,
+// as far as it can tell without reading it.
+func (p *Pool) cached(d digest.Digest) bool {
+	c, ok := p.cache.(cache.Peeker)
+	return ok && c.Has(d.String())
 }

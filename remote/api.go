@@ -27,6 +27,11 @@ type LayerDesc struct {
 	DiffID      digest.Digest // uncompressed digest from the config's rootfs.diff_ids; "" if unknown
 	TOCDigest   digest.Digest // from the TOC digest annotation; "" if absent
 	Annotations map[string]string
+	// Manifest is the digest of the image manifest that lists the layer
+	// (for an index, the platform's manifest it was resolved to): the
+	// subject that artifacts about the image, such as startup-read
+	// profiles, are attached to.
+	Manifest digest.Digest
 }
 
 // Blob is random access to a registry blob. Implementations are safe for

@@ -32,9 +32,9 @@ type fixture struct {
 	host string
 }
 
-func newFixture(t *testing.T, mw func(http.Handler) http.Handler) *fixture {
+func newFixture(t *testing.T, mw func(http.Handler) http.Handler, opts ...registry.Option) *fixture {
 	t.Helper()
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	reg := registry.New(append([]registry.Option{registry.Logger(log.New(io.Discard, "", 0))}, opts...)...)
 	push := httptest.NewServer(reg)
 	t.Cleanup(push.Close)
 	var h http.Handler = reg

@@ -76,7 +76,32 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 		}
 		layers[i] = ld
 	}
-	return &imageEntry{layers: layers, config: mf.Config, from: ref}, nil
+	self, err := manifestDescriptor(raw, mt, mf)
+	if err != nil {
+		return nil, fmt.Errorf("manifest of %s: %w", ref, err)
+	}
+	for i := range layers {
+		layers[i].Manifest = digest.Digest(self.Digest.String())
+	}
+	return &imageEntry{layers: layers, config: mf.Config, from: ref, manifest: self}, nil
+}
+
+// manifestDescriptor describes an image manifest as a subject descriptor:
+// the digest of the bytes as served (ggcr has checked a digest reference
+// against them), and a manifest media type even when the registry served
+// it as application/json.
+func manifestDescriptor(raw []byte, mt types.MediaType, mf *v1.Manifest) (v1.Descriptor, error) {
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if mt != types.DockerManifestSchema2 && mt != types.OCIManifestSchema1 {
+		mt = mf.MediaType
+		if mt == "" {
+			mt = types.OCIManifestSchema1
+		}
+	}
+	return v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: h}, nil
 }
 
 // getManifest fetches one manifest with ggcr (Accept headers, digest
