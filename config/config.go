@@ -31,7 +31,10 @@ type File struct {
 	FetchTimeout       *Duration `toml:"fetch_timeout"`
 	ControlSocket      *string   `toml:"control_socket"`
 	MetricsAddress     *string   `toml:"metrics_address"`
-	Cache              struct {
+	ImageStore         struct {
+		Pinned []string `toml:"pinned"`
+	} `toml:"image_store"`
+	Cache struct {
 		Dir        *string `toml:"dir"`
 		MaxSize    *Size   `toml:"max_size"`
 		MemorySize *Size   `toml:"memory_size"`
@@ -165,6 +168,9 @@ func (f *File) Settings() []Setting {
 	}
 	str("control_socket", "control-socket", f.ControlSocket)
 	str("metrics_address", "metrics-address", f.MetricsAddress)
+	if f.ImageStore.Pinned != nil {
+		out = append(out, Setting{Key: "image_store.pinned", Flag: "pin-image", Values: f.ImageStore.Pinned})
+	}
 	str("cache.dir", "cache-dir", f.Cache.Dir)
 	if f.Cache.MaxSize != nil {
 		out = append(out, Setting{Key: "cache.max_size", Flag: "cache-max-size", Values: []string{f.Cache.MaxSize.String()}})

@@ -105,6 +105,7 @@ func Listen(path string, b Backend, log *logrus.Entry) (*Server, error) {
 		}
 		writeJSON(w, res)
 	})
+	handleImages(mux, b, log)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { s.done <- s.srv.Serve(s.ln) }()
 	return s, nil

@@ -13,6 +13,7 @@ import (
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/config"
 	"github.com/poolfs/poolfs/control"
+	"github.com/poolfs/poolfs/imagestore"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/metrics"
 	"github.com/poolfs/poolfs/pool"
@@ -148,6 +149,7 @@ type daemonState struct {
 	whole    *layer.WholeFiles // nil: --passthrough=false
 	resolver *remote.Resolver
 	keychain *remote.SessionKeychain
+	images   *imagestore.Daemon
 }
 
 // Status implements control.Backend.
