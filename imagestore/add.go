@@ -82,6 +82,7 @@ func (d *Daemon) add(ctx context.Context, img remote.Image, progress func(Progre
 	}
 	report(0)
 	sizes := make([]int64, len(img.Layers))
+	errs := make([]error, len(img.Layers))
 	var (
 		mu   sync.Mutex
 		done int
@@ -92,10 +93,15 @@ func (d *Daemon) add(ctx context.Context, img remote.Image, progress func(Progre
 		g.Go(func() error {
 			l, err := d.pool.Get(gctx, pool.LayerKey{Ref: ld.Ref, Digest: ld.Digest})
 			if errors.Is(err, layer.ErrNotEStargz) {
-				return fmt.Errorf("layer %d (%s) of %s is not eStargz; the image store serves eStargz layers only (convert the image, e.g. with poolfs optimize): %w", i+1, ld.Digest, img.Name, err)
+				// The details (which footer failed how) are in the
+				// daemon's log; the user needs the layer.
+				errs[i] = fmt.Errorf("layer %d (%s) of %s is not eStargz; the image store serves eStargz layers only (convert the image, e.g. with poolfs optimize): %w",
+					i+1, ld.Digest, img.Name, layer.ErrNotEStargz)
+				return errs[i]
 			}
 			if err != nil {
-				return fmt.Errorf("looking layer %d (%s) of %s up through the pool: %w", i+1, ld.Digest, img.Name, err)
+				errs[i] = fmt.Errorf("looking layer %d (%s) of %s up through the pool: %w", i+1, ld.Digest, img.Name, err)
+				return errs[i]
 			}
 			sizes[i] = uncompressedSize(l)
 			mu.Lock()
@@ -106,6 +112,13 @@ func (d *Daemon) add(ctx context.Context, img remote.Image, progress func(Progre
 		})
 	}
 	if err := g.Wait(); err != nil {
+		// The first failing layer, whichever failed first: the same
+		// image gives the same answer every time.
+		for _, e := range errs {
+			if e != nil && !errors.Is(e, context.Canceled) {
+				return Image{}, e
+			}
+		}
 		return Image{}, err
 	}
 	im, err := d.newImage(img, sizes)
