@@ -58,7 +58,7 @@ func podmanImages(ctx context.Context, t *testing.T, pm *fixture.Podman) string 
 // is listed and run by podman without any pull (no request from podman
 // at all), cannot be removed by podman, survives a daemon killed with
 // SIGKILL, follows its tag on `image sync`, and is gone from podman after
-// `image rm`. A gzip image is refused, naming its layer; an `image add`
+// `image rm`. An image podman pulls goes to its own store. A daemon started with a pinned image adds it. A gzip image is refused, naming its layer; an `image add`
 // while podman starts a container from the store disturbs neither.
 func TestImageStore(t *testing.T) {
 	requireRoot(t)
@@ -135,12 +135,35 @@ func TestImageStore(t *testing.T) {
 		t.Errorf("image add of a gzip image: the error does not say which layer is not eStargz:\n%s", stderr)
 	}
 
+	// An image podman pulls itself goes to its own store.
+	if _, _, err := pm.Run(ctx, "pull", gzRef); err != nil {
+		t.Fatal(err)
+	}
+	if ls, err := pm.StoreLayers(); err != nil || len(ls) != len(gzLayers) {
+		t.Errorf("podman's own store has %d layers after pulling %s (%v), want %d", len(ls), gzRef, err, len(gzLayers))
+	}
+	if ls, _, err := poolfsCLI(ctx, t, als, "image", "ls"); err != nil || strings.Contains(ls, "test/gzip") {
+		t.Errorf("image ls after podman's own pull (%v):\n%s", err, ls)
+	}
+
 	// A daemon killed with SIGKILL: the next one on the same ROOT serves
 	// the store from its metadata store, without the registry's manifests.
 	killDaemon(t, d1)
+	// The new daemon is given a pinned catalogue of one image, which it
+	// adds at startup.
+	pinned := fixture.ImageRef(reg.Host, "test/pinned", "v1")
+	if _, _, err := fixture.PushImage(ctx, pinned, helloImageTars(t)[:1], fixture.ImageOptions{Cmd: []string{"/bin/true"}}); err != nil {
+		t.Fatal(err)
+	}
 	restart := time.Now()
-	startDaemonIn(t, reg, dir, "poolfs.2.log", true)
+	startDaemonIn(t, reg, dir, "poolfs.2.log", true, "--pin-image", pinned)
 	waitLive(t, filepath.Join(als, ".pool"), restart)
+	for start := time.Now(); !strings.Contains(podmanImages(ctx, t, pm), pinned+" "); {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("the pinned image %s is not in the store 20s after the restart", pinned)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	run("run after a restart", helloText)
 
 	// An image added while podman starts a container from the store.
@@ -184,8 +207,8 @@ func TestImageStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(ls, "\n"); n != 4 { // header, new, old, other
-		t.Errorf("image ls after sync has %d lines, want the header and 3 images:\n%s", n, ls)
+	if n := strings.Count(ls, "\n"); n != 5 { // header, new, old, other, pinned
+		t.Errorf("image ls after sync has %d lines, want the header and 4 images:\n%s", n, ls)
 	}
 
 	if _, stderr, err := poolfsCLI(ctx, t, als, "image", "rm", ref); err != nil {

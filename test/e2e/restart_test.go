@@ -23,7 +23,7 @@ const fuseSuperMagic = 0x65735546
 // startDaemonIn is startDaemon on a given directory (ALS root DIR/als, cache
 // DIR/cache), so that a second daemon can take over the first one's state.
 // With stop set, the daemon is stopped at cleanup like startDaemon's.
-func startDaemonIn(t *testing.T, reg *fixture.Registry, dir, logName string, stop bool) *fixture.Daemon {
+func startDaemonIn(t *testing.T, reg *fixture.Registry, dir, logName string, stop bool, extraArgs ...string) *fixture.Daemon {
 	t.Helper()
 	d, err := fixture.StartDaemon(fixture.DaemonOptions{
 		Binary:             poolfsBinary(t),
@@ -33,6 +33,7 @@ func startDaemonIn(t *testing.T, reg *fixture.Registry, dir, logName string, sto
 		LogLevel:           "debug",
 		LogFile:            filepath.Join(dir, logName),
 		ReadyTimeout:       20 * time.Second,
+		ExtraArgs:          extraArgs,
 	})
 	if err != nil {
 		t.Fatalf("starting poolfs: %v", err)
