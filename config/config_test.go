@@ -22,6 +22,9 @@ fetch_timeout = "45s"
 control_socket = "/run/poolfs/control.sock"
 metrics_address = "unix:/run/poolfs/metrics.sock"
 
+[image_store]
+pinned = ["reg.lan:5000/py:3", "reg.lan:5000/java:17"]
+
 [cache]
 dir = "/srv/poolfs-cache"
 max_size = "20GiB"
@@ -49,6 +52,7 @@ memory_size = "256MiB"
 		"fetch_timeout->fetch-timeout":           {"45s"},
 		"control_socket->control-socket":         {"/run/poolfs/control.sock"},
 		"metrics_address->metrics-address":       {"unix:/run/poolfs/metrics.sock"},
+		"image_store.pinned->pin-image":          {"reg.lan:5000/py:3", "reg.lan:5000/java:17"},
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
 		"cache.max_size->cache-max-size":         {"21474836480"},
 		"cache.memory_size->memory-cache-mb":     {"256"},
@@ -141,7 +145,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 11 {
-		t.Errorf("the sample sets %d keys, want all 11", len(f.Settings()))
+	if len(f.Settings()) != 12 {
+		t.Errorf("the sample sets %d keys, want all 12", len(f.Settings()))
 	}
 }
