@@ -185,6 +185,12 @@ type newImage struct {
 // image that has it: a tag that moved), or adds the names to the image if
 // it is there already. Files first, then the records.
 func (s *Store) put(ctx context.Context, im newImage) (Image, error) {
+	// The files too are written under the lock: two adds may share
+	// layers, and a commit removes the big data of images it drops.
+	// Writing them takes milliseconds; resolving the image, before, is
+	// the slow part.
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for i, l := range im.layers {
 		if err := s.writeLayerDir(l, im.layers[:i], im.targets[i]); err != nil {
 			return Image{}, err
@@ -193,9 +199,6 @@ func (s *Store) put(ctx context.Context, im newImage) (Image, error) {
 	if err := s.writeBigData(im.rec.ID, im.data); err != nil {
 		return Image{}, err
 	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	images := cloneImages(s.images)
 	for i := range images {
 		if images[i].ID != im.rec.ID {

@@ -402,3 +402,84 @@ func TestBigDataFile(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentAdds: images sharing a base layer added at once all land,
+// with the shared layer once.
+func TestConcurrentAdds(t *testing.T) {
+	ctx := context.Background()
+	reg := fixture.StartRegistry(t)
+	var refs []string
+	for i := range 4 {
+		ref, _ := push(ctx, t, reg, fmt.Sprintf("test/c%d", i), "v1", []string{"base", fmt.Sprintf("app %d", i)}, fixture.ImageOptions{})
+		refs = append(refs, ref)
+	}
+	root := t.TempDir()
+	d := newDaemon(t, reg, root)
+	errs := make(chan error, len(refs))
+	for _, ref := range refs {
+		go func() {
+			_, err := d.Add(ctx, ref, nil)
+			errs <- err
+		}()
+	}
+	for range refs {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if ims := d.List(); len(ims) != len(refs) {
+		t.Errorf("%d images, want %d", len(ims), len(refs))
+	}
+	if ls := readRaw(t, filepath.Join(root, "images", "overlay-layers", "layers.json")); len(ls) != len(refs)+1 {
+		t.Errorf("%d layers, want %d (one shared base)", len(ls), len(refs)+1)
+	}
+}
+
+// TestOpenAfterCrash: what an update interrupted by a crash can leave (a
+// temporary file, a layer record no image names yet) is cleaned up, and
+// the store works.
+func TestOpenAfterCrash(t *testing.T) {
+	ctx := context.Background()
+	reg := fixture.StartRegistry(t)
+	ref, _ := push(ctx, t, reg, "test/crash", "v1", []string{"base", "app"}, fixture.ImageOptions{})
+	root := t.TempDir()
+	if _, err := newDaemon(t, reg, root).Add(ctx, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "images")
+	layersPath := filepath.Join(dir, "overlay-layers", "layers.json")
+	ls := readRaw(t, layersPath)
+	ls = append(ls, map[string]any{"id": "orphan", "compressed-diff-digest": "sha256:" + strings.Repeat("0", 64)})
+	b, _ := json.Marshal(ls)
+	if err := os.WriteFile(layersPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"overlay-images/.tmp-images.json-1", "overlay/.tmp-abc/diff"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, p), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	d := newDaemon(t, reg, root)
+	for _, p := range []string{"overlay-images/.tmp-images.json-1", "overlay/.tmp-abc"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after Open (%v)", p, err)
+		}
+	}
+	if ims := d.List(); len(ims) != 1 || ims[0].Layers != 2 {
+		t.Fatalf("after the crash: %+v", ims)
+	}
+	// The next update drops the record no image names.
+	other, _ := push(ctx, t, reg, "test/crash2", "v1", []string{"other"}, fixture.ImageOptions{})
+	if _, err := d.Add(ctx, other, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range readRaw(t, layersPath) {
+		if l["id"] == "orphan" {
+			t.Error("the orphan layer record survived an update")
+		}
+	}
+}
