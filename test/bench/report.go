@@ -39,6 +39,12 @@ func writeWorkload(w io.Writer, c config, r *workloadResult) {
 			medianInt(cr.requests), medianInt(cr.blobReqs), secondsList(cr.times))
 	}
 	fmt.Fprintln(w)
+	is, ls := r.byName["image store, eStargz optimized"], r.byName["poolfs, eStargz optimized"]
+	isWarm, local := r.byName["image store optimized, daemon cache warm"], r.byName["local (image already pulled)"]
+	if len(is.times) > 0 && len(ls.times) > 0 && len(isWarm.times) > 0 && len(local.times) > 0 {
+		fmt.Fprintf(w, "Image store (optimized): cold %.2fx the layer store's cold run, warm %.2fx the locally stored image.\n\n",
+			ratio(median(is.times), median(ls.times)), ratio(median(isWarm.times), median(local.times)))
+	}
 }
 
 func printFS(w io.Writer, r *fsResult) {
