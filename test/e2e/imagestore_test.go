@@ -24,7 +24,7 @@ func poolfsCLI(ctx context.Context, t *testing.T, als string, args ...string) (s
 	return o.String(), e.String(), err
 }
 
-// podmanRequests fails the test if, among the registry requests after the
+// checkNoPull fails the test if, among the registry requests after the
 // first n, podman made any (its User-Agent starts "containers/"), or
 // anyone asked for a manifest or a whole blob: the daemon, serving from
 // what it resolved at `image add`, only reads chunks by range.
@@ -58,8 +58,10 @@ func podmanImages(ctx context.Context, t *testing.T, pm *fixture.Podman) string 
 // is listed and run by podman without any pull (no request from podman
 // at all), cannot be removed by podman, survives a daemon killed with
 // SIGKILL, follows its tag on `image sync`, and is gone from podman after
-// `image rm`. An image podman pulls goes to its own store. A daemon started with a pinned image adds it. A gzip image is refused, naming its layer; an `image add`
-// while podman starts a container from the store disturbs neither.
+// `image rm`. An image podman pulls goes to its own store. A daemon
+// started with a pinned image adds it. A gzip image is refused, naming
+// its layer; an `image add` while podman starts a container from the
+// store disturbs neither.
 func TestImageStore(t *testing.T) {
 	requireRoot(t)
 	requirePodman(t)
