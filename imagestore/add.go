@@ -43,11 +43,24 @@ type Daemon struct {
 // Open opens (creating if missing) the image store of the ALS root whose
 // pool is mounted at <root>/.pool.
 func Open(root string, o Options) (*Daemon, error) {
-	s, err := open(filepath.Join(root, DirName), pool.MountDir, o.Log)
+	s, err := OpenStore(root, o.Log)
 	if err != nil {
 		return nil, err
 	}
-	return &Daemon{Store: s, pool: o.Pool, resolver: o.Resolver}, nil
+	return NewDaemon(s, o), nil
+}
+
+// OpenStore opens the store's files alone, which needs no pool: a pool
+// can be given the store's Keeps at construction, and the Daemon made
+// with NewDaemon once the pool exists.
+func OpenStore(root string, log *logrus.Entry) (*Store, error) {
+	return open(filepath.Join(root, DirName), pool.MountDir, log)
+}
+
+// NewDaemon adds what adding and syncing images needs to s (o.Log is
+// not used: s has its logger).
+func NewDaemon(s *Store, o Options) *Daemon {
+	return &Daemon{Store: s, pool: o.Pool, resolver: o.Resolver}
 }
 
 // Progress reports how far adding one image got.
