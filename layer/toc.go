@@ -38,6 +38,9 @@ type rawTOC struct {
 	// data already paid for, which for small layers is the whole layer.
 	chunkTail      []byte
 	chunkTailStart int64
+	// fetchedTail is the whole tail as fetched, TOC and footer included,
+	// when chunkTail holds on to its memory anyway ([chunkTailStart, size)).
+	fetchedTail []byte
 }
 
 // readTOC fetches the blob's tail (one ReadAt), finds the footer and returns
@@ -99,6 +102,7 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 	raw := &rawTOC{toc: toc, digest: got, tocOffset: tocOffset, json: tocJSON, chunkTailStart: tailStart}
 	if tocOffset > tailStart {
 		raw.chunkTail = tail[:tocOffset-tailStart]
+		raw.fetchedTail = tail
 	}
 	return raw, nil
 }
