@@ -41,6 +41,11 @@ type File struct {
 		MaxSize    *Size   `toml:"max_size"`
 		MemorySize *Size   `toml:"memory_size"`
 	} `toml:"cache"`
+	Trees struct {
+		MaxEntries *int      `toml:"max_entries"`
+		MaxMemory  *Size     `toml:"max_memory"`
+		Idle       *Duration `toml:"idle"`
+	} `toml:"trees"`
 }
 
 // Setting is one value from the file in the form of the flag it stands for.
@@ -127,6 +132,15 @@ func (f *File) check() error {
 	if f.Cache.MemorySize != nil && f.Cache.MemorySize.Percent != 0 {
 		return fmt.Errorf("cache.memory_size: a percentage is only allowed for cache.max_size")
 	}
+	if f.Trees.MaxEntries != nil && *f.Trees.MaxEntries < 0 {
+		return fmt.Errorf("trees.max_entries: %d is negative", *f.Trees.MaxEntries)
+	}
+	if f.Trees.MaxMemory != nil && f.Trees.MaxMemory.Percent != 0 {
+		return fmt.Errorf("trees.max_memory: a percentage is only allowed for cache.max_size")
+	}
+	if f.Trees.Idle != nil && f.Trees.Idle.D < 0 {
+		return fmt.Errorf("trees.idle: %s is negative", f.Trees.Idle.D)
+	}
 	if f.MetricsAddress != nil {
 		if err := CheckListenAddress(*f.MetricsAddress); err != nil {
 			return fmt.Errorf("metrics_address: %w", err)
@@ -190,6 +204,16 @@ func (f *File) Settings() []Setting {
 	if f.Cache.MemorySize != nil {
 		mib := (f.Cache.MemorySize.Bytes + 1<<20 - 1) >> 20
 		out = append(out, Setting{Key: "cache.memory_size", Flag: "memory-cache-mb", Values: []string{strconv.FormatInt(mib, 10)}})
+	}
+	if f.Trees.MaxEntries != nil {
+		out = append(out, Setting{Key: "trees.max_entries", Flag: "tree-max-entries", Values: []string{strconv.Itoa(*f.Trees.MaxEntries)}})
+	}
+	if f.Trees.MaxMemory != nil {
+		mib := (f.Trees.MaxMemory.Bytes + 1<<20 - 1) >> 20
+		out = append(out, Setting{Key: "trees.max_memory", Flag: "tree-memory-mb", Values: []string{strconv.FormatInt(mib, 10)}})
+	}
+	if f.Trees.Idle != nil {
+		out = append(out, Setting{Key: "trees.idle", Flag: "tree-idle", Values: []string{f.Trees.Idle.D.String()}})
 	}
 	return out
 }

@@ -31,6 +31,11 @@ pinned = ["reg.lan:5000/py:3", "reg.lan:5000/java:17"]
 dir = "/srv/poolfs-cache"
 max_size = "20GiB"
 memory_size = "256MiB"
+
+[trees]
+max_entries = 300000
+max_memory = "1GiB"
+idle = "90s"
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +65,9 @@ memory_size = "256MiB"
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
 		"cache.max_size->cache-max-size":         {"21474836480"},
 		"cache.memory_size->memory-cache-mb":     {"256"},
+		"trees.max_entries->tree-max-entries":    {"300000"},
+		"trees.max_memory->tree-memory-mb":       {"1024"},
+		"trees.idle->tree-idle":                  {"1m30s"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Settings:\n got %v\nwant %v", got, want)
@@ -151,7 +159,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 14 {
-		t.Errorf("the sample sets %d keys, want all 14", len(f.Settings()))
+	if len(f.Settings()) != 17 {
+		t.Errorf("the sample sets %d keys, want all 17", len(f.Settings()))
 	}
 }

@@ -116,7 +116,10 @@ func (d *Daemon) add(ctx context.Context, img remote.Image, progress func(Progre
 				errs[i] = fmt.Errorf("looking layer %d (%s) of %s up through the pool: %w", i+1, ld.Digest, img.Name, err)
 				return errs[i]
 			}
-			sizes[i] = uncompressedSize(l)
+			if sizes[i], err = uncompressedSize(gctx, l); err != nil {
+				errs[i] = fmt.Errorf("layer %d (%s) of %s: sizing its tree: %w", i+1, ld.Digest, img.Name, err)
+				return errs[i]
+			}
 			mu.Lock()
 			done++
 			report(done)
@@ -153,30 +156,35 @@ const uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
 // uncompressedSize is the layer's diff-size: the converter's record of the
 // tar size, else the sum of the files' sizes (what the overlay driver's
 // DiffSize would count).
-func uncompressedSize(l *pool.Layer) int64 {
+func uncompressedSize(ctx context.Context, l *pool.Layer) (int64, error) {
 	if s, ok := l.Desc.Annotations[uncompressedSizeAnnotation]; ok {
 		var n int64
 		if err := json.Unmarshal([]byte(s), &n); err == nil && n > 0 {
-			return n
+			return n, nil
 		}
 	}
+	v, err := l.View(ctx)
+	if err != nil {
+		return 0, err
+	}
 	var sum int64
-	seen := map[*layer.Entry]bool{}
+	seen := map[uint32]bool{} // hard links: one entry under several names
 	var walk func(e *layer.Entry)
 	walk = func(e *layer.Entry) {
-		if seen[e] {
+		if seen[e.ID()] {
 			return
 		}
-		seen[e] = true
+		seen[e.ID()] = true
 		if e.Type == layer.TypeReg {
 			sum += e.Size
 		}
-		for _, c := range e.Children {
+		for i := range e.NumChildren() {
+			_, c := e.ChildAt(i)
 			walk(c)
 		}
 	}
-	walk(l.View.Root())
-	return sum
+	walk(v.Root())
+	return sum, nil
 }
 
 // newImage builds the records of img as containers/image would on a pull.

@@ -62,13 +62,17 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	if err != nil {
 		return drop(err)
 	}
-	view, err := layer.OpenStored(blob, rec.TOC, p.cache, log)
+	view, err := layer.OpenStored(blob, rec.TOC, p.cache, log, p.layerOptions()...)
+	if errors.Is(err, layer.ErrLimit) {
+		log.WithError(err).Warn("layer refused: its tree would pass a memory limit")
+		return nil
+	}
 	if err != nil {
 		return drop(err)
 	}
 	// Prefetched like a layer opened from the registry; after a restart
 	// its prioritized chunks are usually in the disk cache already.
-	l := p.adopt(&Layer{Desc: rec.Desc, Blob: blob, View: view}, nil, log)
+	l := p.adopt(p.newLayer(key, rec.Desc, blob, view, true, log), nil, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	p.inBackground(func() {
 		if err := p.meta.Touch(rec.Desc.Digest); err != nil {
@@ -83,14 +87,19 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 // milliseconds that the client, waiting for the layer, need not wait. A
 // failure costs only a registry round trip after the next restart, so it
 // is logged, not returned. Flush waits for the records.
-func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
+func (p *Pool) persist(l *Layer, key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
 	if p.meta == nil {
 		return
 	}
 	p.inBackground(func() {
 		if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
 			log.WithError(err).Warn("storing layer record failed")
+			return
 		}
+		// Only now may the tree leave memory: it comes back from here.
+		l.tree.mu.Lock()
+		l.tree.stored = true
+		l.tree.mu.Unlock()
 	})
 }
 

@@ -64,7 +64,9 @@ type notEStargz struct {
 type Layer struct {
 	Desc remote.LayerDesc
 	Blob remote.Blob
-	View *layer.Layer
+
+	pool *Pool
+	tree treeState // the view (see Hold, View, Tree)
 
 	uses       atomic.Int64
 	lastAccess atomic.Int64 // unix nanoseconds
@@ -110,9 +112,15 @@ type Pool struct {
 	listing    singleflight.Group       // manifest fetches by reference
 	// When a tag's recheck last failed (see recheckRetry).
 	recheckFailed map[string]time.Time
+
+	limits   TreeLimits // see WithTreeLimits
+	treeMu   sync.Mutex
+	treeUsed int64 // bytes of the trees in memory and being built
+	stop     context.CancelFunc
 }
 
-// New returns an empty pool.
+// New returns an empty pool. With TreeLimits.Idle set, it looks for idle
+// trees in the background until Close.
 func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
@@ -130,6 +138,11 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	}
 	for _, o := range opts {
 		o(p)
+	}
+	if p.limits.Idle > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stop = cancel
+		go p.sweepIdle(ctx)
 	}
 	return p
 }
@@ -251,12 +264,17 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	start := time.Now()
 	viewBlob, head := p.startHead(blob, tocDigest.String())
-	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log)
+	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, p.layerOptions()...)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {
 		head.Release()
 		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
+		if errors.Is(err, layer.ErrLimit) {
+			// Said once here, with the limit, for whoever wonders why this
+			// layer was pulled.
+			log.WithError(err).Warn("layer refused: its tree would pass a memory limit")
+		}
 		if errors.Is(err, layer.ErrNotEStargz) {
 			p.mu.Lock()
 			p.notEStargz[desc.Digest] = notEStargz{err: err, at: time.Now()}
@@ -269,10 +287,13 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	if desc.DiffID, err = diffID(); err != nil {
 		head.Release()
+		_ = p.reserve(-view.TreeBytes())
 		return nil, err
 	}
-	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, head, log)
-	p.persist(key, desc, toc, log)
+	l := p.adopt(p.newLayer(key, desc, blob, view, false, log), head, log)
+	if l.tree.view == view {
+		p.persist(l, key, desc, toc, log)
+	}
 	log.WithFields(logrus.Fields{
 		"toc_digest": desc.TOCDigest,
 		"size":       desc.Size,
@@ -292,15 +313,24 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
 	defer p.mu.Unlock()
 	if prev, ok := p.layers[l.Desc.Digest]; ok {
 		head.Release()
+		_ = p.reserve(-l.tree.view.TreeBytes())
 		return prev
 	}
 	p.layers[l.Desc.Digest] = l
 	if p.whole != nil {
 		// Before the layer is published: its views offer passthrough for
 		// the files whose copies exist, and ask for the rest.
-		l.View.SetWholeFiles(p.whole)
+		l.tree.view.SetWholeFiles(p.whole)
 	}
 	p.startPrefetch(l, head, log)
+	return l
+}
+
+// newLayer makes the Layer for a view just opened (and reserved for).
+func (p *Pool) newLayer(key LayerKey, desc remote.LayerDesc, blob remote.Blob, view *layer.Layer, stored bool, log *logrus.Entry) *Layer {
+	l := &Layer{Desc: desc, Blob: blob, pool: p}
+	l.tree.view, l.tree.stored, l.tree.key, l.tree.log = view, stored, key, log
+	l.tree.lastUsed = time.Now()
 	return l
 }
 
