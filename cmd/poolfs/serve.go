@@ -112,6 +112,10 @@ func serve(ctx context.Context, args []string) error {
 	// --tree-memory-mb): a tree that left comes back on podman's lookup,
 	// but after a read of meta.db the start of a container from the store
 	// would pay.
+	// ROOT first, with its access mode: the store is inside it.
+	if err := pool.PrepareRoot(root, access, log.WithField("component", "pool")); err != nil {
+		return err
+	}
 	store, err := imagestore.OpenStore(root, log.WithField("component", "imagestore"))
 	if err != nil {
 		return err
