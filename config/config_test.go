@@ -25,6 +25,9 @@ metrics_address = "unix:/run/poolfs/metrics.sock"
 group = "podman-users"
 tag_recheck = "10m"
 
+[image_store]
+pinned = ["reg.lan:5000/py:3", "reg.lan:5000/java:17"]
+
 [cache]
 dir = "/srv/poolfs-cache"
 max_size = "20GiB"
@@ -60,6 +63,7 @@ idle = "90s"
 		"metrics_address->metrics-address":       {"unix:/run/poolfs/metrics.sock"},
 		"group->group":                           {"podman-users"},
 		"tag_recheck->tag-recheck":               {"10m0s"},
+		"image_store.pinned->pin-image":          {"reg.lan:5000/py:3", "reg.lan:5000/java:17"},
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
 		"cache.max_size->cache-max-size":         {"21474836480"},
 		"cache.memory_size->memory-cache-mb":     {"256"},

@@ -232,6 +232,8 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 			return nil, fmt.Errorf("recording the profile: %w", err)
 		}
 	}
+	isLazy, isOpt := add("image store, eStargz"), add("image store, eStargz optimized")
+	isWarm := add("image store optimized, daemon cache warm")
 	var vars, lazyVars []*caseResult
 	for _, v := range b.c.variants {
 		vars = append(vars, add("poolfs optimized, "+v.name))
@@ -248,7 +250,9 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	}
 	round = append(round,
 		func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil, nil) },
-		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm, nil) })
+		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm, nil) },
+		func() error { return b.runImageStoreCase(p, p.lazyRef, b.c.daemonArg, isLazy, nil) },
+		func() error { return b.runImageStoreCase(p, p.optRef, b.c.daemonArg, isOpt, isWarm) })
 	if profiled != nil {
 		round = append(round, func() error {
 			return b.runCase(p, p.lazyRef, true, b.c.daemonArg, profiled, nil, &profileIO{load: prof})
@@ -285,6 +289,20 @@ type profileIO struct {
 	export *[]byte
 }
 
+// startDaemon starts poolfs serve on dir/store with its cache in
+// dir/cache.
+func (b *bench) startDaemon(dir string, daemonArgs []string, logName string) (*fixture.Daemon, error) {
+	return fixture.StartDaemon(fixture.DaemonOptions{
+		Binary:             b.c.poolfs,
+		Root:               filepath.Join(dir, "store"),
+		CacheDir:           filepath.Join(dir, "cache"),
+		InsecureRegistries: []string{b.reg.Host},
+		LogLevel:           "info",
+		LogFile:            filepath.Join(dir, logName),
+		ExtraArgs:          daemonArgs,
+	})
+}
+
 // runCase runs the workload once cold: fresh podman store, and with
 // poolfs a fresh daemon with an empty cache (given the profile prof.load
 // if set). If local is not nil, the workload runs a second time from the
@@ -308,16 +326,7 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if pool {
 		als = filepath.Join(dir, "store")
 		var err error
-		d, err = fixture.StartDaemon(fixture.DaemonOptions{
-			Binary:             b.c.poolfs,
-			Root:               als,
-			CacheDir:           filepath.Join(dir, "cache"),
-			InsecureRegistries: []string{b.reg.Host},
-			LogLevel:           "info",
-			LogFile:            filepath.Join(dir, "poolfs.log"),
-			ExtraArgs:          daemonArgs,
-		})
-		if err != nil {
+		if d, err = b.startDaemon(dir, daemonArgs, "poolfs.log"); err != nil {
 			return err
 		}
 		defer func() {
@@ -349,6 +358,52 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	}
 
 	args := append([]string{"run", "--rm", "--network=none", "--tls-verify=false", ref}, p.w.argv...)
+	if err := b.timedRun(ctx, pm, d, dir, p, args, c); err != nil {
+		return err
+	}
+	if prof != nil && prof.export != nil {
+		f := filepath.Join(dir, "profile.json")
+		if err := b.poolfsCmd(ctx, "profile", "export", "--socket", fixture.ControlSocketFor(als), ref, f); err != nil {
+			return err
+		}
+		if *prof.export, err = os.ReadFile(f); err != nil {
+			return err
+		}
+	}
+	if local != nil {
+		// Without poolfs: the image is now in the store. With poolfs: a
+		// fresh podman store on the same daemon, whose cache is now warm.
+		if pool {
+			if pm, err = fixture.NewPodman(filepath.Join(dir, "podman2"), fixture.PodmanOptions{
+				RepoRoot: b.repo, ALS: als, InsecureRegistries: []string{b.reg.Host},
+			}); err != nil {
+				return err
+			}
+			defer pm.Cleanup()
+			if err := b.initStore(ctx, pm); err != nil {
+				return err
+			}
+		}
+		b.reg.ResetStats()
+		t0 := time.Now()
+		if _, _, err := pm.Run(ctx, args...); err != nil {
+			return err
+		}
+		took := time.Since(t0)
+		st := b.reg.Stats()
+		local.times = append(local.times, took)
+		local.bytes = append(local.bytes, st.BlobBytes)
+		local.requests = append(local.requests, st.Requests)
+		local.blobReqs = append(local.blobReqs, st.BlobGets)
+		logf("  %-34s %7.3f s", local.name, took.Seconds())
+	}
+	return nil
+}
+
+// timedRun runs podman with args once (the workload), checks its output
+// and records time, registry bytes and requests in c. d is the daemon
+// serving the run, if any (its CPU and page faults are logged).
+func (b *bench) timedRun(ctx context.Context, pm *fixture.Podman, d *fixture.Daemon, dir string, p *preparedWorkload, args []string, c *caseResult) error {
 	if b.c.podmanLog != "" {
 		args = append([]string{"--log-level=" + b.c.podmanLog}, args...)
 	}
@@ -391,47 +446,11 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if p.w.want != "" && !strings.Contains(out+stderr, p.w.want) {
 		return fmt.Errorf("%s: output %q does not contain %q", pm.CommandLine(args...), out+stderr, p.w.want)
 	}
-	if prof != nil && prof.export != nil {
-		f := filepath.Join(dir, "profile.json")
-		if err := b.poolfsCmd(ctx, "profile", "export", "--socket", fixture.ControlSocketFor(als), ref, f); err != nil {
-			return err
-		}
-		if *prof.export, err = os.ReadFile(f); err != nil {
-			return err
-		}
-	}
 	c.times = append(c.times, took)
 	c.bytes = append(c.bytes, st.BlobBytes)
 	c.requests = append(c.requests, st.Requests)
 	c.blobReqs = append(c.blobReqs, st.BlobGets)
 	logf("  %-34s %7.3f s  %8.2f MB  %3d requests (%d blob GETs)%s", c.name, took.Seconds(), mb(st.BlobBytes), st.Requests, st.BlobGets, daemonCost)
-	if local != nil {
-		// Without poolfs: the image is now in the store. With poolfs: a
-		// fresh podman store on the same daemon, whose cache is now warm.
-		if pool {
-			if pm, err = fixture.NewPodman(filepath.Join(dir, "podman2"), fixture.PodmanOptions{
-				RepoRoot: b.repo, ALS: als, InsecureRegistries: []string{b.reg.Host},
-			}); err != nil {
-				return err
-			}
-			defer pm.Cleanup()
-			if err := b.initStore(ctx, pm); err != nil {
-				return err
-			}
-		}
-		b.reg.ResetStats()
-		t0 := time.Now()
-		if _, _, err := pm.Run(ctx, args...); err != nil {
-			return err
-		}
-		took := time.Since(t0)
-		st := b.reg.Stats()
-		local.times = append(local.times, took)
-		local.bytes = append(local.bytes, st.BlobBytes)
-		local.requests = append(local.requests, st.Requests)
-		local.blobReqs = append(local.blobReqs, st.BlobGets)
-		logf("  %-34s %7.3f s", local.name, took.Seconds())
-	}
 	return nil
 }
 
@@ -443,6 +462,81 @@ func (b *bench) poolfsCmd(ctx context.Context, args ...string) error {
 	}
 	logf("  poolfs %s: %s", args[0]+" "+args[1], strings.TrimSpace(string(out)))
 	return nil
+}
+
+// runImageStoreCase runs the workload once from the daemon's image store
+// with a cold daemon cache: `poolfs image add` on a first daemon (as an
+// operator does ahead of time), then a second daemon on the same ROOT
+// with the chunks removed from its cache (what a node has after a reboot
+// with a cleared cache: the image records and the layers' TOCs, no file
+// data). With warm set, the workload runs again on the same daemon from
+// another fresh podman store.
+func (b *bench) runImageStoreCase(p *preparedWorkload, ref string, daemonArgs []string, c, warm *caseResult) error {
+	b.seq++
+	dir := filepath.Join(b.c.work, "runs", fmt.Sprintf("%03d", b.seq))
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if !b.c.keep {
+		b.runDirs = append(b.runDirs, dir)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
+	defer cancel()
+	als := filepath.Join(dir, "store")
+	d, err := b.startDaemon(dir, daemonArgs, "poolfs.add.log")
+	if err != nil {
+		return err
+	}
+	_, err = control.NewClient(fixture.ControlSocketFor(als)).AddImages(ctx, []string{ref}, nil)
+	if stopErr := d.Stop(); err == nil {
+		err = stopErr
+	}
+	if err != nil {
+		return fmt.Errorf("image add %s: %w", ref, err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "cache", "chunks")); err != nil {
+		return err
+	}
+	newPodman := func(name string) (*fixture.Podman, error) {
+		pm, err := fixture.NewPodman(filepath.Join(dir, name), fixture.PodmanOptions{
+			RepoRoot: b.repo, ALS: als, ImageStore: filepath.Join(als, "images"), InsecureRegistries: []string{b.reg.Host},
+		})
+		if err != nil {
+			return nil, err
+		}
+		return pm, b.initStore(ctx, pm)
+	}
+	// The podman store is made before the daemon starts again, so that
+	// the run begins as soon as the daemon serves: the prefetch it starts
+	// for the store's layers then races the container, as the layer
+	// store's does from podman's lookup.
+	pm, err := newPodman("podman")
+	if err != nil {
+		return err
+	}
+	defer pm.Cleanup()
+	if d, err = b.startDaemon(dir, daemonArgs, "poolfs.log"); err != nil {
+		return err
+	}
+	defer func() {
+		if err := d.Stop(); err != nil {
+			logf("stopping poolfs: %v", err)
+		}
+	}()
+	args := append([]string{"run", "--rm", "--network=none", "--pull=never", ref}, p.w.argv...)
+	if err := b.timedRun(ctx, pm, d, dir, p, args, c); err != nil {
+		return err
+	}
+	if warm == nil {
+		return nil
+	}
+	pm2, err := newPodman("podman2")
+	if err != nil {
+		return err
+	}
+	defer pm2.Cleanup()
+	return b.timedRun(ctx, pm2, d, dir, p, args, warm)
 }
 
 // initStore makes a fresh podman store look like the store of a machine
