@@ -143,6 +143,18 @@ func typeBits(t layer.EntryType) uint32 {
 // totals counts the bytes of regular files (each inode once) and the
 // inodes of the view.
 func totals(root *layer.Entry) (bytes, files uint64) {
+	eachEntry(root, func(e *layer.Entry) {
+		files++
+		if e.Type == layer.TypeReg && e.Size > 0 {
+			bytes += uint64(e.Size)
+		}
+	})
+	return bytes, files
+}
+
+// eachEntry calls fn once for every entry of the view rooted at root, root
+// included; a hard-linked entry is visited once.
+func eachEntry(root *layer.Entry, fn func(e *layer.Entry)) {
 	seen := map[*layer.Entry]bool{}
 	stack := []*layer.Entry{root}
 	for len(stack) > 0 {
@@ -152,13 +164,9 @@ func totals(root *layer.Entry) (bytes, files uint64) {
 			continue
 		}
 		seen[e] = true
-		files++
-		if e.Type == layer.TypeReg && e.Size > 0 {
-			bytes += uint64(e.Size)
-		}
+		fn(e)
 		for _, c := range e.Children {
 			stack = append(stack, c)
 		}
 	}
-	return bytes, files
 }
