@@ -9,9 +9,8 @@ import (
 // OpObserver is told about every FUSE operation of the kinds a layer store
 // sees (lookups, attributes, opens, flushes, releases, reads, directory
 // listings, xattrs, readlink, statfs and the create/rmdir of the use
-// protocol): its name, how
-// long poolfs took to answer, and the answer. It must not block; metrics
-// are its use.
+// protocol): its name, how long poolfs took to answer, and the answer. It
+// must not block; metrics are its use.
 type OpObserver func(op string, took time.Duration, st fuse.Status)
 
 // observed wraps a RawFileSystem, timing the operations it overrides; the
