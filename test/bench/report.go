@@ -101,6 +101,7 @@ type report struct {
 	fs        *fsResult
 	took      time.Duration
 	date      time.Time
+	load      [2]string // load averages when the run started and ended
 }
 
 func (rep report) write(path string) error {
@@ -109,7 +110,8 @@ func (rep report) write(path string) error {
 	fmt.Fprintln(&b, "# Benchmarks")
 	fmt.Fprintln(&b)
 	fmt.Fprintf(&b, "Written by `make bench` (`go run ./test/bench`) on %s; the run took %v.\n\n", rep.date.Format("2006-01-02 15:04 MST"), rep.took.Round(time.Second))
-	fmt.Fprintf(&b, "Machine: %s.\n\n", machine())
+	fmt.Fprintf(&b, "Machine: %s; load average (1, 5, 15 min) %s when the run started, %s when it ended "+
+		"(other work on the machine spreads the times).\n\n", machine(), rep.load[0], rep.load[1])
 	fmt.Fprintf(&b, "Link: %v per request, %g Mbit/s shared by all responses (in-process registry on 127.0.0.1 behind a user-space delay and token bucket). "+
 		"%d cold run(s) per case, in rounds that run every case once in a shuffled order; medians shown (all runs in the last column, in the order they ran, seconds). Flags: `%s`.\n\n",
 		c.delay, c.mbit, c.runs, strings.Join(os.Args[1:], " "))
@@ -147,6 +149,15 @@ func machine() string {
 		mem = fmt.Sprintf("%.1f GiB", float64(si.Totalram)*float64(si.Unit)/(1<<30))
 	}
 	return fmt.Sprintf("%d CPUs (nproc), %s memory, Linux %s", runtime.NumCPU(), mem, kernel)
+}
+
+// loadAverage returns the first three fields of /proc/loadavg.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }
 
 func utsString(b []int8) string {
