@@ -10,8 +10,8 @@ MODULE := github.com/poolfs/poolfs
 RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|control|metrics)(/|$$)
 RACE_TIMEOUT ?= 15m
 # Integration tests also run under the race detector: only the concurrency
-# one, as the whole package takes minutes with -race.
-RACE_INTEGRATION := ^TestManyReadersManyLayers$$
+# ones, as the whole package takes minutes with -race.
+RACE_INTEGRATION := ^(TestManyReadersManyLayers|TestTreesComeAndGoUnderReads)$$
 TEST_TIMEOUT ?= 20m
 # Extra flags for go test, e.g. make test GOTEST_FLAGS=-v
 GOTEST_FLAGS ?=

@@ -31,11 +31,18 @@ type File struct {
 	FetchTimeout       *Duration `toml:"fetch_timeout"`
 	ControlSocket      *string   `toml:"control_socket"`
 	MetricsAddress     *string   `toml:"metrics_address"`
+	Group              *string   `toml:"group"`
+	TagRecheck         *Duration `toml:"tag_recheck"`
 	Cache              struct {
 		Dir        *string `toml:"dir"`
 		MaxSize    *Size   `toml:"max_size"`
 		MemorySize *Size   `toml:"memory_size"`
 	} `toml:"cache"`
+	Trees struct {
+		MaxEntries *int      `toml:"max_entries"`
+		MaxMemory  *Size     `toml:"max_memory"`
+		Idle       *Duration `toml:"idle"`
+	} `toml:"trees"`
 }
 
 // Setting is one value from the file in the form of the flag it stands for.
@@ -113,8 +120,23 @@ func (f *File) check() error {
 			return fmt.Errorf("%s: %q is not an absolute path", p.key, *p.v)
 		}
 	}
+	if f.Group != nil && *f.Group == "" {
+		return errors.New("group: empty (leave the key out for a store only root can reach)")
+	}
+	if f.TagRecheck != nil && f.TagRecheck.D <= 0 {
+		return fmt.Errorf("tag_recheck: %s is not a positive duration", f.TagRecheck.D)
+	}
 	if f.Cache.MemorySize != nil && f.Cache.MemorySize.Percent != 0 {
 		return fmt.Errorf("cache.memory_size: a percentage is only allowed for cache.max_size")
+	}
+	if f.Trees.MaxEntries != nil && *f.Trees.MaxEntries < 0 {
+		return fmt.Errorf("trees.max_entries: %d is negative", *f.Trees.MaxEntries)
+	}
+	if f.Trees.MaxMemory != nil && f.Trees.MaxMemory.Percent != 0 {
+		return fmt.Errorf("trees.max_memory: a percentage is only allowed for cache.max_size")
+	}
+	if f.Trees.Idle != nil && f.Trees.Idle.D < 0 {
+		return fmt.Errorf("trees.idle: %s is negative", f.Trees.Idle.D)
 	}
 	if f.MetricsAddress != nil {
 		if err := CheckListenAddress(*f.MetricsAddress); err != nil {
@@ -165,6 +187,10 @@ func (f *File) Settings() []Setting {
 	}
 	str("control_socket", "control-socket", f.ControlSocket)
 	str("metrics_address", "metrics-address", f.MetricsAddress)
+	str("group", "group", f.Group)
+	if f.TagRecheck != nil {
+		out = append(out, Setting{Key: "tag_recheck", Flag: "tag-recheck", Values: []string{f.TagRecheck.D.String()}})
+	}
 	str("cache.dir", "cache-dir", f.Cache.Dir)
 	if f.Cache.MaxSize != nil {
 		out = append(out, Setting{Key: "cache.max_size", Flag: "cache-max-size", Values: []string{f.Cache.MaxSize.String()}})
@@ -172,6 +198,16 @@ func (f *File) Settings() []Setting {
 	if f.Cache.MemorySize != nil {
 		mib := (f.Cache.MemorySize.Bytes + 1<<20 - 1) >> 20
 		out = append(out, Setting{Key: "cache.memory_size", Flag: "memory-cache-mb", Values: []string{strconv.FormatInt(mib, 10)}})
+	}
+	if f.Trees.MaxEntries != nil {
+		out = append(out, Setting{Key: "trees.max_entries", Flag: "tree-max-entries", Values: []string{strconv.Itoa(*f.Trees.MaxEntries)}})
+	}
+	if f.Trees.MaxMemory != nil {
+		mib := (f.Trees.MaxMemory.Bytes + 1<<20 - 1) >> 20
+		out = append(out, Setting{Key: "trees.max_memory", Flag: "tree-memory-mb", Values: []string{strconv.FormatInt(mib, 10)}})
+	}
+	if f.Trees.Idle != nil {
+		out = append(out, Setting{Key: "trees.idle", Flag: "tree-idle", Values: []string{f.Trees.Idle.D.String()}})
 	}
 	return out
 }

@@ -21,11 +21,18 @@ registries_conf = "/etc/poolfs/registries.conf"
 fetch_timeout = "45s"
 control_socket = "/run/poolfs/control.sock"
 metrics_address = "unix:/run/poolfs/metrics.sock"
+group = "podman-users"
+tag_recheck = "10m"
 
 [cache]
 dir = "/srv/poolfs-cache"
 max_size = "20GiB"
 memory_size = "256MiB"
+
+[trees]
+max_entries = 300000
+max_memory = "1GiB"
+idle = "90s"
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -49,9 +56,14 @@ memory_size = "256MiB"
 		"fetch_timeout->fetch-timeout":           {"45s"},
 		"control_socket->control-socket":         {"/run/poolfs/control.sock"},
 		"metrics_address->metrics-address":       {"unix:/run/poolfs/metrics.sock"},
+		"group->group":                           {"podman-users"},
+		"tag_recheck->tag-recheck":               {"10m0s"},
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
 		"cache.max_size->cache-max-size":         {"21474836480"},
 		"cache.memory_size->memory-cache-mb":     {"256"},
+		"trees.max_entries->tree-max-entries":    {"300000"},
+		"trees.max_memory->tree-memory-mb":       {"1024"},
+		"trees.idle->tree-idle":                  {"1m30s"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Settings:\n got %v\nwant %v", got, want)
@@ -83,6 +95,8 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{`metrics_address = "nowhere"`, "metrics_address"},
 		{`metrics_address = "unix:rel.sock"`, "metrics_address"},
 		{`insecure_registries = "one"`, "insecure_registries"},
+		{`group = ""`, "group"},
+		{`tag_recheck = "0s"`, "tag_recheck"},
 		{"root = ", "line 1"},
 	}
 	for _, tc := range tests {
@@ -141,7 +155,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 11 {
-		t.Errorf("the sample sets %d keys, want all 11", len(f.Settings()))
+	if len(f.Settings()) != 16 {
+		t.Errorf("the sample sets %d keys, want all 16", len(f.Settings()))
 	}
 }

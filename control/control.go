@@ -28,6 +28,15 @@ type Status struct {
 	TreesMountpoint string        `json:"trees_mountpoint,omitempty"`
 	Layers          []LayerStatus `json:"layers"`
 	Cache           CacheStatus   `json:"cache"`
+	Trees           TreesStatus   `json:"trees"`
+}
+
+// TreesStatus is the memory the layers' trees take against its limit.
+type TreesStatus struct {
+	Bytes      int64 `json:"bytes"`       // trees in memory, and any being built
+	MaxBytes   int64 `json:"max_bytes"`   // 0: no limit
+	MaxEntries int   `json:"max_entries"` // per layer; 0: no limit
+	Loaded     int   `json:"loaded"`      // layers whose tree is in memory
 }
 
 // LayerStatus is one layer the pool serves.
@@ -40,6 +49,12 @@ type LayerStatus struct {
 	Fetched      float64   `json:"fetched"`       // FetchedBytes / Size, 0..1
 	Uses         int64     `json:"uses"`
 	LastAccess   time.Time `json:"last_access"`
+	// The layer's tree: whether it is in memory, its entries and bytes
+	// there, and how often it came back from meta.db after leaving.
+	TreeLoaded  bool  `json:"tree_loaded"`
+	TreeEntries int   `json:"tree_entries,omitempty"`
+	TreeBytes   int64 `json:"tree_bytes,omitempty"`
+	TreeLoads   int   `json:"tree_loads,omitempty"`
 }
 
 // CacheStatus is the on-disk chunk cache against its cap.

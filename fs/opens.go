@@ -69,7 +69,7 @@ const (
 // prefers opens, a root file system of thousands of small files does not.
 // Hard-linked files count once.
 func PrefersOpens(root *layer.Entry, minWhole int64) bool {
-	if root == nil || minWhole <= 0 {
+	if minWhole <= 0 {
 		return false
 	}
 	var small, large int64 // files below minWhole, bytes of those at or above

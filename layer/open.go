@@ -2,7 +2,6 @@ package layer
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -13,18 +12,20 @@ import (
 // Layer is one opened eStargz blob: its view and the means to read file
 // contents from it. It is safe for concurrent use.
 type Layer struct {
-	blob        BlobReader
-	cache       Cache
-	log         *logrus.Entry
-	root        *Entry
-	tocDigest   digest.Digest
-	prioritized []*Entry
+	blob      BlobReader
+	cache     Cache
+	log       *logrus.Entry
+	tree      *tree
+	tocDigest digest.Digest
 
 	// tail holds blob bytes [tailStart, tailStart+len(tail)) fetched with
 	// the TOC; chunks in it are not fetched again (on a first attempt: a
 	// chunk that fails verification is refetched from the registry).
 	tail      []byte
 	tailStart int64
+	// fetchedTail is tail with the TOC and footer after it (see
+	// FetchedTail); nil when tail is.
+	fetchedTail []byte
 
 	mu       sync.Mutex
 	inflight map[chunkKey]*flight // chunks being fetched, for singleflight
@@ -41,6 +42,26 @@ type Layer struct {
 	}
 }
 
+// Option adjusts how a layer is opened.
+type Option func(*options)
+
+type options struct {
+	limits Limits
+	log    *logrus.Entry
+}
+
+// WithLimits bounds what the layer's tree may cost (see Limits); a layer
+// over a limit fails to open with an error that wraps ErrLimit.
+func WithLimits(l Limits) Option { return func(o *options) { o.limits = l } }
+
+func newOptions(log *logrus.Entry, opts []Option) options {
+	o := options{log: log}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
 // Open reads the eStargz footer and TOC from blob and builds the view.
 //
 // The last min(size, 1 MiB) of the blob is fetched in one ReadAt so the
@@ -50,56 +71,43 @@ type Layer struct {
 // if it is "", the TOC is trusted as read. Chunk contents are always
 // verified against the TOC's digests when read. A blob without an eStargz
 // footer gives ErrNotEStargz. c may be nil (no caching); log may be nil.
-func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry) (*Layer, error) {
-	c, log = defaults(c, log)
-	if tocDigest != "" {
-		if err := tocDigest.Validate(); err != nil {
-			return nil, fmt.Errorf("expected TOC digest %q: %w", tocDigest, err)
-		}
-	}
-
-	raw, err := readTOCVerified(ctx, blob, tocDigest, log)
-	if err != nil {
-		return nil, err
-	}
-	if tocDigest == "" {
-		log.WithField("toc_digest", raw.digest).Debug("no TOC digest to check against: trusting the TOC as read")
-	}
-	return fromRaw(raw, blob, c, log)
+func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry, opts ...Option) (*Layer, error) {
+	l, _, err := OpenWithTOC(ctx, blob, tocDigest, c, log, opts...)
+	return l, err
 }
 
-// fromRaw builds the Layer from a decoded TOC, however it was obtained.
-func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, error) {
+// newLayer makes the Layer for a built tree, however it was obtained.
+func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
 	log = log.WithField("toc_digest", raw.digest)
-	for i, te := range raw.toc.Entries {
-		if te == nil {
-			return nil, fmt.Errorf("TOC %s: entry %d is null", raw.digest, i)
-		}
-	}
-	files, err := indexChunks(raw.toc.Entries, raw.tocOffset)
-	if err != nil {
-		return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
-	}
-	v, err := buildView(raw.toc.Entries, files, log)
-	if err != nil {
-		return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
-	}
-	log.WithField("entries", len(raw.toc.Entries)).Debug("opened eStargz layer")
+	log.WithFields(logrus.Fields{"entries": len(raw.tree.entries), "tree_bytes": raw.tree.bytes}).Debug("opened eStargz layer")
 	return &Layer{
 		blob:        blob,
 		cache:       c,
 		log:         log,
-		root:        v.root,
+		tree:        raw.tree,
 		tocDigest:   raw.digest,
-		prioritized: v.prioritized,
 		inflight:    map[chunkKey]*flight{},
 		tail:        raw.chunkTail,
 		tailStart:   raw.chunkTailStart,
-	}, nil
+		fetchedTail: raw.fetchedTail,
+	}
 }
 
+// FetchedTail returns the blob's bytes [off, size) that Open fetched with
+// the TOC, byte for byte as they came (nil if it kept none), so that a
+// reader of the whole blob need not fetch them again. For a small layer
+// that is all of it. Callers must not modify them.
+func (l *Layer) FetchedTail() (off int64, b []byte) { return l.tailStart, l.fetchedTail }
+
 // Root returns the root directory of the view.
-func (l *Layer) Root() *Entry { return l.root }
+func (l *Layer) Root() *Entry { return l.tree.root() }
+
+// Entries is how many entries the view has.
+func (l *Layer) Entries() int { return len(l.tree.entries) }
+
+// TreeBytes is what the view's tables take in memory (what was reserved
+// for them through Limits.Reserve).
+func (l *Layer) TreeBytes() int64 { return l.tree.bytes }
 
 // TOCDigest returns the sha256 of the TOC JSON as read from the blob.
 func (l *Layer) TOCDigest() digest.Digest { return l.tocDigest }
@@ -108,7 +116,11 @@ func (l *Layer) TOCDigest() digest.Digest { return l.tocDigest }
 // .prefetch.landmark entry in blob order (empty if there is none): the
 // files the image builder expects to be read first.
 func (l *Layer) Prioritized() []*Entry {
-	return append([]*Entry(nil), l.prioritized...)
+	out := make([]*Entry, len(l.tree.prioritized))
+	for i, e := range l.tree.prioritized {
+		out[i] = &l.tree.entries[e]
+	}
+	return out
 }
 
 // CompressedRange gives the [start, end) compressed byte range of the blob
@@ -117,7 +129,7 @@ func (l *Layer) CompressedRange(e *Entry) (start, end int64) {
 	if e == nil || e.Type != TypeReg {
 		return 0, 0
 	}
-	return e.file.span()
+	return e.file().span()
 }
 
 type nopCache struct{}

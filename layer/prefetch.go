@@ -47,7 +47,7 @@ type FetchStats struct {
 // fetching it itself. It returns when all pieces are done; the error is
 // the first failure (the other pieces are still fetched).
 func (l *Layer) Prefetch(ctx context.Context) (FetchStats, error) {
-	return l.fetchEntries(ctx, l.prioritized, prefetchPiece, prefetchParallel, false)
+	return l.fetchEntries(ctx, l.Prioritized(), prefetchPiece, prefetchParallel, false)
 }
 
 // FetchAll fetches the content of every file of the layer into the cache,
@@ -63,22 +63,21 @@ func (l *Layer) FetchAll(ctx context.Context) (FetchStats, error) {
 // the blob, each once (hard links share theirs).
 func (l *Layer) contentFiles() []*Entry {
 	var files []*Entry
-	seen := map[*fileChunks]bool{}
+	seen := map[*Entry]bool{}
 	var walk func(e *Entry)
 	walk = func(e *Entry) {
-		for _, name := range e.Names {
-			c := e.Children[name]
+		for i := range e.NumChildren() {
+			_, c := e.ChildAt(i)
 			switch {
-			case c == nil:
 			case c.Type == TypeDir:
 				walk(c)
-			case c.Type == TypeReg && c.file != nil && !seen[c.file]:
-				seen[c.file] = true
+			case c.Type == TypeReg && c.b > 0 && !seen[c]:
+				seen[c] = true
 				files = append(files, c)
 			}
 		}
 	}
-	walk(l.root)
+	walk(l.Root())
 	return files
 }
 
@@ -97,11 +96,11 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	seen := map[chunkKey]bool{}
 	var chunks []*chunk
 	for _, e := range entries {
-		if e == nil || e.file == nil {
+		if e == nil || e.file() == nil {
 			continue
 		}
 		st.Files++
-		for _, c := range e.file.chunks {
+		for _, c := range e.file().chunks {
 			if c.digest == "" || c.size > maxChunkSize || seen[c.key()] {
 				continue // ReadAt refuses these anyway
 			}
@@ -223,9 +222,9 @@ const headGap = 64 << 10
 // further for Prefetch. It is 0 when nothing is prioritized.
 func (l *Layer) PrioritizedHead() int64 {
 	var chunks []*chunk
-	for _, e := range l.prioritized {
-		if e.file != nil {
-			chunks = append(chunks, e.file.chunks...)
+	for _, e := range l.Prioritized() {
+		if e.file() != nil {
+			chunks = append(chunks, e.file().chunks...)
 		}
 	}
 	sortByBlobOffset(chunks)

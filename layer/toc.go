@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -27,23 +28,26 @@ const (
 	maxTOCJSON       = 1 << 30
 )
 
-// rawTOC is the TOC as found in the blob, before the view is built.
+// rawTOC is the TOC as found in the blob, and the tree built from it.
 type rawTOC struct {
-	toc       *estargz.JTOC
+	tree      *tree
 	digest    digest.Digest // sha256 of the JSON bytes
 	tocOffset int64         // where the TOC's gzip member starts: the end of the last chunk
-	json      []byte        // the TOC JSON exactly as hashed, for OpenWithTOC's callers to store
+	member    []byte        // the TOC's gzip member as in the blob, for OpenWithTOC's callers to store
 
 	// chunkTail is the part of the fetched tail before the TOC: chunk
 	// data already paid for, which for small layers is the whole layer.
 	chunkTail      []byte
 	chunkTailStart int64
+	// fetchedTail is the whole tail as fetched, TOC and footer included,
+	// when chunkTail holds on to its memory anyway ([chunkTailStart, size)).
+	fetchedTail []byte
 }
 
-// readTOC fetches the blob's tail (one ReadAt), finds the footer and returns
-// the decoded TOC. A second ReadAt happens only when the compressed TOC
-// starts before the tail window.
-func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC, error) {
+// readTOC fetches the blob's tail (one ReadAt), finds the footer and
+// builds the tree from the TOC. A second ReadAt happens only when the
+// compressed TOC starts before the tail window.
+func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, o options) (*rawTOC, error) {
 	size := blob.Size()
 	if size < legacyFooterSize {
 		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNotEStargz)
@@ -83,60 +87,100 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 		n.TailRead()
 	}
 
-	tocJSON, err := decompressTOC(compressed)
+	t, got, err := buildFromMember(compressed, want, tocOffset, o)
 	if err != nil {
 		return nil, err
 	}
-	got := digest.FromBytes(tocJSON)
-	if want != "" && got != want {
-		return nil, fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
-	}
-
-	toc, err := decodeTOC(tocJSON)
-	if err != nil {
-		return nil, fmt.Errorf("TOC %s: %w", got, err)
-	}
-	raw := &rawTOC{toc: toc, digest: got, tocOffset: tocOffset, json: tocJSON, chunkTailStart: tailStart}
+	raw := &rawTOC{tree: t, digest: got, tocOffset: tocOffset, member: append([]byte(nil), compressed...), chunkTailStart: tailStart}
 	if tocOffset > tailStart {
+		// The whole tail stays (at most tailSize bytes, and only while the
+		// tree is in memory): its chunks serve reads, and the blob file
+		// serves all of it, TOC and footer included, without a refetch.
 		raw.chunkTail = tail[:tocOffset-tailStart]
+		raw.fetchedTail = tail
 	}
 	return raw, nil
 }
 
-// decompressTOC returns the JSON bytes of the TOC's gzip+tar member (as
+// buildFromMember builds the tree from the TOC's gzip+tar member (as
 // estargz's GzipDecompressor reads it: one gzip member holding one tar
-// entry named stargz.index.json). The JSON is kept as bytes (not streamed
-// into the decoder) so its digest covers exactly what was stored, like
-// estargz's builder computes it. The tar header gives its size, so it is
-// read into one buffer of that size: growing a buffer the way io.ReadAll
-// does was a third of the time spent opening the python layer's TOC.
-func decompressTOC(compressed []byte) ([]byte, error) {
+// entry named stargz.index.json), checking that the JSON hashes to want
+// (if not ""), and returns it with the JSON's digest. The JSON streams
+// from the decompressor through the hash into the decoder and is never
+// held whole: a few MiB of compressed TOC can hold a GiB of it.
+func buildFromMember(compressed []byte, want digest.Digest, tocOffset int64, o options) (*tree, digest.Digest, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
-		return nil, fmt.Errorf("opening TOC: malformed gzip header: %w", err)
+		return nil, "", fmt.Errorf("opening TOC: malformed gzip header: %w", err)
 	}
 	defer zr.Close()
 	zr.Multistream(false)
 	tr := tar.NewReader(zr)
 	h, err := tr.Next()
 	if err != nil {
-		return nil, fmt.Errorf("opening TOC: no tar header in its gzip stream: %w", err)
+		return nil, "", fmt.Errorf("opening TOC: no tar header in its gzip stream: %w", err)
 	}
 	if h.Name != estargz.TOCTarName {
-		return nil, fmt.Errorf("opening TOC: tar entry is named %q, not %q", h.Name, estargz.TOCTarName)
+		return nil, "", fmt.Errorf("opening TOC: tar entry is named %q, not %q", h.Name, estargz.TOCTarName)
 	}
 	if h.Size > maxTOCJSON {
-		return nil, fmt.Errorf("TOC JSON of %d bytes exceeds the %d byte limit", h.Size, maxTOCJSON)
+		return nil, "", fmt.Errorf("TOC JSON of %d bytes exceeds the %d byte limit", h.Size, maxTOCJSON)
 	}
 	if h.Size > int64(len(compressed))*maxDeflateRatio {
-		// Checked before allocating: a header may claim any size.
-		return nil, fmt.Errorf("TOC tar entry claims %d bytes, more than %d compressed bytes can hold", h.Size, len(compressed))
+		// Checked before reading: a header may claim any size.
+		return nil, "", fmt.Errorf("TOC tar entry claims %d bytes, more than %d compressed bytes can hold", h.Size, len(compressed))
 	}
-	tocJSON := make([]byte, h.Size)
-	if _, err := io.ReadFull(tr, tocJSON); err != nil {
-		return nil, fmt.Errorf("decompressing TOC: %w", err)
+	return buildFromJSON(tr, h.Size, want, tocOffset, o)
+}
+
+// buildFromJSON builds the tree from size bytes of TOC JSON read from r.
+func buildFromJSON(r io.Reader, size int64, want digest.Digest, tocOffset int64, o options) (*tree, digest.Digest, error) {
+	hash := sha256.New()
+	in := &countingReader{r: io.TeeReader(io.LimitReader(r, size), hash)}
+	b := newBuilder(tocOffset, o.limits, o.log)
+	defer b.release(0)
+	_, decErr := streamTOC(in, b.add, nil)
+	if errors.Is(decErr, ErrLimit) {
+		return nil, "", decErr // final whatever the digest says, and not worth reading the rest for
 	}
-	return tocJSON, nil
+	// The digest covers every byte, whatever the decoder made of them.
+	if _, err := io.Copy(io.Discard, in); err != nil {
+		return nil, "", fmt.Errorf("decompressing TOC: %w", err)
+	}
+	if in.n != size {
+		return nil, "", fmt.Errorf("decompressing TOC: %d of %d bytes: %w", in.n, size, io.ErrUnexpectedEOF)
+	}
+	got := digest.NewDigest(digest.SHA256, hash)
+	if want != "" && got != want {
+		return nil, "", fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
+	}
+	if decErr != nil {
+		return nil, "", fmt.Errorf("TOC %s: %w", got, decErr)
+	}
+	t, err := b.finish()
+	if err != nil {
+		return nil, "", fmt.Errorf("TOC %s: %w", got, err)
+	}
+	// The build's own reservations become the tree's.
+	if t.bytes > b.reserved {
+		if err := b.reserve(t.bytes - b.reserved); err != nil {
+			return nil, "", fmt.Errorf("TOC %s: %w", got, err)
+		}
+	}
+	b.release(t.bytes)
+	b.reserved = 0 // kept by the tree now: the deferred release leaves it
+	return t, got, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // readFull fills p from blob at off. BlobReader returns io.EOF only when

@@ -21,11 +21,12 @@ func (e *fetchError) Unwrap() error { return e.err }
 // stream, JSON or TOC digest spoiled in transit must not fail the layer, and
 // above all must not make the pool remember it as "not eStargz" forever.
 // A blob that really is not eStargz costs verifyAttempts tail reads once.
-func readTOCVerified(ctx context.Context, blob BlobReader, want digest.Digest, log *logrus.Entry) (*rawTOC, error) {
+func readTOCVerified(ctx context.Context, blob BlobReader, want digest.Digest, o options) (*rawTOC, error) {
+	log := o.log
 	for attempt := 1; ; attempt++ {
-		raw, err := readTOC(ctx, blob, want)
+		raw, err := readTOC(ctx, blob, want, o)
 		var fe *fetchError
-		if err == nil || errors.As(err, &fe) || attempt >= verifyAttempts || ctx.Err() != nil {
+		if err == nil || errors.As(err, &fe) || errors.Is(err, ErrLimit) || attempt >= verifyAttempts || ctx.Err() != nil {
 			return raw, err
 		}
 		if blob.Size() < legacyFooterSize {

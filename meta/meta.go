@@ -30,7 +30,9 @@ type Record struct {
 var (
 	bucketRefs   = []byte("refs")   // ref + "\x00" + lookup digest -> blob digest
 	bucketLayers = []byte("layers") // blob digest -> JSON layerRecord
-	bucketTOCs   = []byte("tocs")   // TOC digest -> gzip of the TOC JSON
+	bucketTOCs   = []byte("tocs")   // TOC digest -> the TOC's gzip member from the blob, or (older records) gzip of the TOC JSON
+	// ref -> JSON Manifest: which layers a reference's manifest lists.
+	bucketManifests = []byte("manifests")
 )
 
 // layerRecord is the stored form of Record without the (big) TOC JSON,
@@ -42,6 +44,9 @@ type layerRecord struct {
 	// UsedAt (Unix seconds) is when the layer was last stored, reopened
 	// or found in use by Prune; 0 in records written before it existed.
 	UsedAt int64 `json:"used_at,omitempty"`
+	// TOCMember says the tocs bucket holds the TOC's gzip member as found
+	// in the blob (layer.TOC.Member), not gzip of its JSON.
+	TOCMember bool `json:"toc_member,omitempty"`
 }
 
 // maxTOCJSON bounds what a damaged record can make Lookup allocate.
@@ -61,7 +66,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("opening metadata store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs} {
+		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketManifests} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -85,21 +90,28 @@ func refKey(ref string, d digest.Digest) []byte {
 // Put records rec as the answer for (ref, d), where d is the digest the
 // layer was asked for (blob or TOC digest).
 func (s *Store) Put(ref string, d digest.Digest, rec Record) error {
-	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, UsedAt: now().Unix()})
+	member := rec.TOC.Member != nil
+	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, UsedAt: now().Unix(), TOCMember: member})
 	if err != nil {
 		return fmt.Errorf("encoding record of layer %s: %w", rec.Desc.Digest, err)
 	}
-	var z bytes.Buffer
-	zw := gzip.NewWriter(&z)
-	if _, err := zw.Write(rec.TOC.JSON); err != nil {
-		return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
-	}
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+	// The member is stored as the blob has it: already compressed, and a
+	// few bytes per entry where the JSON can be a GiB.
+	z := rec.TOC.Member
+	if !member {
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		if _, err := zw.Write(rec.TOC.JSON); err != nil {
+			return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+		}
+		if err := zw.Close(); err != nil {
+			return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+		}
+		z = buf.Bytes()
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		blob := []byte(rec.Desc.Digest.String())
-		if err := tx.Bucket(bucketTOCs).Put([]byte(rec.TOC.Digest.String()), z.Bytes()); err != nil {
+		if err := tx.Bucket(bucketTOCs).Put([]byte(rec.TOC.Digest.String()), z); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketLayers).Put(blob, lr); err != nil {
@@ -143,6 +155,9 @@ func (s *Store) Lookup(ref string, d digest.Digest) (Record, error) {
 	})
 	if err != nil {
 		return Record{}, err
+	}
+	if lr.TOCMember {
+		return Record{Desc: lr.Desc, TOC: layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, Member: z}}, nil
 	}
 	zr, err := gzip.NewReader(bytes.NewReader(z))
 	if err != nil {
@@ -218,7 +233,8 @@ func setUsed(lb *bolt.Bucket, key, raw []byte, t int64) error {
 // open) count as used now. Records from before UsedAt existed start their
 // clock now rather than go at once; records that do not decode are left
 // to Lookup, which reports them (and the pool then drops them).
-// It returns how many layers it forgot.
+// Manifest records fetched before cutoff go too. It returns how many
+// layers it forgot.
 func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, error) {
 	stamp := now().Unix()
 	gone := map[string]bool{}
@@ -272,7 +288,7 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 				return err
 			}
 		}
-		return nil
+		return pruneManifests(tx, cutoff)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("pruning layer records: %w", err)

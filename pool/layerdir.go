@@ -8,6 +8,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/layer"
@@ -20,9 +21,10 @@ const useFile = "use"
 // layerDir is <ref>/<digest> of grammar 2: diff, info and blob.
 type layerDir struct {
 	syntheticDir
-	pool  *Pool
-	layer *Layer
-	log   *logrus.Entry
+	pool   *Pool
+	layer  *Layer
+	diffID digest.Digest // from the config of the image the path names
+	log    *logrus.Entry
 }
 
 var (
@@ -31,8 +33,8 @@ var (
 	_ gofs.NodeCreater  = (*layerDir)(nil)
 )
 
-func newLayerDir(p *Pool, l *Layer, log *logrus.Entry) *layerDir {
-	return &layerDir{pool: p, layer: l, log: log}
+func newLayerDir(p *Pool, l *Layer, diffID digest.Digest, log *logrus.Entry) *layerDir {
+	return &layerDir{syntheticDir: syntheticDir{access: p.access}, pool: p, layer: l, diffID: diffID, log: log}
 }
 
 // OnAdd builds the three files up front: the client stats all of them
@@ -41,9 +43,15 @@ func (d *layerDir) OnAdd(ctx context.Context) {
 	tree, mode := d.pool.treeNode(d.layer, 2, d.log) // below <ref>/<digest>
 	diff := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 	d.AddChild("diff", diff, false)
-	info := d.NewPersistentInode(ctx, &bytesFile{data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	info := d.NewPersistentInode(ctx, &bytesFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: true}, data: layerInfo(ctx, d.layer, d.diffID)}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("info", info, false)
-	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, cache: d.pool.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	// The blob holds every file of the layer: the group may read it only
+	// if it may read all of them anyway.
+	blobRead := false
+	if v, err := d.layer.View(ctx); err == nil {
+		blobRead = d.access.Group && worldReadable(v.Root())
+	}
+	blob := d.NewPersistentInode(ctx, &blobFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: blobRead}, layer: d.layer, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("blob", blob, false)
 }
 
@@ -89,17 +97,19 @@ const compressionGzip = 2
 // in; without it the size is left out, as containers/storage allows.
 const uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
 
-func layerInfo(l *Layer) []byte {
+// layerInfo is l's info as seen through an image whose config gives it
+// diffID ("" if it gives none).
+func layerInfo(ctx context.Context, l *Layer, diffID digest.Digest) []byte {
 	in := info{
 		CompressedDigest:   l.Desc.Digest.String(),
 		CompressedSize:     l.Desc.Size,
-		UncompressedDigest: l.Desc.DiffID.String(),
+		UncompressedDigest: diffID.String(),
 		TOCDigest:          l.Desc.TOCDigest.String(),
 		CompressionType:    compressionGzip,
 	}
-	if l.Desc.DiffID != "" {
+	if diffID != "" {
 		// Newer clients look here when they cannot trust diff-digest.
-		in.Flags = map[string]any{"expected-layer-diffid": l.Desc.DiffID.String()}
+		in.Flags = map[string]any{"expected-layer-diffid": diffID.String()}
 	}
 	if s, ok := l.Desc.Annotations[uncompressedSizeAnnotation]; ok {
 		var n int64
@@ -107,7 +117,9 @@ func layerInfo(l *Layer) []byte {
 			in.UncompressedSize = n
 		}
 	}
-	in.UIDs, in.GIDs = idSets(l.View.Root())
+	if v, err := l.View(ctx); err == nil {
+		in.UIDs, in.GIDs = idSets(v.Root())
+	}
 	// Only strings, numbers and slices go in: Marshal cannot fail.
 	b, _ := json.Marshal(in)
 	return append(b, '\n')
@@ -117,15 +129,13 @@ func layerInfo(l *Layer) []byte {
 // decide whether the layer fits a user-namespaced container.
 func idSets(root *layer.Entry) (uids, gids []uint32) {
 	u, g := map[uint32]bool{}, map[uint32]bool{}
-	seen := map[*layer.Entry]bool{}
+	// Directories have one name each, so the walk ends; a hard-linked
+	// file seen twice changes nothing.
 	var walk func(e *layer.Entry)
 	walk = func(e *layer.Entry) {
-		if seen[e] {
-			return
-		}
-		seen[e] = true
 		u[e.UID], g[e.GID] = true, true
-		for _, c := range e.Children {
+		for i := range e.NumChildren() {
+			_, c := e.ChildAt(i)
 			walk(c)
 		}
 	}

@@ -18,12 +18,10 @@ import (
 // lookup it has not served since it started, reopen the layer from m
 // without asking the registry. Call it before the pool serves lookups.
 //
-// Records are keyed by the reference and digest the client asked for. For
-// a tag reference this trusts the tag's resolution from when the record
-// was made, for the daemon's life and across restarts: the record names
-// the layer by digest, and a (tag, layer digest) pair that resolved once
-// names the same content forever, even if the tag has moved since (the
-// client asks by layer digest, and that layer's bytes do not change).
+// Records are keyed by the reference and digest the client asked for. The
+// record names the layer by digest, and its bytes never change; whether the
+// reference still lists the layer is decided apart, from the reference's
+// manifest, which m keeps too (see Pool.listed and DefaultTagRecheck).
 func (p *Pool) SetMeta(m *meta.Store) { p.meta = m }
 
 // openStored returns the layer key names from the metadata store, or nil
@@ -64,13 +62,17 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	if err != nil {
 		return drop(err)
 	}
-	view, err := layer.OpenStored(blob, rec.TOC, p.cache, log)
+	view, err := layer.OpenStored(blob, rec.TOC, p.cache, log, p.layerOptions()...)
+	if errors.Is(err, layer.ErrLimit) {
+		log.WithError(err).Warn("layer refused: its tree would pass a memory limit")
+		return nil
+	}
 	if err != nil {
 		return drop(err)
 	}
 	// Prefetched like a layer opened from the registry; after a restart
 	// its prioritized chunks are usually in the disk cache already.
-	l := p.adopt(&Layer{Desc: rec.Desc, Blob: blob, View: view}, nil, log)
+	l := p.adopt(p.newLayer(key, rec.Desc, blob, view, true, log), nil, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	p.inBackground(func() {
 		if err := p.meta.Touch(rec.Desc.Digest); err != nil {
@@ -85,13 +87,33 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 // milliseconds that the client, waiting for the layer, need not wait. A
 // failure costs only a registry round trip after the next restart, so it
 // is logged, not returned. Flush waits for the records.
-func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
+func (p *Pool) persist(l *Layer, key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
 	if p.meta == nil {
 		return
 	}
 	p.inBackground(func() {
 		if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
 			log.WithError(err).Warn("storing layer record failed")
+			return
+		}
+		// Only now may the tree leave memory: it comes back from here.
+		l.tree.mu.Lock()
+		l.tree.stored = true
+		l.tree.mu.Unlock()
+	})
+}
+
+// recordRef records that key names l, which may have been opened under
+// another reference, so that after a restart key finds l's record without
+// the registry (the reference's manifest, which lists l, is stored too:
+// see Pool.listed).
+func (p *Pool) recordRef(key LayerKey, l *Layer) {
+	if p.meta == nil {
+		return
+	}
+	p.inBackground(func() {
+		if err := p.meta.Alias(key.Ref, key.Digest, l.Desc.Digest); err != nil {
+			p.log.WithError(err).WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest}).Warn("storing layer record failed")
 		}
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
 
+	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/remote"
@@ -64,10 +65,22 @@ type notEStargz struct {
 type Layer struct {
 	Desc remote.LayerDesc
 	Blob remote.Blob
-	View *layer.Layer
+
+	pool *Pool
+	tree treeState // the view (see Hold, View, Tree)
 
 	uses       atomic.Int64
 	lastAccess atomic.Int64 // unix nanoseconds
+
+	diff diffIDs // what image configs say of the uncompressed digest (see DiffIDFor)
+
+	// prefersOpens: the tree is served in place even beside a trees
+	// mount, so that its large files can have passthrough (see treeNode).
+	// Set before the layer is published.
+	prefersOpens bool
+
+	streamOnce sync.Once
+	stream     *blobStream // the blob file's reads (see ReadBlob)
 }
 
 // Uses is the reference count the containers/storage client keeps through
@@ -98,25 +111,55 @@ type Pool struct {
 	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
 
 	treesMount string // see SetTreesMount; "": trees are served in place
+
+	access     Access                   // see WithAccess
+	tagRecheck time.Duration            // see WithTagRecheck
+	refs       map[string]meta.Manifest // what each reference lists (see listed)
+	listing    singleflight.Group       // manifest fetches by reference
+	// When a tag's recheck last failed (see recheckRetry).
+	recheckFailed map[string]time.Time
+
+	limits   TreeLimits // see WithTreeLimits
+	treeMu   sync.Mutex
+	treeUsed int64 // bytes of the trees in memory and being built
+	stop     context.CancelFunc
 }
 
-// New returns an empty pool.
-func New(resolver Resolver, c Cache, log *logrus.Entry) *Pool {
+// New returns an empty pool. With TreeLimits.Idle set, it looks for idle
+// trees in the background until Close.
+func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	return &Pool{
+	p := &Pool{
 		resolver:   resolver,
 		cache:      c,
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
 		notEStargz: map[digest.Digest]notEStargz{},
+		tagRecheck: DefaultTagRecheck,
+		refs:       map[string]meta.Manifest{},
+
+		recheckFailed: map[string]time.Time{},
 	}
+	for _, o := range opts {
+		o(p)
+	}
+	if p.limits.Idle > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stop = cancel
+		go p.sweepIdle(ctx)
+	}
+	return p
 }
 
 // Get returns the layer that key names, resolving the reference and opening
-// the eStargz TOC on first use.
+// the eStargz TOC on first use. ctx is the FUSE request's, if any: its
+// caller must be one Access lets make the daemon fetch (ErrAccess).
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
+	if err := p.access.check(ctx); err != nil {
+		return nil, err
+	}
 	// A reference the configuration refuses (registries.conf "blocked") is
 	// refused even when its blob is already open under another name.
 	if c, ok := p.resolver.(refChecker); ok {
@@ -124,13 +167,18 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 			return nil, err
 		}
 	}
+	// Nor is an open layer served under a reference that does not list it.
+	if err := p.listed(ctx, key); err != nil {
+		return nil, err
+	}
 	if l := p.byDigest(key.Digest); l != nil {
-		// The same blob under another reference is the same content,
-		// but a TOC digest named in the path must still match.
+		// The same blob under a reference that lists it is the same
+		// content, but a TOC digest named in the path must still match.
 		if key.TOCDigest != "" && l.Desc.TOCDigest != key.TOCDigest {
 			return nil, fmt.Errorf("layer %s: path names TOC digest %s but the layer's is %s", key.Digest, key.TOCDigest, l.Desc.TOCDigest)
 		}
 		l.touch()
+		p.recordRef(key, l)
 		return l, nil
 	}
 	v, err, _ := p.opening.Do(key.Ref+"@"+key.Digest.String(), func() (any, error) {
@@ -143,6 +191,7 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	l := v.(*Layer)
 	l.touch()
+	p.recordRef(key, l)
 	return l, nil
 }
 
@@ -221,12 +270,17 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	start := time.Now()
 	viewBlob, head := p.startHead(blob, tocDigest.String())
-	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log)
+	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, p.layerOptions()...)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {
 		head.Release()
 		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
+		if errors.Is(err, layer.ErrLimit) {
+			// Said once here, with the limit, for whoever wonders why this
+			// layer was pulled.
+			log.WithError(err).Warn("layer refused: its tree would pass a memory limit")
+		}
 		if errors.Is(err, layer.ErrNotEStargz) {
 			p.mu.Lock()
 			p.notEStargz[desc.Digest] = notEStargz{err: err, at: time.Now()}
@@ -239,10 +293,13 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	if desc.DiffID, err = diffID(); err != nil {
 		head.Release()
+		_ = p.reserve(-view.TreeBytes())
 		return nil, err
 	}
-	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, head, log)
-	p.persist(key, desc, toc, log)
+	l := p.adopt(p.newLayer(key, desc, blob, view, false, log), head, log)
+	if l.tree.view == view {
+		p.persist(l, key, desc, toc, log)
+	}
 	log.WithFields(logrus.Fields{
 		"toc_digest": desc.TOCDigest,
 		"size":       desc.Size,
@@ -262,15 +319,25 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
 	defer p.mu.Unlock()
 	if prev, ok := p.layers[l.Desc.Digest]; ok {
 		head.Release()
+		_ = p.reserve(-l.tree.view.TreeBytes())
 		return prev
 	}
 	p.layers[l.Desc.Digest] = l
 	if p.whole != nil {
 		// Before the layer is published: its views offer passthrough for
 		// the files whose copies exist, and ask for the rest.
-		l.View.SetWholeFiles(p.whole)
+		l.tree.view.SetWholeFiles(p.whole)
+		l.prefersOpens = layerfs.PrefersOpens(l.tree.view.Root(), p.whole.MinSize())
 	}
 	p.startPrefetch(l, head, log)
+	return l
+}
+
+// newLayer makes the Layer for a view just opened (and reserved for).
+func (p *Pool) newLayer(key LayerKey, desc remote.LayerDesc, blob remote.Blob, view *layer.Layer, stored bool, log *logrus.Entry) *Layer {
+	l := &Layer{Desc: desc, Blob: blob, pool: p}
+	l.tree.view, l.tree.stored, l.tree.key, l.tree.log = view, stored, key, log
+	l.tree.lastUsed = time.Now()
 	return l
 }
 

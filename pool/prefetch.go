@@ -58,17 +58,24 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 // reads through; it is released once the prefetch no longer needs it.
 func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 	o := p.prefetch
-	l.View.SetReadahead(o.Readahead)
+	l.tree.mu.Lock()
+	v := l.tree.view
+	if !o.NoPrioritized || o.Background {
+		l.tree.pins++ // the fetching holds the tree until done
+	}
+	l.tree.mu.Unlock()
+	v.SetReadahead(o.Readahead)
 	if o.NoPrioritized && !o.Background {
 		head.Release()
 		return
 	}
 	go func() {
+		defer l.Release()
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
-		if !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
+		if !o.NoPrioritized && len(v.Prioritized()) > 0 {
 			start := time.Now()
-			st, err := l.View.Prefetch(ctx)
+			st, err := v.Prefetch(ctx)
 			if head != nil {
 				n, _ := head.Streamed()
 				log = log.WithField("early_bytes", n)
@@ -84,7 +91,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 		head.Release()
 		if o.Background {
 			start := time.Now()
-			st, err := l.View.FetchAll(ctx)
+			st, err := v.FetchAll(ctx)
 			f := log.WithFields(logrus.Fields{"files": st.Files, "chunks": st.Chunks, "bytes": st.Bytes,
 				"elapsed": time.Since(start).Round(time.Millisecond)})
 			if err != nil {

@@ -9,8 +9,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
-
-	layerfs "github.com/poolfs/poolfs/fs"
 )
 
 // A layer's tree can live on a mount of its own, beside the pool's, that is
@@ -51,14 +49,14 @@ func (p *Pool) SetTreesMount(name string) {
 // link into the trees mount.
 func (p *Pool) treeNode(l *Layer, depth int, log *logrus.Entry) (gofs.InodeEmbedder, uint32) {
 	p.mu.Lock()
-	trees, whole := p.treesMount, p.whole
+	trees := p.treesMount
 	p.mu.Unlock()
-	if trees != "" && whole != nil && layerfs.PrefersOpens(l.View.Root(), whole.MinSize()) {
+	if trees != "" && l.prefersOpens {
 		log.Debug("serving the tree in place, where its large files can have passthrough")
 		trees = ""
 	}
 	if trees == "" {
-		return layerfs.NewLayerRoot(l.View, log), syscall.S_IFDIR
+		return p.treeRoot(l, log), syscall.S_IFDIR
 	}
 	// depth+1 steps up lead from the parent to the directory that holds
 	// both mounts.
@@ -80,7 +78,7 @@ type Trees struct {
 }
 
 // NewTrees returns the node to mount as the pool's trees mount.
-func NewTrees(p *Pool) *Trees { return &Trees{pool: p} }
+func NewTrees(p *Pool) *Trees { return &Trees{syntheticDir: syntheticDir{access: p.access}, pool: p} }
 
 var (
 	_ gofs.NodeLookuper  = (*Trees)(nil)
@@ -105,7 +103,7 @@ func (t *Trees) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*g
 	}
 	l.touch()
 	log = log.WithFields(logrus.Fields{"ref": l.Desc.Ref, "digest": dg})
-	ch := t.NewPersistentInode(ctx, layerfs.NewLayerRoot(l.View, log), gofs.StableAttr{Mode: syscall.S_IFDIR})
+	ch := t.NewPersistentInode(ctx, t.pool.treeRoot(l, log), gofs.StableAttr{Mode: syscall.S_IFDIR})
 	t.addChild(name, ch)
 	return ch, childAttr(ctx, ch, out)
 }

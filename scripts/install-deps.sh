@@ -8,20 +8,24 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages and a file each must provide (checked with -e / command -v).
 #   podman          podman 4.3.1 (containers/storage 1.43)
+#   buildah         buildah 1.28 (the e2e test of building on a lazily pulled base)
 #   runc            the runtime scripts/containers.conf selects (crun refuses cgroups v1 hybrid)
 #   fuse3           fusermount3 (fallback unmount; go-fuse needs it without DirectMount)
 #   busybox-static  /bin/busybox, the base layer of the test and demo images
 #   uidmap          newuidmap/newgidmap, which podman expects to find
 #   util-linux      mount/umount/mountpoint (overlay mounts, lazy unmount)
 #   ca-certificates TLS to real registries
+#   passwd          useradd/groupadd, for the users the access tests create
 declare -A want=(
 	[podman]=/usr/bin/podman
+	[buildah]=/usr/bin/buildah
 	[runc]=/usr/sbin/runc
 	[fuse3]=/usr/bin/fusermount3
 	[busybox-static]=/bin/busybox
 	[uidmap]=/usr/bin/newuidmap
 	[util-linux]=/usr/bin/mountpoint
 	[ca-certificates]=/etc/ssl/certs/ca-certificates.crt
+	[passwd]=/usr/sbin/useradd
 )
 
 missing=()

@@ -162,6 +162,11 @@ func (s *daemonState) Status() control.Status {
 			Uses:       l.Uses(),
 			LastAccess: l.LastAccess().UTC(),
 		}
+		ts := l.Tree()
+		ls.TreeLoaded, ls.TreeEntries, ls.TreeBytes, ls.TreeLoads = ts.Loaded, ts.Entries, ts.Bytes, ts.Loads
+		if ts.Loaded {
+			st.Trees.Loaded++
+		}
 		if f, ok := l.Blob.(interface{ FetchedBytes() int64 }); ok {
 			ls.FetchedBytes = f.FetchedBytes()
 		}
@@ -170,6 +175,8 @@ func (s *daemonState) Status() control.Status {
 		}
 		st.Layers = append(st.Layers, ls)
 	}
+	st.Trees.Bytes, st.Trees.MaxBytes = s.pool.TreeBytes()
+	st.Trees.MaxEntries = s.pool.MaxEntries()
 	sort.Slice(st.Layers, func(i, j int) bool {
 		if st.Layers[i].Ref != st.Layers[j].Ref {
 			return st.Layers[i].Ref < st.Layers[j].Ref

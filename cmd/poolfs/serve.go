@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -35,6 +38,11 @@ func serve(ctx context.Context, args []string) error {
 	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
 	inPlaceTrees := fl.Bool("in-place-trees", false, "serve each layer's tree inside ROOT/.pool, as diff (rootfs.<ID>) itself, rather than on a second, read-only mount at ROOT/.trees that diff links to; on the read-only mount a stat of a directory already listed never goes to the daemon")
 	metaMaxAge := fl.Duration("meta-max-age", 30*24*time.Hour, "forget the stored record (descriptor and TOC, in the cache dir's meta.db) of a layer neither open nor used for `DURATION`; checked at startup and hourly; 0: keep records forever")
+	treeEntries := fl.Int("tree-max-entries", pool.DefaultTreeLimits.MaxEntries, "refuse (ENOENT: podman pulls it) a layer whose TOC has more than `N` entries; the largest real layers have a few hundred thousand (0: no limit)")
+	treeMemory := fl.Int64("tree-memory-mb", pool.DefaultTreeLimits.MaxBytes>>20, "`MiB` that the trees of all layers in memory may take together, counting one being built; idle trees leave memory to make room, and a layer that does not fit is refused (0: no limit)")
+	treeIdle := fl.Duration("tree-idle", pool.DefaultTreeLimits.Idle, "a layer's tree that nothing uses (no use count, nothing looked up or open below it) leaves memory after `DURATION`, and comes back from meta.db on the next lookup (0: never)")
+	group := fl.String("group", "", "let the members of group `NAME|GID` reach the store (ROOT 0750 and the mounts' own directories group-readable, layer files as their modes say) and make the daemon fetch on their behalf, for rootless podman users who share it; default: root only (see docs/security.md)")
+	tagRecheck := fl.Duration("tag-recheck", pool.DefaultTagRecheck, "trust what a tag's manifest lists for `DURATION`, then fetch it again before serving another layer under the tag (a layer is served under a reference only if its manifest lists it; digest references are never rechecked)")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -90,7 +98,22 @@ func serve(ctx context.Context, args []string) error {
 	defer chunks.Close()
 	resolver := remote.New(remote.Options{Insecure: insecure, FetchTimeout: *fetchTimeout, Log: log.WithField("component", "remote"),
 		Registries: rs.registries, Keychain: rs.keychain, OnFetch: rs.onFetch})
-	p := pool.New(resolver, chunks, log.WithField("component", "pool"))
+	access, err := accessFor(*group)
+	if err != nil {
+		return err
+	}
+	if *tagRecheck <= 0 {
+		return fmt.Errorf("--tag-recheck: %s is not a positive duration", *tagRecheck)
+	}
+	limits := pool.TreeLimits{MaxEntries: *treeEntries, MaxBytes: *treeMemory << 20, Idle: *treeIdle}
+	if os.Getenv("GOMEMLIMIT") == "" && limits.MaxBytes > 0 && *memCache > 0 {
+		// A soft limit makes the collector work harder before the heap
+		// passes what the caches and trees may take, rather than let it
+		// grow to twice the live heap while a big tree is built.
+		debug.SetMemoryLimit(*memCache<<20 + limits.MaxBytes + memorySlack)
+	}
+	p := pool.New(resolver, chunks, log.WithField("component", "pool"), pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits))
+	defer p.Close()
 	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
 	// a restart serves known layers without asking the registry. NewDisk
@@ -152,6 +175,11 @@ func serve(ctx context.Context, args []string) error {
 	return nil
 }
 
+// memorySlack is what the daemon may use besides its chunk cache and
+// trees before the collector tries harder (see debug.SetMemoryLimit):
+// buffers of reads in flight, the write-behind queue, go-fuse.
+const memorySlack = 256 << 20
+
 // logTime has milliseconds: a cold lookup and its prefetch take tens to
 // hundreds of them, and lining daemon events up with podman's and the
 // registry's needs them.
@@ -204,4 +232,25 @@ func pruneMetaEvery(ctx context.Context, interval time.Duration, p *pool.Pool, m
 		cancel()
 		<-done
 	}
+}
+
+// accessFor turns --group (a name or a numeric id; "" for none) into the
+// pool's Access.
+func accessFor(group string) (pool.Access, error) {
+	if group == "" {
+		return pool.Access{}, nil
+	}
+	id := group
+	if _, err := strconv.ParseUint(group, 10, 32); err != nil {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return pool.Access{}, fmt.Errorf("--group: %w", err)
+		}
+		id = g.Gid
+	}
+	gid, err := strconv.ParseUint(id, 10, 32)
+	if err != nil {
+		return pool.Access{}, fmt.Errorf("--group: group %s has id %q", group, id)
+	}
+	return pool.Access{Group: true, GID: uint32(gid)}, nil
 }

@@ -151,10 +151,10 @@ func openLayer(blob []byte) (*layer.Layer, error) {
 func lookupEntry(l *layer.Layer, p string) *layer.Entry {
 	e := l.Root()
 	for _, part := range strings.Split(p, "/") {
-		if e == nil || e.Children == nil {
+		if e == nil {
 			return nil
 		}
-		e = e.Children[part]
+		e = e.Child(part)
 	}
 	return e
 }

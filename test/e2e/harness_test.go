@@ -107,6 +107,12 @@ var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
 // test. It returns the daemon and the ALS root DIR/als.
 func startDaemon(t *testing.T, reg *fixture.Registry) (*fixture.Daemon, string) {
 	t.Helper()
+	return startDaemonWith(t, reg)
+}
+
+// startDaemonWith is startDaemon with more serve flags.
+func startDaemonWith(t *testing.T, reg *fixture.Registry, flags ...string) (*fixture.Daemon, string) {
+	t.Helper()
 	bin := poolfsBinary(t)
 	dir := tempDir(t)
 	als := filepath.Join(dir, "als")
@@ -118,6 +124,7 @@ func startDaemon(t *testing.T, reg *fixture.Registry) (*fixture.Daemon, string) 
 		LogLevel:           "debug",
 		LogFile:            filepath.Join(dir, "poolfs.log"),
 		ReadyTimeout:       20 * time.Second,
+		ExtraArgs:          flags,
 	})
 	if err != nil {
 		t.Fatalf("starting poolfs: %v", err)
@@ -144,11 +151,15 @@ func startDaemon(t *testing.T, reg *fixture.Registry) (*fixture.Daemon, string) 
 }
 
 // newPodman prepares a throwaway podman store under a temp dir, using als as
-// the additional layer store ("" for none) and reg as an insecure registry.
+// the additional layer store ("" for none) and regs as insecure registries.
 // Its mounts are removed at cleanup, before the daemon stops.
-func newPodman(t *testing.T, als string, reg *fixture.Registry) *fixture.Podman {
+func newPodman(t *testing.T, als string, regs ...*fixture.Registry) *fixture.Podman {
 	t.Helper()
-	pm, err := fixture.NewPodman(tempDir(t), fixture.PodmanOptions{ALS: als, InsecureRegistries: []string{reg.Host}})
+	var hosts []string
+	for _, r := range regs {
+		hosts = append(hosts, r.Host)
+	}
+	pm, err := fixture.NewPodman(tempDir(t), fixture.PodmanOptions{ALS: als, InsecureRegistries: hosts})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func TestRestartState(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec.TOC.JSON[len(rec.TOC.JSON)/2] ^= 1
+		rec.TOC.Member[len(rec.TOC.Member)/2] ^= 1
 		if err := store.Put(ref, li.Digest, rec); err != nil {
 			t.Fatal(err)
 		}
