@@ -133,7 +133,7 @@ func indexChunks(entries []*estargz.TOCEntry, tocOffset int64) (map[int]*fileChu
 
 	out := make(map[int]*fileChunks, len(files))
 	for _, f := range files {
-		fc, err := buildFileChunks(f.reg, f.parts, nextOffset)
+		fc, err := buildFileChunks(f.reg, f.parts, nextOffset, maxDeflateRatio)
 		if err != nil {
 			return nil, fmt.Errorf("entry %d (%q): %w", f.regIdx, f.reg.Name, err)
 		}
@@ -143,8 +143,10 @@ func indexChunks(entries []*estargz.TOCEntry, tocOffset int64) (map[int]*fileChu
 }
 
 // buildFileChunks checks that parts cover [0, reg.Size) contiguously and
-// resolves each part's digest and compressed range.
-func buildFileChunks(reg *estargz.TOCEntry, parts []*estargz.TOCEntry, nextOffset func(int64) int64) (*fileChunks, error) {
+// resolves each part's digest and compressed range (ending at
+// nextOffset(its offset)); maxRatio is how far the format's compression
+// can expand, to reject chunks that claim more.
+func buildFileChunks(reg *estargz.TOCEntry, parts []*estargz.TOCEntry, nextOffset func(int64) int64, maxRatio int64) (*fileChunks, error) {
 	var fileDigest digest.Digest
 	if reg.Digest != "" {
 		d, err := parseDigest(reg.Digest)
@@ -176,7 +178,7 @@ func buildFileChunks(reg *estargz.TOCEntry, parts []*estargz.TOCEntry, nextOffse
 			blobEnd: nextOffset(p.Offset),
 			inner:   p.InnerOffset,
 		}
-		if c.inner+c.size > (c.blobEnd-c.blobOff)*maxDeflateRatio+1024 {
+		if c.inner+c.size > (c.blobEnd-c.blobOff)*maxRatio+1024 {
 			return nil, fmt.Errorf("chunk at %d claims %d bytes from %d compressed bytes", p.ChunkOffset, c.inner+c.size, c.blobEnd-c.blobOff)
 		}
 		if p.ChunkDigest != "" {

@@ -13,6 +13,7 @@ import (
 // Layer is one opened eStargz blob: its view and the means to read file
 // contents from it. It is safe for concurrent use.
 type Layer struct {
+	format      format
 	blob        BlobReader
 	cache       Cache
 	log         *logrus.Entry
@@ -76,16 +77,23 @@ func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, 
 			return nil, fmt.Errorf("TOC %s: entry %d is null", raw.digest, i)
 		}
 	}
-	files, err := indexChunks(raw.toc.Entries, raw.tocOffset)
-	if err != nil {
-		return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
+	files, f := raw.files, raw.format
+	if f == nil {
+		f = estargzFormat{}
+	}
+	if files == nil {
+		var err error
+		if files, err = indexChunks(raw.toc.Entries, raw.tocOffset); err != nil {
+			return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
+		}
 	}
 	v, err := buildView(raw.toc.Entries, files, log)
 	if err != nil {
 		return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
 	}
-	log.WithField("entries", len(raw.toc.Entries)).Debug("opened eStargz layer")
+	log.WithFields(logrus.Fields{"entries": len(raw.toc.Entries), "format": f}).Debug("opened layer")
 	return &Layer{
+		format:      f,
 		blob:        blob,
 		cache:       c,
 		log:         log,

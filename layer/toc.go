@@ -19,6 +19,11 @@ import (
 // variable so tests can place chunks outside the window.
 var tailSize int64 = 1 << 20
 
+// probeSize is the tail window when no TOC digest is expected: enough for
+// any footer and the TOCs of small layers, small enough that recognising a
+// layer no format serves costs one small request.
+var probeSize int64 = 64 << 10
+
 const (
 	// maxTOCCompressed and maxTOCJSON bound what a blob can make us
 	// allocate before anything is verified. Real TOCs are a few MiB even
@@ -32,7 +37,12 @@ type rawTOC struct {
 	toc       *estargz.JTOC
 	digest    digest.Digest // sha256 of the JSON bytes
 	tocOffset int64         // where the TOC's gzip member starts: the end of the last chunk
-	json      []byte        // the TOC JSON exactly as hashed, for OpenWithTOC's callers to store
+	json      []byte        // the TOC exactly as hashed, for OpenWithTOC's callers to store
+
+	// format decodes the chunks (nil: eStargz); files, if not nil, is the
+	// format's own chunk index (else indexChunks builds eStargz's).
+	format format
+	files  map[int]*fileChunks
 
 	// chunkTail is the part of the fetched tail before the TOC: chunk
 	// data already paid for, which for small layers is the whole layer.
@@ -48,16 +58,25 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC,
 	if size < legacyFooterSize {
 		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNotEStargz)
 	}
-	tailLen := min(size, tailSize)
+	window := tailSize
+	if want == "" {
+		// Nothing says the blob is in a format served lazily: most such
+		// blobs are plain gzip layers, and telling so must stay cheap.
+		window = min(window, probeSize)
+	}
+	tailLen := min(size, window)
 	tailStart := size - tailLen
 	tail := make([]byte, tailLen)
 	if err := readFull(ctx, blob, tail, tailStart); err != nil {
 		return nil, &fetchError{fmt.Errorf("reading the last %d bytes of the blob: %w", tailLen, err)}
 	}
 
+	if hasZstdChunkedFooter(tail) {
+		return readZstdTOC(ctx, blob, want, nil, tail, tailStart)
+	}
 	tocOffset, footerSize, err := parseFooter(tail)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotEStargz, err)
+		return nil, &noFooterError{fmt.Errorf("%w: %w", ErrNotEStargz, err)}
 	}
 	tocEnd := size - footerSize
 	if tocOffset < 0 || tocOffset > tocEnd {

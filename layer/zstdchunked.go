@@ -1,0 +1,410 @@
+package layer
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	jsonv2 "github.com/go-json-experiment/json"
+	jsonv1 "github.com/go-json-experiment/json/v1"
+	"github.com/klauspost/compress/zstd"
+	digest "github.com/opencontainers/go-digest"
+)
+
+// zstd:chunked is containers/storage's lazily pullable layer format: a zstd
+// stream in which every file's content (every chunk of it, for large
+// files) starts its own frame, followed by skippable frames holding the
+// manifest (the TOC, zstd-compressed JSON), since containers/storage 1.48
+// the tar-split, and a footer that locates the manifest. The manifest
+// checksum, the sha256 of the compressed manifest bytes, is what the image
+// manifest's annotation publishes and what containers/storage >= 1.54
+// looks the layer up by in an additional layer store.
+//
+// Two generations of the format exist and both are read here:
+//   - containers/storage < 1.48 (podman 4.x): annotations
+//     io.containers.zstd-chunked.*, a 40-byte footer ending in "GnUlInUx";
+//   - later versions: annotations io.github.containers.zstd-chunked.*, a
+//     64-byte footer (adding the tar-split position) ending in "GNUlInUx".
+const (
+	ZstdChunkedChecksumAnnotation       = "io.github.containers.zstd-chunked.manifest-checksum"
+	ZstdChunkedPositionAnnotation       = "io.github.containers.zstd-chunked.manifest-position"
+	LegacyZstdChunkedChecksumAnnotation = "io.containers.zstd-chunked.manifest-checksum"
+	LegacyZstdChunkedPositionAnnotation = "io.containers.zstd-chunked.manifest-position"
+)
+
+const (
+	// zstdSkippableMagic opens the skippable frame (RFC 8878 3.1.2) that
+	// the manifest, tar-split and footer each sit in, followed by the
+	// frame's little-endian uint32 length.
+	zstdSkippableMagic  = 0x184D2A50
+	zstdSkippableHeader = 8
+
+	zstdFooterSize       = 64 // data of the current footer
+	zstdLegacyFooterSize = 40 // data of containers/storage < 1.48's footer
+	zstdManifestTypeCRFS = 1
+
+	// maxZstdRatio bounds how much a zstd frame can expand: a block of at
+	// most 128 KiB takes at least 4 bytes (an RLE block). Chunks of zeros
+	// come close to it, so deflate's bound would reject real layers.
+	maxZstdRatio = 128 << 10 / 4
+)
+
+var (
+	zstdFooterMagic       = []byte("GNUlInUx")
+	zstdLegacyFooterMagic = []byte("GnUlInUx")
+)
+
+// zstdDecoder decompresses manifests and chunks. DecodeAll is safe for
+// concurrent use, and with the cap limit never writes past cap(dst), so a
+// frame cannot expand beyond what the TOC lets its caller allocate.
+var zstdDecoder = func() *zstd.Decoder {
+	d, err := zstd.NewReader(nil, zstd.WithDecodeAllCapLimit(true), zstd.WithDecoderMaxMemory(maxTOCJSON))
+	if err != nil {
+		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
+	}
+	return d
+}()
+
+// ManifestPosition says where a zstd:chunked blob holds its compressed
+// manifest, as the manifest-position annotation or the footer gives it.
+type ManifestPosition struct {
+	Offset             int64 // of the compressed manifest (after its skippable frame header)
+	Length             int64 // compressed
+	LengthUncompressed int64
+}
+
+// ZstdChunkedAnnotations returns the manifest checksum and position a
+// layer's annotations publish, under either generation's keys; ok is false
+// when the layer carries no zstd:chunked checksum. A position that does not
+// parse is left out (the footer gives it), a checksum that does not parse
+// is an error.
+func ZstdChunkedAnnotations(ann map[string]string) (checksum digest.Digest, pos *ManifestPosition, ok bool, err error) {
+	for _, keys := range [][2]string{
+		{ZstdChunkedChecksumAnnotation, ZstdChunkedPositionAnnotation},
+		{LegacyZstdChunkedChecksumAnnotation, LegacyZstdChunkedPositionAnnotation},
+	} {
+		s, found := ann[keys[0]]
+		if !found {
+			continue
+		}
+		d, err := digest.Parse(s)
+		if err != nil {
+			return "", nil, true, fmt.Errorf("annotation %s: %w", keys[0], err)
+		}
+		if p, err := ParseManifestPosition(ann[keys[1]]); err == nil {
+			pos = &p
+		}
+		return d, pos, true, nil
+	}
+	return "", nil, false, nil
+}
+
+// ParseManifestPosition parses the manifest-position annotation,
+// "offset:length:lengthUncompressed:type" in decimal, type 1 (CRFS).
+func ParseManifestPosition(s string) (ManifestPosition, error) {
+	f := strings.Split(s, ":")
+	if len(f) != 4 {
+		return ManifestPosition{}, fmt.Errorf("manifest position %q: want offset:length:lengthUncompressed:type", s)
+	}
+	var n [4]int64
+	for i, v := range f {
+		x, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || x < 0 {
+			return ManifestPosition{}, fmt.Errorf("manifest position %q: field %d is not a non-negative integer", s, i+1)
+		}
+		n[i] = x
+	}
+	if n[3] != zstdManifestTypeCRFS {
+		return ManifestPosition{}, fmt.Errorf("manifest position %q: manifest type %d, want %d", s, n[3], zstdManifestTypeCRFS)
+	}
+	return ManifestPosition{Offset: n[0], Length: n[1], LengthUncompressed: n[2]}, nil
+}
+
+// hasZstdChunkedFooter says whether tail (the blob's last bytes) ends in
+// either generation's footer magic: enough to choose the format before
+// parsing it.
+func hasZstdChunkedFooter(tail []byte) bool {
+	return bytes.HasSuffix(tail, zstdFooterMagic) || bytes.HasSuffix(tail, zstdLegacyFooterMagic)
+}
+
+// parseZstdFooter reads the manifest position out of the footer ending
+// tail, and returns the footer's whole size (skippable frame included).
+func parseZstdFooter(tail []byte) (ManifestPosition, int64, error) {
+	size := zstdFooterSize
+	if bytes.HasSuffix(tail, zstdLegacyFooterMagic) {
+		size = zstdLegacyFooterSize
+	} else if !bytes.HasSuffix(tail, zstdFooterMagic) {
+		return ManifestPosition{}, 0, errors.New("no zstd:chunked footer magic")
+	}
+	if len(tail) < zstdSkippableHeader+size {
+		return ManifestPosition{}, 0, fmt.Errorf("%d bytes are too few for a %d byte zstd:chunked footer", len(tail), size)
+	}
+	frame := tail[len(tail)-zstdSkippableHeader-size:]
+	if binary.LittleEndian.Uint32(frame) != zstdSkippableMagic || binary.LittleEndian.Uint32(frame[4:]) != uint32(size) {
+		return ManifestPosition{}, 0, errors.New("zstd:chunked footer is not a skippable frame of its size")
+	}
+	data := frame[zstdSkippableHeader:]
+	var v [4]uint64
+	for i := range v {
+		v[i] = binary.LittleEndian.Uint64(data[8*i:])
+		if v[i] > 1<<62 {
+			return ManifestPosition{}, 0, fmt.Errorf("zstd:chunked footer field %d is %d, out of range", i+1, v[i])
+		}
+	}
+	if v[3] != zstdManifestTypeCRFS {
+		return ManifestPosition{}, 0, fmt.Errorf("zstd:chunked footer names manifest type %d, want %d", v[3], zstdManifestTypeCRFS)
+	}
+	return ManifestPosition{Offset: int64(v[0]), Length: int64(v[1]), LengthUncompressed: int64(v[2])}, int64(zstdSkippableHeader + size), nil
+}
+
+// readZstdTOC finds, verifies and decodes the manifest of a zstd:chunked
+// blob whose last bytes [tailStart, size) are tail. pos, if not nil (from
+// the annotation), is used instead of the footer; want, if not "", is the
+// manifest checksum the compressed bytes must hash to.
+func readZstdTOC(ctx context.Context, blob BlobReader, want digest.Digest, pos *ManifestPosition, tail []byte, tailStart int64) (*rawTOC, error) {
+	size := blob.Size()
+	if pos == nil {
+		p, _, err := parseZstdFooter(tail)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNotEStargz, err)
+		}
+		pos = &p
+	}
+	if pos.Length > maxTOCCompressed || pos.LengthUncompressed > maxTOCJSON {
+		return nil, fmt.Errorf("zstd:chunked manifest of %d bytes (%d uncompressed) exceeds the %d (%d) byte limit",
+			pos.Length, pos.LengthUncompressed, maxTOCCompressed, maxTOCJSON)
+	}
+	frameStart := pos.Offset - zstdSkippableHeader
+	if frameStart < 0 || pos.Length > size-pos.Offset {
+		return nil, fmt.Errorf("zstd:chunked manifest at [%d, +%d) is outside the %d byte blob", pos.Offset, pos.Length, size)
+	}
+
+	var compressed []byte
+	if pos.Offset >= tailStart {
+		compressed = tail[pos.Offset-tailStart : pos.Offset-tailStart+pos.Length]
+	} else {
+		compressed = make([]byte, pos.Length)
+		head := compressed[:min(pos.Length, tailStart-pos.Offset)]
+		if err := readFull(ctx, blob, head, pos.Offset); err != nil {
+			return nil, &fetchError{fmt.Errorf("reading %d bytes of the zstd:chunked manifest at %d: %w", len(head), pos.Offset, err)}
+		}
+		if len(head) < len(compressed) {
+			copy(compressed[len(head):], tail[:pos.Offset+pos.Length-tailStart])
+		}
+	}
+	if n, ok := blob.(TailNotifier); ok {
+		n.TailRead()
+	}
+
+	got := digest.FromBytes(compressed)
+	if want != "" && got != want {
+		return nil, fmt.Errorf("zstd:chunked manifest checksum is %s, want %s: %w", got, want, ErrVerify)
+	}
+	raw, err := decodeZstdTOC(compressed, got, frameStart, pos.LengthUncompressed)
+	if err != nil {
+		return nil, err
+	}
+	if frameStart > tailStart {
+		raw.chunkTail = tail[:frameStart-tailStart]
+		raw.chunkTailStart = tailStart
+	}
+	return raw, nil
+}
+
+// zstdTOC is the zstd:chunked manifest (containers/storage's minimal.TOC).
+type zstdTOC struct {
+	Version int         `json:"version"`
+	Entries []zstdEntry `json:"entries"`
+}
+
+// zstdEntry is one manifest entry (minimal.FileMetadata). It is eStargz's
+// TOCEntry but for RFC 3339 nanosecond times, base64 xattr values and the
+// end offset of a file's data, which eStargz leaves to the next entry.
+type zstdEntry struct {
+	Type        string            `json:"type"`
+	Name        string            `json:"name"`
+	Linkname    string            `json:"linkName,omitempty"`
+	Mode        int64             `json:"mode,omitempty"`
+	Size        int64             `json:"size,omitempty"`
+	UID         int               `json:"uid,omitempty"`
+	GID         int               `json:"gid,omitempty"`
+	ModTime     *time.Time        `json:"modtime,omitempty"`
+	Devmajor    int64             `json:"devMajor,omitempty"`
+	Devminor    int64             `json:"devMinor,omitempty"`
+	Xattrs      map[string]string `json:"xattrs,omitempty"`
+	Digest      string            `json:"digest,omitempty"`
+	Offset      int64             `json:"offset,omitempty"`
+	EndOffset   int64             `json:"endOffset,omitempty"`
+	ChunkSize   int64             `json:"chunkSize,omitempty"`
+	ChunkOffset int64             `json:"chunkOffset,omitempty"`
+	ChunkDigest string            `json:"chunkDigest,omitempty"`
+	ChunkType   string            `json:"chunkType,omitempty"`
+}
+
+// decodeZstdTOC decompresses and decodes a manifest already checked
+// against its checksum d, and indexes its chunks; frameStart is where the
+// manifest's skippable frame starts, the end of the layer's data.
+func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompressed int64) (*rawTOC, error) {
+	if lengthUncompressed > maxTOCJSON || lengthUncompressed > int64(len(compressed))*maxZstdRatio+1024 {
+		return nil, fmt.Errorf("zstd:chunked manifest claims %d bytes from %d compressed bytes", lengthUncompressed, len(compressed))
+	}
+	js, err := zstdDecoder.DecodeAll(compressed, make([]byte, 0, lengthUncompressed))
+	if err != nil {
+		return nil, fmt.Errorf("decompressing zstd:chunked manifest %s: %w", d, err)
+	}
+	if int64(len(js)) != lengthUncompressed {
+		return nil, fmt.Errorf("zstd:chunked manifest %s decompresses to %d bytes, its position says %d", d, len(js), lengthUncompressed)
+	}
+	var toc zstdTOC
+	if err := jsonv2.Unmarshal(js, &toc, jsonv1.DefaultOptionsV1()); err != nil {
+		return nil, fmt.Errorf("decoding zstd:chunked manifest %s: %w", d, err)
+	}
+	if toc.Version != 1 {
+		return nil, fmt.Errorf("zstd:chunked manifest %s has version %d, want 1", d, toc.Version)
+	}
+	entries, ends, err := zstdToTOCEntries(toc.Entries)
+	if err != nil {
+		return nil, fmt.Errorf("zstd:chunked manifest %s: %w", d, err)
+	}
+	files, err := indexZstdChunks(entries, ends, frameStart)
+	if err != nil {
+		return nil, fmt.Errorf("zstd:chunked manifest %s: %w", d, err)
+	}
+	return &rawTOC{
+		toc:       &estargz.JTOC{Version: toc.Version, Entries: entries},
+		files:     files,
+		format:    zstdChunked{},
+		digest:    d,
+		tocOffset: frameStart,
+		json:      compressed,
+	}, nil
+}
+
+// zstdToTOCEntries gives the manifest's entries in the form the tree
+// builder reads, with each entry's end offset beside it.
+func zstdToTOCEntries(in []zstdEntry) ([]*estargz.TOCEntry, []int64, error) {
+	out := make([]*estargz.TOCEntry, len(in))
+	ends := make([]int64, len(in))
+	for i := range in {
+		z := &in[i]
+		te := &estargz.TOCEntry{
+			Name:        z.Name,
+			Type:        z.Type,
+			Size:        z.Size,
+			LinkName:    z.Linkname,
+			Mode:        z.Mode,
+			UID:         z.UID,
+			GID:         z.GID,
+			Offset:      z.Offset,
+			Digest:      z.Digest,
+			ChunkOffset: z.ChunkOffset,
+			ChunkSize:   z.ChunkSize,
+			ChunkDigest: z.ChunkDigest,
+		}
+		if z.Devmajor < 0 || z.Devminor < 0 || z.Devmajor > 1<<31-1 || z.Devminor > 1<<31-1 {
+			return nil, nil, fmt.Errorf("entry %d (%q): device %d:%d out of range", i, z.Name, z.Devmajor, z.Devminor)
+		}
+		te.DevMajor, te.DevMinor = int(z.Devmajor), int(z.Devminor)
+		if z.ModTime != nil && !z.ModTime.IsZero() {
+			// Seconds, as eStargz keeps them and tar's ustar field holds.
+			te.ModTime3339 = z.ModTime.UTC().Truncate(time.Second).Format(time.RFC3339)
+		}
+		switch z.ChunkType {
+		case "", "zeros":
+			// A run of zeros is its own chunk, still stored as a frame
+			// (of a few bytes) and verified like any other.
+		default:
+			return nil, nil, fmt.Errorf("entry %d (%q): unknown chunk type %q", i, z.Name, z.ChunkType)
+		}
+		if len(z.Xattrs) > 0 {
+			te.Xattrs = make(map[string][]byte, len(z.Xattrs))
+			for k, v := range z.Xattrs {
+				b, err := base64.StdEncoding.DecodeString(v)
+				if err != nil {
+					return nil, nil, fmt.Errorf("entry %d (%q): xattr %q: %w", i, z.Name, k, err)
+				}
+				te.Xattrs[k] = b
+			}
+		}
+		out[i] = te
+		ends[i] = z.EndOffset
+	}
+	return out, ends, nil
+}
+
+// indexZstdChunks is indexChunks for zstd:chunked: every chunk is whole
+// frames of its own, so its compressed range is exact (to the next chunk of
+// the file, or the file's end offset) rather than running to the next data.
+func indexZstdChunks(entries []*estargz.TOCEntry, ends []int64, dataEnd int64) (map[int]*fileChunks, error) {
+	out := map[int]*fileChunks{}
+	var prevEnd int64 // end of the previous file's data: data comes in blob order
+	for i := 0; i < len(entries); i++ {
+		reg := entries[i]
+		switch {
+		case reg.Type == "chunk":
+			return nil, fmt.Errorf("entry %d: chunk does not follow a non-empty regular file", i)
+		case reg.Type != "reg":
+			continue
+		case reg.Size < 0:
+			return nil, fmt.Errorf("entry %d (%q): negative size %d", i, reg.Name, reg.Size)
+		}
+		parts := []*estargz.TOCEntry{reg}
+		for i+len(parts) < len(entries) && entries[i+len(parts)].Type == "chunk" {
+			te := entries[i+len(parts)]
+			if te.Name != "" && cleanTOCName(te.Name) != cleanTOCName(reg.Name) {
+				return nil, fmt.Errorf("entry %d: chunk of %q follows %q", i+len(parts), te.Name, reg.Name)
+			}
+			parts = append(parts, te)
+		}
+		regIdx := i
+		i += len(parts) - 1
+		if reg.Size == 0 {
+			if len(parts) > 1 {
+				return nil, fmt.Errorf("entry %d (%q): empty file with chunks", regIdx, reg.Name)
+			}
+			continue
+		}
+		fileEnd := ends[regIdx]
+		end := make(map[int64]int64, len(parts))
+		for j, p := range parts {
+			e := fileEnd
+			if j+1 < len(parts) {
+				e = parts[j+1].Offset
+			}
+			if p.Offset < prevEnd || p.Offset >= e || e > dataEnd {
+				return nil, fmt.Errorf("entry %d (%q): chunk %d at [%d, %d) is not inside the data [%d, %d) in blob order",
+					regIdx, reg.Name, j, p.Offset, e, prevEnd, dataEnd)
+			}
+			end[p.Offset] = e
+			prevEnd = e
+		}
+		fc, err := buildFileChunks(reg, parts, func(off int64) int64 { return end[off] }, maxZstdRatio)
+		if err != nil {
+			return nil, fmt.Errorf("entry %d (%q): %w", regIdx, reg.Name, err)
+		}
+		out[regIdx] = fc
+	}
+	return out, nil
+}
+
+// zstdChunked decodes zstd:chunked chunks.
+type zstdChunked struct{}
+
+func (zstdChunked) String() string { return "zstd:chunked" }
+
+// decodeChunk decompresses c's frames, exactly its compressed range, and
+// checks the result against c's digest.
+func (zstdChunked) decodeChunk(c *chunk, compressed []byte) ([]byte, error) {
+	data, err := zstdDecoder.DecodeAll(compressed, make([]byte, 0, c.size))
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s at blob offset %d: decompressing: %v: %w", c.digest, c.blobOff, err, ErrVerify)
+	}
+	return checkChunk(c, data)
+}

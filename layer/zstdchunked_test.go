@@ -1,0 +1,231 @@
+package layer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/fs/fstest"
+)
+
+// zstdOptions are the zstd:chunked layouts the view must not depend on.
+var zstdOptions = []struct {
+	name string
+	opts fstest.ZstdChunkedOptions
+}{
+	{"current", fstest.ZstdChunkedOptions{}},
+	{"legacy", fstest.ZstdChunkedOptions{Legacy: true}},
+	{"one-chunk-files", fstest.ZstdChunkedOptions{ChunkSize: 1 << 30}},
+	{"small-chunks", fstest.ZstdChunkedOptions{ChunkSize: 1000}},
+}
+
+// openZstd opens SampleTar written as zstd:chunked, finding the manifest
+// through the footer, and checks it against the annotation's checksum.
+func openZstd(t testing.TB, opts fstest.ZstdChunkedOptions) (*Layer, *fstest.MemBlob, []byte, digest.Digest) {
+	t.Helper()
+	tarBytes := fstest.SampleTar(t)
+	data, ann := fstest.ZstdChunked(t, tarBytes, opts)
+	checksum, _, ok, err := ZstdChunkedAnnotations(ann)
+	if !ok || err != nil {
+		t.Fatalf("ZstdChunkedAnnotations(%v) = %v, %v", ann, ok, err)
+	}
+	blob := fstest.NewMemBlob(data)
+	l, err := Open(context.Background(), blob, checksum, newMemCache(), nil)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return l, blob, tarBytes, checksum
+}
+
+func TestZstdChunkedViewMatchesTar(t *testing.T) {
+	for _, o := range zstdOptions {
+		t.Run(o.name, func(t *testing.T) {
+			l, blob, tarBytes, checksum := openZstd(t, o.opts)
+			if l.TOCDigest() != checksum {
+				t.Errorf("TOCDigest %s, want the manifest checksum %s", l.TOCDigest(), checksum)
+			}
+			want, err := fstest.TarView(tarBytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range fstest.Diff(want, viewOf(t, l, true)) {
+				t.Error(d)
+			}
+			// Reading every file fetched each chunk's frames and nothing
+			// past the data.
+			if _, n := blob.Stats(); n > blob.Size()+tailSize {
+				t.Errorf("read %d bytes of a %d byte blob", n, blob.Size())
+			}
+		})
+	}
+}
+
+// TestZstdChunkedReadFetchesOnlyItsFrames: a file's read fetches exactly its
+// chunks' frames, not the headers' frames around them.
+func TestZstdChunkedReadFetchesOnlyItsFrames(t *testing.T) {
+	tarBytes := fstest.SampleTar(t)
+	data, ann := fstest.ZstdChunked(t, tarBytes, fstest.ZstdChunkedOptions{})
+	checksum, _, _, _ := ZstdChunkedAnnotations(ann)
+	defer func(old int64) { tailSize = old }(tailSize)
+	tailSize = 4096 // chunks outside the tail window
+	blob := fstest.NewMemBlob(data)
+	l, err := Open(context.Background(), blob, checksum, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := lookup(t, l, fstest.SampleBigFile)
+	start, end := l.CompressedRange(e)
+	blob.ResetStats()
+	buf := make([]byte, e.Size)
+	if _, err := l.ReadAt(context.Background(), e, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, fstest.TarFile(t, tarBytes, fstest.SampleBigFile)) {
+		t.Fatal("content differs from the tar")
+	}
+	var fetched int64
+	for _, r := range blob.Reads() {
+		if r[0] < start || r[0]+r[1] > end {
+			t.Errorf("read [%d, +%d) outside the file's frames [%d, %d)", r[0], r[1], start, end)
+		}
+		fetched += r[1]
+	}
+	if fetched != end-start {
+		t.Errorf("fetched %d bytes for frames of %d", fetched, end-start)
+	}
+}
+
+// TestZstdChunkedAnnotationPosition: the position annotation finds the
+// manifest without the footer (containers/storage readers never read it).
+func TestZstdChunkedAnnotationPosition(t *testing.T) {
+	for _, o := range zstdOptions[:2] {
+		t.Run(o.name, func(t *testing.T) {
+			data, ann := fstest.ZstdChunked(t, fstest.SampleTar(t), o.opts)
+			checksum, pos, ok, err := ZstdChunkedAnnotations(ann)
+			if !ok || err != nil || pos == nil {
+				t.Fatalf("ZstdChunkedAnnotations: pos %v ok %v err %v", pos, ok, err)
+			}
+			// Spoil the footer: only the annotation can find the manifest.
+			data = bytes.Clone(data)
+			copy(data[len(data)-16:], make([]byte, 8))
+			raw, err := readZstdTOC(context.Background(), fstest.NewMemBlob(data), checksum, pos, nil, int64(len(data)))
+			if err != nil {
+				t.Fatalf("readZstdTOC: %v", err)
+			}
+			if raw.digest != checksum || len(raw.toc.Entries) == 0 {
+				t.Errorf("manifest %s with %d entries", raw.digest, len(raw.toc.Entries))
+			}
+		})
+	}
+}
+
+func TestZstdChunkedErrors(t *testing.T) {
+	tarBytes := fstest.SampleTar(t)
+	data, ann := fstest.ZstdChunked(t, tarBytes, fstest.ZstdChunkedOptions{})
+	checksum, pos, _, _ := ZstdChunkedAnnotations(ann)
+
+	t.Run("wrong checksum", func(t *testing.T) {
+		_, err := Open(context.Background(), fstest.NewMemBlob(data), digest.FromString("other"), nil, nil)
+		if !errors.Is(err, ErrVerify) {
+			t.Fatalf("Open: %v, want ErrVerify", err)
+		}
+	})
+	t.Run("spoiled manifest", func(t *testing.T) {
+		spoiled := bytes.Clone(data)
+		spoiled[pos.Offset+pos.Length/2] ^= 0xff
+		if _, err := Open(context.Background(), fstest.NewMemBlob(spoiled), checksum, nil, nil); !errors.Is(err, ErrVerify) {
+			t.Fatalf("Open: %v, want ErrVerify", err)
+		}
+	})
+	t.Run("position outside the blob", func(t *testing.T) {
+		for _, p := range []ManifestPosition{
+			{Offset: int64(len(data)), Length: 10, LengthUncompressed: 10},
+			{Offset: 4, Length: 10, LengthUncompressed: 10},
+			{Offset: pos.Offset, Length: int64(len(data)), LengthUncompressed: 10},
+			{Offset: pos.Offset, Length: pos.Length, LengthUncompressed: maxTOCJSON + 1},
+			{Offset: pos.Offset, Length: pos.Length, LengthUncompressed: pos.LengthUncompressed + 1},
+		} {
+			if _, err := readZstdTOC(context.Background(), fstest.NewMemBlob(data), "", &p, nil, int64(len(data))); err == nil {
+				t.Errorf("position %+v: no error", p)
+			}
+		}
+	})
+	t.Run("corrupt chunk", func(t *testing.T) {
+		blob := fstest.NewMemBlob(bytes.Clone(data))
+		l, err := Open(context.Background(), blob, checksum, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := lookup(t, l, fstest.SampleBigFile)
+		start, _ := l.CompressedRange(e)
+		blob.Flip(start + 6)
+		l2, err := Open(context.Background(), blob, checksum, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = l2.ReadAt(context.Background(), lookup(t, l2, fstest.SampleBigFile), make([]byte, 10), 0)
+		if !errors.Is(err, ErrVerify) {
+			t.Fatalf("ReadAt of a corrupt chunk: %v, want ErrVerify", err)
+		}
+	})
+}
+
+func TestParseManifestPosition(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ManifestPosition
+		ok   bool
+	}{
+		{"100:20:300:1", ManifestPosition{100, 20, 300}, true},
+		{"100:20:300:2", ManifestPosition{}, false},
+		{"100:20:300", ManifestPosition{}, false},
+		{"-1:20:300:1", ManifestPosition{}, false},
+		{"a:20:300:1", ManifestPosition{}, false},
+		{"", ManifestPosition{}, false},
+	}
+	for _, tc := range tests {
+		got, err := ParseManifestPosition(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseManifestPosition(%q) = %+v, %v", tc.in, got, err)
+		}
+	}
+}
+
+// TestNotServedCostsOneSmallRead: a blob without any footer (a plain gzip
+// layer) is told apart with one read of at most probeSize bytes when
+// nothing claimed a TOC digest for it.
+func TestNotServedCostsOneSmallRead(t *testing.T) {
+	data := bytes.Repeat([]byte("not a layer format poolfs serves "), 1<<16)
+	blob := fstest.NewMemBlob(data)
+	if _, err := Open(context.Background(), blob, "", nil, nil); !errors.Is(err, ErrNotEStargz) {
+		t.Fatalf("Open: %v, want ErrNotEStargz", err)
+	}
+	if calls, n := blob.Stats(); calls != 1 || n > probeSize {
+		t.Errorf("%d reads of %d bytes, want 1 of at most %d", calls, n, probeSize)
+	}
+}
+
+// FuzzZstdChunkedTOC: a manifest of any bytes gives an error or a layer,
+// never a panic.
+func FuzzZstdChunkedTOC(f *testing.F) {
+	f.Add([]byte(`{"version":1,"entries":[{"type":"reg","name":"a","size":3,"offset":1,"endOffset":5,"digest":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}`))
+	f.Add([]byte(`{"version":1,"entries":[{"type":"reg","name":"a","size":8,"offset":1,"endOffset":9,"chunkSize":4},{"type":"chunk","name":"a","chunkOffset":4,"offset":5,"chunkType":"zeros"}]}`))
+	f.Add([]byte(`{"version":1,"entries":[{"type":"dir","name":"d","xattrs":{"user.a":"eA=="}},{"type":"hardlink","name":"l","linkName":"d"}]}`))
+	f.Fuzz(func(t *testing.T, js []byte) {
+		compressed := zstdEncoder.EncodeAll(js, nil)
+		raw, err := decodeZstdTOC(compressed, digest.FromBytes(compressed), 100, int64(len(js)))
+		if err != nil {
+			return
+		}
+		c, log := defaults(nil, nil)
+		if l, err := fromRaw(raw, fstest.NewMemBlob(make([]byte, 200)), c, log); err == nil {
+			viewOf(t, l, false)
+		}
+	})
+}
+
+var zstdEncoder, _ = zstd.NewWriter(nil)
