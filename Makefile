@@ -58,7 +58,8 @@ test: deps
 # deadline exceeded" and no crasher. FUZZTIME=5m make fuzz for a longer hunt.
 FUZZTIME ?=
 FUZZ_TARGETS := pool:FuzzParseElement:100000x layer:FuzzOpen:20000x \
-	layer:FuzzOpenStored:12000x layer:FuzzDecodeTOCMatchesEncodingJSON:50000x
+	layer:FuzzOpenStored:12000x layer:FuzzDecodeTOCMatchesEncodingJSON:50000x \
+	layer:FuzzZstdChunkedTOC:20000x
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; rest=$${t#*:}; fn=$${rest%%:*}; budget=$${rest#*:}; \

@@ -59,7 +59,7 @@ func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache
 		}
 	}
 
-	raw, err := readTOCVerified(ctx, blob, tocDigest, log)
+	raw, err := readTOCVerified(ctx, blob, tocDigest, nil, log)
 	if err != nil {
 		return nil, err
 	}

@@ -10,24 +10,33 @@ import (
 )
 
 // TOC is what a Layer needs to be opened again without the registry: the
-// TOC JSON exactly as hashed, its digest and where its gzip member starts in
-// the blob (the end of the last chunk).
+// TOC exactly as hashed (eStargz: the JSON; zstd:chunked: the compressed
+// manifest), its digest, where it starts in the blob (the end of the last
+// chunk) and its format.
 type TOC struct {
 	Digest digest.Digest
 	Offset int64
+	Format string // "" for eStargz, FormatZstdChunked
 	JSON   []byte
 }
 
+// FormatZstdChunked is TOC.Format for zstd:chunked layers.
+const FormatZstdChunked = "zstd:chunked"
+
 // OpenWithTOC is Open that also returns the TOC it read, for the caller to
 // store and hand to OpenStored after a restart.
-func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry) (*Layer, TOC, error) {
+func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry, opts ...OpenOption) (*Layer, TOC, error) {
 	c, log = defaults(c, log)
 	if tocDigest != "" {
 		if err := tocDigest.Validate(); err != nil {
 			return nil, TOC{}, fmt.Errorf("expected TOC digest %q: %w", tocDigest, err)
 		}
 	}
-	raw, err := readTOCVerified(ctx, blob, tocDigest, log)
+	var o openOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	raw, err := readTOCVerified(ctx, blob, tocDigest, o.zstdPosition, log)
 	if err != nil {
 		return nil, TOC{}, err
 	}
@@ -35,7 +44,31 @@ func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, 
 	if err != nil {
 		return nil, TOC{}, err
 	}
-	return l, TOC{Digest: raw.digest, Offset: raw.tocOffset, JSON: raw.json}, nil
+	t := TOC{Digest: raw.digest, Offset: raw.tocOffset, JSON: raw.json}
+	if _, ok := raw.format.(zstdChunked); ok {
+		t.Format = FormatZstdChunked
+	}
+	return l, t, nil
+}
+
+// OpenOption adds to what Open knows about the blob beforehand.
+type OpenOption func(*openOptions)
+
+type openOptions struct {
+	zstdPosition *ManifestPosition
+}
+
+// WithAnnotations passes the layer's annotations from the image manifest:
+// a zstd:chunked layer's manifest position there is used instead of the
+// footer, and the manifest is fetched with one exact request. (The TOC
+// digest to verify against is Open's argument: which annotation the
+// client's lookup is trusted through is the caller's decision.)
+func WithAnnotations(ann map[string]string) OpenOption {
+	return func(o *openOptions) {
+		if _, pos, ok, err := ZstdChunkedAnnotations(ann); ok && err == nil {
+			o.zstdPosition = pos
+		}
+	}
 }
 
 // OpenStored builds the Layer from a TOC stored earlier, without reading
@@ -53,6 +86,17 @@ func OpenStored(blob BlobReader, toc TOC, c Cache, log *logrus.Entry) (*Layer, e
 	}
 	if toc.Offset < 0 || toc.Offset > blob.Size()-legacyFooterSize {
 		return nil, fmt.Errorf("stored TOC offset %d outside the %d byte blob", toc.Offset, blob.Size())
+	}
+	switch toc.Format {
+	case "":
+	case FormatZstdChunked:
+		raw, err := decodeZstdTOC(toc.JSON, toc.Digest, toc.Offset, -1)
+		if err != nil {
+			return nil, fmt.Errorf("stored TOC %s: %w", toc.Digest, err)
+		}
+		return fromRaw(raw, blob, c, log)
+	default:
+		return nil, fmt.Errorf("stored TOC %s: unknown format %q", toc.Digest, toc.Format)
 	}
 	jtoc, err := decodeTOC(toc.JSON)
 	if err != nil {

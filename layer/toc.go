@@ -52,9 +52,13 @@ type rawTOC struct {
 
 // readTOC fetches the blob's tail (one ReadAt), finds the footer and returns
 // the decoded TOC. A second ReadAt happens only when the compressed TOC
-// starts before the tail window.
-func readTOC(ctx context.Context, blob BlobReader, want digest.Digest) (*rawTOC, error) {
+// starts before the tail window. With the position of a zstd:chunked
+// manifest (from the annotation), only the manifest is fetched.
+func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, zstdPos *ManifestPosition) (*rawTOC, error) {
 	size := blob.Size()
+	if zstdPos != nil {
+		return readZstdTOC(ctx, blob, want, zstdPos, nil, size)
+	}
 	if size < legacyFooterSize {
 		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNotEStargz)
 	}

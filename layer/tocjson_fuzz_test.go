@@ -33,7 +33,7 @@ func FuzzDecodeTOCMatchesEncodingJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	data, _ := fstest.EStargz(f, fstest.SampleTar(f))
-	if raw, err := readTOC(f.Context(), fstest.NewMemBlob(data), ""); err == nil {
+	if raw, err := readTOC(f.Context(), fstest.NewMemBlob(data), "", nil); err == nil {
 		f.Add(raw.json)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {

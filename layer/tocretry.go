@@ -31,9 +31,9 @@ func (e *noFooterError) Unwrap() error { return e.err }
 // A blob with no footer of any format costs one small tail read when no
 // TOC digest is expected (nothing claimed it is served lazily), and
 // verifyAttempts tail reads when one is.
-func readTOCVerified(ctx context.Context, blob BlobReader, want digest.Digest, log *logrus.Entry) (*rawTOC, error) {
+func readTOCVerified(ctx context.Context, blob BlobReader, want digest.Digest, pos *ManifestPosition, log *logrus.Entry) (*rawTOC, error) {
 	for attempt := 1; ; attempt++ {
-		raw, err := readTOC(ctx, blob, want)
+		raw, err := readTOC(ctx, blob, want, pos)
 		var fe *fetchError
 		var nf *noFooterError
 		if err == nil || errors.As(err, &fe) || (want == "" && errors.As(err, &nf)) || attempt >= verifyAttempts || ctx.Err() != nil {

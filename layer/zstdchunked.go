@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +58,9 @@ const (
 )
 
 var (
+	// zstdFrameMagic starts every zstd frame, so every zstd:chunked blob.
+	zstdFrameMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+
 	zstdFooterMagic       = []byte("GNUlInUx")
 	zstdLegacyFooterMagic = []byte("GnUlInUx")
 )
@@ -251,15 +255,23 @@ type zstdEntry struct {
 // decodeZstdTOC decompresses and decodes a manifest already checked
 // against its checksum d, and indexes its chunks; frameStart is where the
 // manifest's skippable frame starts, the end of the layer's data.
+// lengthUncompressed is what the position says the JSON takes (-1: not
+// known, as for a stored manifest; then up to maxTOCJSON).
 func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompressed int64) (*rawTOC, error) {
 	if lengthUncompressed > maxTOCJSON || lengthUncompressed > int64(len(compressed))*maxZstdRatio+1024 {
 		return nil, fmt.Errorf("zstd:chunked manifest claims %d bytes from %d compressed bytes", lengthUncompressed, len(compressed))
 	}
-	js, err := zstdDecoder.DecodeAll(compressed, make([]byte, 0, lengthUncompressed))
+	var js []byte
+	var err error
+	if lengthUncompressed < 0 {
+		js, err = decodeZstdStream(compressed, maxTOCJSON)
+	} else {
+		js, err = zstdDecoder.DecodeAll(compressed, make([]byte, 0, lengthUncompressed))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("decompressing zstd:chunked manifest %s: %w", d, err)
 	}
-	if int64(len(js)) != lengthUncompressed {
+	if lengthUncompressed >= 0 && int64(len(js)) != lengthUncompressed {
 		return nil, fmt.Errorf("zstd:chunked manifest %s decompresses to %d bytes, its position says %d", d, len(js), lengthUncompressed)
 	}
 	var toc zstdTOC
@@ -285,6 +297,25 @@ func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompr
 		tocOffset: frameStart,
 		json:      compressed,
 	}, nil
+}
+
+// decodeZstdStream decompresses b of unknown decompressed size, growing
+// the result as it comes rather than reserving the most it could be, and
+// failing past limit bytes.
+func decodeZstdStream(b []byte, limit int64) ([]byte, error) {
+	zr, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(limit)))
+	if err != nil {
+		return nil, err
+	}
+	defer zr.Close()
+	out, err := io.ReadAll(io.LimitReader(zr, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("decompresses to more than %d bytes", limit)
+	}
+	return out, nil
 }
 
 // zstdToTOCEntries gives the manifest's entries in the form the tree

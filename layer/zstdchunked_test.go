@@ -229,3 +229,47 @@ func FuzzZstdChunkedTOC(f *testing.F) {
 }
 
 var zstdEncoder, _ = zstd.NewWriter(nil)
+
+// TestZstdChunkedStoredAndAnnotated: with the annotations, Open fetches the
+// manifest in one exact request; the TOC it returns reopens the layer
+// without the blob (restart from meta.db), and a damaged one does not.
+func TestZstdChunkedStoredAndAnnotated(t *testing.T) {
+	tarBytes := fstest.SampleTar(t)
+	data, ann := fstest.ZstdChunked(t, tarBytes, fstest.ZstdChunkedOptions{})
+	checksum, pos, _, _ := ZstdChunkedAnnotations(ann)
+	blob := fstest.NewMemBlob(data)
+	_, toc, err := OpenWithTOC(context.Background(), blob, checksum, nil, nil, WithAnnotations(ann))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reads := blob.Reads(); len(reads) != 1 || reads[0] != [2]int64{pos.Offset, pos.Length} {
+		t.Errorf("reads %v, want one of the manifest [%d, +%d)", reads, pos.Offset, pos.Length)
+	}
+	if toc.Format != FormatZstdChunked || toc.Digest != checksum {
+		t.Fatalf("TOC format %q digest %s", toc.Format, toc.Digest)
+	}
+	blob.ResetStats()
+	l, err := OpenStored(blob, toc, nil, nil)
+	if err != nil {
+		t.Fatalf("OpenStored: %v", err)
+	}
+	if calls, _ := blob.Stats(); calls != 0 {
+		t.Errorf("OpenStored made %d blob reads", calls)
+	}
+	want, _ := fstest.TarView(tarBytes)
+	for _, d := range fstest.Diff(want, viewOf(t, l, true)) {
+		t.Error(d)
+	}
+
+	bad := toc
+	bad.JSON = bytes.Clone(toc.JSON)
+	bad.JSON[len(bad.JSON)/2] ^= 1
+	if _, err := OpenStored(blob, bad, nil, nil); !errors.Is(err, ErrVerify) {
+		t.Errorf("OpenStored of a damaged manifest: %v, want ErrVerify", err)
+	}
+	bad = toc
+	bad.Format = "squashfs"
+	if _, err := OpenStored(blob, bad, nil, nil); err == nil {
+		t.Error("OpenStored of an unknown format succeeded")
+	}
+}

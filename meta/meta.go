@@ -39,6 +39,7 @@ type layerRecord struct {
 	Desc      remote.LayerDesc `json:"desc"`
 	TOCDigest digest.Digest    `json:"toc_digest"`
 	TOCOffset int64            `json:"toc_offset"`
+	TOCFormat string           `json:"toc_format,omitempty"` // layer.TOC.Format; "" (eStargz) in older records
 	// UsedAt (Unix seconds) is when the layer was last stored, reopened
 	// or found in use by Prune; 0 in records written before it existed.
 	UsedAt int64 `json:"used_at,omitempty"`
@@ -85,7 +86,7 @@ func refKey(ref string, d digest.Digest) []byte {
 // Put records rec as the answer for (ref, d), where d is the digest the
 // layer was asked for (blob or TOC digest).
 func (s *Store) Put(ref string, d digest.Digest, rec Record) error {
-	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, UsedAt: now().Unix()})
+	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, TOCFormat: rec.TOC.Format, UsedAt: now().Unix()})
 	if err != nil {
 		return fmt.Errorf("encoding record of layer %s: %w", rec.Desc.Digest, err)
 	}
@@ -154,7 +155,7 @@ func (s *Store) Lookup(ref string, d digest.Digest) (Record, error) {
 	}
 	return Record{
 		Desc: lr.Desc,
-		TOC:  layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, JSON: tocJSON},
+		TOC:  layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, Format: lr.TOCFormat, JSON: tocJSON},
 	}, nil
 }
 

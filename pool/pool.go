@@ -221,12 +221,12 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	start := time.Now()
 	viewBlob, head := p.startHead(blob, tocDigest.String())
-	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log)
+	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, layer.WithAnnotations(desc.Annotations))
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {
 		head.Release()
-		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
+		err = fmt.Errorf("opening TOC of %s in %s: %w", desc.Digest, key.Ref, err)
 		if errors.Is(err, layer.ErrNotEStargz) {
 			p.mu.Lock()
 			p.notEStargz[desc.Digest] = notEStargz{err: err, at: time.Now()}

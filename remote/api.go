@@ -18,6 +18,18 @@ var ErrLayerNotFound = errors.New("layer not found in image")
 // set to the sha256 of the TOC JSON.
 const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
 
+// tocDigestAnnotations are the annotations a layer's TOC digest is read
+// from, first match wins: eStargz's, then zstd:chunked's manifest checksum
+// as containers/storage >= 1.48 and < 1.48 (podman 4) write it. A client
+// asks for a layer by any of them (grammar 2), so the resolver matches them
+// like blob digests; what the digest covers is the layer package's
+// business.
+var tocDigestAnnotations = []string{
+	TOCDigestAnnotation,
+	"io.github.containers.zstd-chunked.manifest-checksum",
+	"io.containers.zstd-chunked.manifest-checksum",
+}
+
 // LayerDesc describes one layer of one image as the registry published it.
 type LayerDesc struct {
 	Ref         string        // the image reference the layer was resolved through, as given

@@ -67,12 +67,16 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 			MediaType:   string(l.MediaType),
 			Annotations: l.Annotations,
 		}
-		if toc := l.Annotations[TOCDigestAnnotation]; toc != "" {
+		for _, key := range tocDigestAnnotations {
+			toc := l.Annotations[key]
+			if toc == "" {
+				continue
+			}
 			if d := digest.Digest(toc); d.Validate() == nil {
 				ld.TOCDigest = d
-			} else {
-				log.WithField("digest", ld.Digest).Warnf("ignoring malformed TOC digest annotation %q", toc)
+				break
 			}
+			log.WithField("digest", ld.Digest).Warnf("ignoring malformed TOC digest annotation %s=%q", key, toc)
 		}
 		layers[i] = ld
 	}
