@@ -106,6 +106,9 @@ func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, 
 	}, nil
 }
 
+// Format names the blob's format: "estargz" or FormatZstdChunked.
+func (l *Layer) Format() string { return l.format.String() }
+
 // Root returns the root directory of the view.
 func (l *Layer) Root() *Entry { return l.root }
 

@@ -428,7 +428,7 @@ func indexZstdChunks(entries []*estargz.TOCEntry, ends []int64, dataEnd int64) (
 // zstdChunked decodes zstd:chunked chunks.
 type zstdChunked struct{}
 
-func (zstdChunked) String() string { return "zstd:chunked" }
+func (zstdChunked) String() string { return FormatZstdChunked }
 
 // decodeChunk decompresses c's frames, exactly its compressed range, and
 // checks the result against c's digest.

@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/layer"
 )
 
 // Annotation keys of grammar 1 (the pool) that poolfs needs.
@@ -166,12 +168,19 @@ func KeyFromAnnotations(ann map[string]string) (LayerKey, error) {
 		return LayerKey{}, err
 	}
 	key := LayerKey{Ref: ref, Digest: dg}
-	if t, ok := ann[TOCDigestAnnotation]; ok {
+	// eStargz's TOC digest or zstd:chunked's manifest checksum: whichever
+	// the client passed on from the manifest, the layer is verified by it.
+	for _, k := range []string{TOCDigestAnnotation, layer.ZstdChunkedChecksumAnnotation, layer.LegacyZstdChunkedChecksumAnnotation} {
+		t, ok := ann[k]
+		if !ok {
+			continue
+		}
 		td, err := ParseDigest(t)
 		if err != nil {
 			return LayerKey{}, err
 		}
 		key.TOCDigest = td
+		break
 	}
 	return key, nil
 }

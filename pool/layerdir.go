@@ -82,8 +82,12 @@ type info struct {
 	Flags              map[string]any `json:"flags,omitempty"`
 }
 
-// compressionGzip is containers/storage's archive.Gzip.
-const compressionGzip = 2
+// compressionGzip and compressionZstd are containers/storage's
+// archive.Gzip and archive.Zstd.
+const (
+	compressionGzip = 2
+	compressionZstd = 4
+)
 
 // uncompressedSizeAnnotation is what stargz converters record the tar size
 // in; without it the size is left out, as containers/storage allows.
@@ -96,6 +100,9 @@ func layerInfo(l *Layer) []byte {
 		UncompressedDigest: l.Desc.DiffID.String(),
 		TOCDigest:          l.Desc.TOCDigest.String(),
 		CompressionType:    compressionGzip,
+	}
+	if l.View.Format() == layer.FormatZstdChunked {
+		in.CompressionType = compressionZstd
 	}
 	if l.Desc.DiffID != "" {
 		// Newer clients look here when they cannot trust diff-digest.

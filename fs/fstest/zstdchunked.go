@@ -65,14 +65,15 @@ var tarTypes = map[byte]string{
 // publish (manifest checksum and position).
 func ZstdChunked(tb testing.TB, tarBytes []byte, opts ZstdChunkedOptions) ([]byte, map[string]string) {
 	tb.Helper()
-	blob, ann, err := zstdChunked(tarBytes, opts)
+	blob, ann, err := BuildZstdChunked(tarBytes, opts)
 	if err != nil {
 		tb.Fatalf("building zstd:chunked blob: %v", err)
 	}
 	return blob, ann
 }
 
-func zstdChunked(tarBytes []byte, opts ZstdChunkedOptions) ([]byte, map[string]string, error) {
+// BuildZstdChunked is ZstdChunked returning its error, for fixtures.
+func BuildZstdChunked(tarBytes []byte, opts ZstdChunkedOptions) ([]byte, map[string]string, error) {
 	chunkSize := opts.ChunkSize
 	if chunkSize <= 0 {
 		chunkSize = 4096
