@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,6 +42,16 @@ func TestPodman5RunFromPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, als := startDaemon(t, reg)
+	runPodman5FromPool(t, ctx, reg, bin, als, ref, layers)
+}
+
+// runPodman5FromPool runs `cat /hello.txt` in the hello image at ref twice
+// with the podman 5 at bin and the pool at als as its layer store, and
+// checks what TestPodman5RunFromPool says: layers looked up by TOC digest
+// (layers[i].TOCDigest: eStargz's, or zstd:chunked's manifest checksum),
+// lazily fetched, the second run from the store, rmi releasing them.
+func runPodman5FromPool(t *testing.T, ctx context.Context, reg *fixture.Registry, bin, als, ref string, layers []fixture.LayerInfo) {
+	t.Helper()
 	pm, err := fixture.NewPodman(tempDir(t), fixture.PodmanOptions{Binary: bin, ALS: als, InsecureRegistries: []string{reg.Host}})
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +86,7 @@ func TestPodman5RunFromPool(t *testing.T) {
 	st := reg.Stats()
 	for i, l := range layers {
 		if l.TOCDigest == "" {
-			t.Fatalf("layer %d has no TOC digest: the test image is not eStargz", i)
+			t.Fatalf("layer %d has no TOC digest: the test image is neither eStargz nor zstd:chunked", i)
 		}
 		if pb := st.PerBlob[l.Digest]; pb.FullBlobGets != 0 {
 			t.Errorf("layer %d: %d whole-blob GETs: podman downloaded the layer instead of using the pool", i, pb.FullBlobGets)
