@@ -31,6 +31,8 @@ type File struct {
 	FetchTimeout       *Duration `toml:"fetch_timeout"`
 	ControlSocket      *string   `toml:"control_socket"`
 	MetricsAddress     *string   `toml:"metrics_address"`
+	Group              *string   `toml:"group"`
+	TagRecheck         *Duration `toml:"tag_recheck"`
 	Cache              struct {
 		Dir        *string `toml:"dir"`
 		MaxSize    *Size   `toml:"max_size"`
@@ -113,6 +115,12 @@ func (f *File) check() error {
 			return fmt.Errorf("%s: %q is not an absolute path", p.key, *p.v)
 		}
 	}
+	if f.Group != nil && *f.Group == "" {
+		return errors.New("group: empty (leave the key out for a store only root can reach)")
+	}
+	if f.TagRecheck != nil && f.TagRecheck.D <= 0 {
+		return fmt.Errorf("tag_recheck: %s is not a positive duration", f.TagRecheck.D)
+	}
 	if f.Cache.MemorySize != nil && f.Cache.MemorySize.Percent != 0 {
 		return fmt.Errorf("cache.memory_size: a percentage is only allowed for cache.max_size")
 	}
@@ -165,6 +173,10 @@ func (f *File) Settings() []Setting {
 	}
 	str("control_socket", "control-socket", f.ControlSocket)
 	str("metrics_address", "metrics-address", f.MetricsAddress)
+	str("group", "group", f.Group)
+	if f.TagRecheck != nil {
+		out = append(out, Setting{Key: "tag_recheck", Flag: "tag-recheck", Values: []string{f.TagRecheck.D.String()}})
+	}
 	str("cache.dir", "cache-dir", f.Cache.Dir)
 	if f.Cache.MaxSize != nil {
 		out = append(out, Setting{Key: "cache.max_size", Flag: "cache-max-size", Values: []string{f.Cache.MaxSize.String()}})

@@ -21,6 +21,8 @@ registries_conf = "/etc/poolfs/registries.conf"
 fetch_timeout = "45s"
 control_socket = "/run/poolfs/control.sock"
 metrics_address = "unix:/run/poolfs/metrics.sock"
+group = "podman-users"
+tag_recheck = "10m"
 
 [cache]
 dir = "/srv/poolfs-cache"
@@ -49,6 +51,8 @@ memory_size = "256MiB"
 		"fetch_timeout->fetch-timeout":           {"45s"},
 		"control_socket->control-socket":         {"/run/poolfs/control.sock"},
 		"metrics_address->metrics-address":       {"unix:/run/poolfs/metrics.sock"},
+		"group->group":                           {"podman-users"},
+		"tag_recheck->tag-recheck":               {"10m0s"},
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
 		"cache.max_size->cache-max-size":         {"21474836480"},
 		"cache.memory_size->memory-cache-mb":     {"256"},
@@ -83,6 +87,8 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{`metrics_address = "nowhere"`, "metrics_address"},
 		{`metrics_address = "unix:rel.sock"`, "metrics_address"},
 		{`insecure_registries = "one"`, "insecure_registries"},
+		{`group = ""`, "group"},
+		{`tag_recheck = "0s"`, "tag_recheck"},
 		{"root = ", "line 1"},
 	}
 	for _, tc := range tests {
@@ -141,7 +147,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 11 {
-		t.Errorf("the sample sets %d keys, want all 11", len(f.Settings()))
+	if len(f.Settings()) != 13 {
+		t.Errorf("the sample sets %d keys, want all 13", len(f.Settings()))
 	}
 }

@@ -31,6 +31,8 @@ var (
 	bucketRefs   = []byte("refs")   // ref + "\x00" + lookup digest -> blob digest
 	bucketLayers = []byte("layers") // blob digest -> JSON layerRecord
 	bucketTOCs   = []byte("tocs")   // TOC digest -> gzip of the TOC JSON
+	// ref -> JSON Manifest: which layers a reference's manifest lists.
+	bucketManifests = []byte("manifests")
 )
 
 // layerRecord is the stored form of Record without the (big) TOC JSON,
@@ -62,7 +64,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("opening metadata store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs} {
+		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketManifests} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -219,7 +221,8 @@ func setUsed(lb *bolt.Bucket, key, raw []byte, t int64) error {
 // open) count as used now. Records from before UsedAt existed start their
 // clock now rather than go at once; records that do not decode are left
 // to Lookup, which reports them (and the pool then drops them).
-// It returns how many layers it forgot.
+// Manifest records fetched before cutoff go too. It returns how many
+// layers it forgot.
 func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, error) {
 	stamp := now().Unix()
 	gone := map[string]bool{}
@@ -273,7 +276,7 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 				return err
 			}
 		}
-		return nil
+		return pruneManifests(tx, cutoff)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("pruning layer records: %w", err)

@@ -19,6 +19,8 @@ import (
 type readOnlyFile struct {
 	gofs.Inode
 	layerfs.ReadOnly
+	access    Access
+	groupRead bool // readable by the group Access lets in
 }
 
 var _ gofs.NodeOpener = (*readOnlyFile)(nil)
@@ -31,12 +33,8 @@ func (f *readOnlyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle,
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-func fileAttr(out *fuse.AttrOut, size int64) {
-	out.Mode = syscall.S_IFREG | 0o444
-	out.Nlink = 1
-	out.Size = uint64(size)
-	out.Blocks = (uint64(size) + 511) / 512
-	out.Blksize = 4096
+func (f *readOnlyFile) attr(out *fuse.AttrOut, size int64) {
+	f.access.fileAttr(&out.Attr, size, f.groupRead)
 	out.SetTimeout(entryTimeout)
 }
 
@@ -52,7 +50,7 @@ var (
 )
 
 func (f *bytesFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	fileAttr(out, int64(len(f.data)))
+	f.attr(out, int64(len(f.data)))
 	return 0
 }
 
@@ -83,7 +81,7 @@ var (
 )
 
 func (f *blobFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	fileAttr(out, f.layer.Desc.Size)
+	f.attr(out, f.layer.Desc.Size)
 	return 0
 }
 

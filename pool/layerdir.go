@@ -32,7 +32,7 @@ var (
 )
 
 func newLayerDir(p *Pool, l *Layer, log *logrus.Entry) *layerDir {
-	return &layerDir{pool: p, layer: l, log: log}
+	return &layerDir{syntheticDir: syntheticDir{access: p.access}, pool: p, layer: l, log: log}
 }
 
 // OnAdd builds the three files up front: the client stats all of them
@@ -41,9 +41,12 @@ func (d *layerDir) OnAdd(ctx context.Context) {
 	tree, mode := d.pool.treeNode(d.layer, 2, d.log) // below <ref>/<digest>
 	diff := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 	d.AddChild("diff", diff, false)
-	info := d.NewPersistentInode(ctx, &bytesFile{data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	info := d.NewPersistentInode(ctx, &bytesFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: true}, data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("info", info, false)
-	blob := d.NewPersistentInode(ctx, &blobFile{layer: d.layer, cache: d.pool.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	// The blob holds every file of the layer: the group may read it only
+	// if it may read all of them anyway.
+	blobRead := d.access.Group && worldReadable(d.layer.View.Root())
+	blob := d.NewPersistentInode(ctx, &blobFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: blobRead}, layer: d.layer, cache: d.pool.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("blob", blob, false)
 }
 

@@ -41,9 +41,14 @@ type Mounts struct {
 }
 
 // Mount serves p at <root>/.pool and, unless o.InPlaceTrees, its trees at
-// <root>/.trees, clearing mounts a killed daemon left there. It must be
-// called before p serves anything (it sets the pool's trees mount).
+// <root>/.trees, clearing mounts a killed daemon left there. It creates
+// root with the pool's Access, or warns if an existing one lets in more
+// (see PrepareRoot). It must be called before p serves anything (it sets
+// the pool's trees mount).
 func Mount(root string, p *Pool, o MountOptions) (*Mounts, error) {
+	if err := PrepareRoot(root, p.access, p.log); err != nil {
+		return nil, err
+	}
 	m := &Mounts{PoolDir: filepath.Join(root, MountDir)}
 	if !o.InPlaceTrees {
 		m.TreesDir = filepath.Join(root, TreesDir)

@@ -24,7 +24,9 @@ type Root struct {
 }
 
 // NewRoot returns the node to mount at <ALS root>/.pool.
-func NewRoot(p *Pool) *Root { return &Root{pool: p, log: p.log} }
+func NewRoot(p *Pool) *Root {
+	return &Root{syntheticDir: syntheticDir{access: p.access}, pool: p, log: p.log}
+}
 
 var (
 	_ gofs.NodeLookuper  = (*Root)(nil)
@@ -43,9 +45,9 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	var node gofs.InodeEmbedder
 	switch {
 	case err == nil && el.IsAnnotation():
-		node = &annotationDir{pool: r.pool, ann: map[string]string{el.Key: el.Value}, path: name}
+		node = &annotationDir{syntheticDir: syntheticDir{access: r.access}, pool: r.pool, ann: map[string]string{el.Key: el.Value}, path: name}
 	case err == nil:
-		node = &refDir{pool: r.pool, encoded: name, ref: el.Ref}
+		node = &refDir{syntheticDir: syntheticDir{access: r.access}, pool: r.pool, encoded: name, ref: el.Ref}
 	default:
 		return nil, refuse(log, out, err)
 	}
@@ -58,7 +60,7 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 func addDir(ctx context.Context, parent *syntheticDir, name string, node gofs.InodeEmbedder, out *fuse.EntryOut) *gofs.Inode {
 	ch := parent.NewPersistentInode(ctx, node, gofs.StableAttr{Mode: syscall.S_IFDIR})
 	parent.addChild(name, ch)
-	dirAttr(&out.Attr)
+	parent.access.mountDirAttr(&out.Attr)
 	out.SetEntryTimeout(entryTimeout)
 	out.SetAttrTimeout(entryTimeout)
 	return ch
@@ -83,6 +85,9 @@ func childAttr(ctx context.Context, ch *gofs.Inode, out *fuse.EntryOut) syscall.
 func refuse(log *logrus.Entry, out *fuse.EntryOut, err error) syscall.Errno {
 	log.WithError(err).Info("lookup refused")
 	out.SetEntryTimeout(0)
+	if errors.Is(err, ErrAccess) {
+		return syscall.EACCES
+	}
 	return syscall.ENOENT
 }
 
@@ -137,7 +142,7 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 		ann[k] = v
 	}
 	ann[el.Key] = el.Value
-	node := &annotationDir{pool: d.pool, ann: ann, path: d.path + "/" + name}
+	node := &annotationDir{syntheticDir: syntheticDir{access: d.access}, pool: d.pool, ann: ann, path: d.path + "/" + name}
 	return addDir(ctx, &d.syntheticDir, name, node, out), 0
 }
 

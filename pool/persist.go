@@ -18,12 +18,10 @@ import (
 // lookup it has not served since it started, reopen the layer from m
 // without asking the registry. Call it before the pool serves lookups.
 //
-// Records are keyed by the reference and digest the client asked for. For
-// a tag reference this trusts the tag's resolution from when the record
-// was made, for the daemon's life and across restarts: the record names
-// the layer by digest, and a (tag, layer digest) pair that resolved once
-// names the same content forever, even if the tag has moved since (the
-// client asks by layer digest, and that layer's bytes do not change).
+// Records are keyed by the reference and digest the client asked for. The
+// record names the layer by digest, and its bytes never change; whether the
+// reference still lists the layer is decided apart, from the reference's
+// manifest, which m keeps too (see Pool.listed and DefaultTagRecheck).
 func (p *Pool) SetMeta(m *meta.Store) { p.meta = m }
 
 // openStored returns the layer key names from the metadata store, or nil
@@ -92,6 +90,21 @@ func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *
 	p.inBackground(func() {
 		if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
 			log.WithError(err).Warn("storing layer record failed")
+		}
+	})
+}
+
+// recordRef records that key names l, which may have been opened under
+// another reference, so that after a restart key finds l's record without
+// the registry (the reference's manifest, which lists l, is stored too:
+// see Pool.listed).
+func (p *Pool) recordRef(key LayerKey, l *Layer) {
+	if p.meta == nil {
+		return
+	}
+	p.inBackground(func() {
+		if err := p.meta.Alias(key.Ref, key.Digest, l.Desc.Digest); err != nil {
+			p.log.WithError(err).WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest}).Warn("storing layer record failed")
 		}
 	})
 }

@@ -98,25 +98,44 @@ type Pool struct {
 	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
 
 	treesMount string // see SetTreesMount; "": trees are served in place
+
+	access     Access                   // see WithAccess
+	tagRecheck time.Duration            // see WithTagRecheck
+	refs       map[string]meta.Manifest // what each reference lists (see listed)
+	listing    singleflight.Group       // manifest fetches by reference
+	// When a tag's recheck last failed (see recheckRetry).
+	recheckFailed map[string]time.Time
 }
 
 // New returns an empty pool.
-func New(resolver Resolver, c Cache, log *logrus.Entry) *Pool {
+func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	return &Pool{
+	p := &Pool{
 		resolver:   resolver,
 		cache:      c,
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
 		notEStargz: map[digest.Digest]notEStargz{},
+		tagRecheck: DefaultTagRecheck,
+		refs:       map[string]meta.Manifest{},
+
+		recheckFailed: map[string]time.Time{},
 	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
 }
 
 // Get returns the layer that key names, resolving the reference and opening
-// the eStargz TOC on first use.
+// the eStargz TOC on first use. ctx is the FUSE request's, if any: its
+// caller must be one Access lets make the daemon fetch (ErrAccess).
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
+	if err := p.access.check(ctx); err != nil {
+		return nil, err
+	}
 	// A reference the configuration refuses (registries.conf "blocked") is
 	// refused even when its blob is already open under another name.
 	if c, ok := p.resolver.(refChecker); ok {
@@ -124,13 +143,18 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 			return nil, err
 		}
 	}
+	// Nor is an open layer served under a reference that does not list it.
+	if err := p.listed(ctx, key); err != nil {
+		return nil, err
+	}
 	if l := p.byDigest(key.Digest); l != nil {
-		// The same blob under another reference is the same content,
-		// but a TOC digest named in the path must still match.
+		// The same blob under a reference that lists it is the same
+		// content, but a TOC digest named in the path must still match.
 		if key.TOCDigest != "" && l.Desc.TOCDigest != key.TOCDigest {
 			return nil, fmt.Errorf("layer %s: path names TOC digest %s but the layer's is %s", key.Digest, key.TOCDigest, l.Desc.TOCDigest)
 		}
 		l.touch()
+		p.recordRef(key, l)
 		return l, nil
 	}
 	v, err, _ := p.opening.Do(key.Ref+"@"+key.Digest.String(), func() (any, error) {
@@ -143,6 +167,7 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	l := v.(*Layer)
 	l.touch()
+	p.recordRef(key, l)
 	return l, nil
 }
 

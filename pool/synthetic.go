@@ -13,12 +13,6 @@ import (
 	layerfs "github.com/poolfs/poolfs/fs"
 )
 
-// dirAttr is the attribute of every synthetic directory: read-only to all.
-func dirAttr(out *fuse.Attr) {
-	out.Mode = syscall.S_IFDIR | 0o555
-	out.Nlink = 2
-}
-
 // syntheticDir is what the grammar directories share: fixed attributes,
 // a lock that makes concurrent lookups of one name create one child, and
 // EROFS for every change (layerfs.ReadOnly, layerfs.ReadOnlyDir).
@@ -26,7 +20,8 @@ type syntheticDir struct {
 	gofs.Inode
 	layerfs.ReadOnly
 	layerfs.ReadOnlyDir
-	mu sync.Mutex
+	access Access // the pool's: who may enter
+	mu     sync.Mutex
 	// mtime (Unix nanoseconds) is when the last child was added.
 	mtime atomic.Int64
 }
@@ -34,7 +29,7 @@ type syntheticDir struct {
 var _ gofs.NodeGetattrer = (*syntheticDir)(nil)
 
 func (d *syntheticDir) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	dirAttr(&out.Attr)
+	d.access.mountDirAttr(&out.Attr)
 	t := time.Unix(0, d.mtime.Load())
 	out.SetTimes(nil, &t, &t)
 	out.SetTimeout(entryTimeout)

@@ -67,7 +67,7 @@ type Trees struct {
 }
 
 // NewTrees returns the node to mount as the pool's trees mount.
-func NewTrees(p *Pool) *Trees { return &Trees{pool: p} }
+func NewTrees(p *Pool) *Trees { return &Trees{syntheticDir: syntheticDir{access: p.access}, pool: p} }
 
 var (
 	_ gofs.NodeLookuper  = (*Trees)(nil)

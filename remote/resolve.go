@@ -45,17 +45,9 @@ func (r *Resolver) resolve(ctx context.Context, ref string, dgst digest.Digest) 
 	if err := dgst.Validate(); err != nil {
 		return fail(fmt.Errorf("resolve layer %q in %s: %w", dgst, ref, err))
 	}
-	nref, err := r.parseRef(ref)
+	img, _, err := r.imageOf(ctx, ref)
 	if err != nil {
 		return fail(fmt.Errorf("resolve layer %s: %w", dgst, err))
-	}
-	eps, err := r.endpoints(ref)
-	if err != nil {
-		return fail(fmt.Errorf("resolve layer %s: %w", dgst, err))
-	}
-	img, err := r.image(ctx, nref, eps)
-	if err != nil {
-		return fail(fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, err))
 	}
 	for i, l := range img.layers {
 		if l.Digest == dgst || (l.TOCDigest != "" && l.TOCDigest == dgst) {
@@ -66,6 +58,41 @@ func (r *Resolver) resolve(ctx context.Context, ref string, dgst digest.Digest) 
 		}
 	}
 	return fail(fmt.Errorf("resolve layer %s in %s: %w", dgst, ref, ErrLayerNotFound))
+}
+
+// Layers returns the layers ref's manifest lists (an index resolved to
+// Options.Platform), from the cache or the registry like ResolveLayer, with
+// Ref and DiffID left empty; pinned says ref names its manifest by digest,
+// so that the list can never change.
+func (r *Resolver) Layers(ctx context.Context, ref string) (layers []LayerDesc, pinned bool, err error) {
+	img, pinned, err := r.imageOf(ctx, ref)
+	if err != nil {
+		return nil, false, err
+	}
+	layers = make([]LayerDesc, len(img.layers))
+	for i, l := range img.layers {
+		l.Annotations = maps.Clone(l.Annotations) // the cached map is shared
+		layers[i] = l
+	}
+	return layers, pinned, nil
+}
+
+// imageOf returns the image ref names, and whether ref is by digest.
+func (r *Resolver) imageOf(ctx context.Context, ref string) (*imageEntry, bool, error) {
+	nref, err := r.parseRef(ref)
+	if err != nil {
+		return nil, false, err
+	}
+	eps, err := r.endpoints(ref)
+	if err != nil {
+		return nil, false, err
+	}
+	img, err := r.image(ctx, nref, eps)
+	if err != nil {
+		return nil, false, fmt.Errorf("image %s: %w", ref, err)
+	}
+	_, pinned := nref.(name.Digest)
+	return img, pinned, nil
 }
 
 // image returns the layers of ref from the cache or the registry. The fetch

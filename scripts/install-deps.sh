@@ -14,6 +14,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   uidmap          newuidmap/newgidmap, which podman expects to find
 #   util-linux      mount/umount/mountpoint (overlay mounts, lazy unmount)
 #   ca-certificates TLS to real registries
+#   passwd          useradd/groupadd, for the users the access tests create
 declare -A want=(
 	[podman]=/usr/bin/podman
 	[runc]=/usr/sbin/runc
@@ -22,6 +23,7 @@ declare -A want=(
 	[uidmap]=/usr/bin/newuidmap
 	[util-linux]=/usr/bin/mountpoint
 	[ca-certificates]=/etc/ssl/certs/ca-certificates.crt
+	[passwd]=/usr/sbin/useradd
 )
 
 missing=()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/poolfs/poolfs/config"
+	"github.com/poolfs/poolfs/pool"
 )
 
 // serveFlags mirrors the part of serve's flag set that applyConfig touches.
@@ -108,4 +109,24 @@ memory_size = "64MiB"
 			}
 		}
 	})
+}
+
+func TestAccessFor(t *testing.T) {
+	tests := []struct {
+		group string
+		want  pool.Access
+		ok    bool
+	}{
+		{"", pool.Access{}, true},
+		{"4321", pool.Access{Group: true, GID: 4321}, true},
+		{"root", pool.Access{Group: true, GID: 0}, true}, // a name
+		{"no-such-group-for-poolfs", pool.Access{}, false},
+		{"-1", pool.Access{}, false},
+	}
+	for _, tc := range tests {
+		got, err := accessFor(tc.group)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("accessFor(%q) = %+v, %v", tc.group, got, err)
+		}
+	}
 }

@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -35,6 +37,8 @@ func serve(ctx context.Context, args []string) error {
 	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
 	inPlaceTrees := fl.Bool("in-place-trees", false, "serve each layer's tree inside ROOT/.pool, as diff (rootfs.<ID>) itself, rather than on a second, read-only mount at ROOT/.trees that diff links to; on the read-only mount a stat of a directory already listed never goes to the daemon")
 	metaMaxAge := fl.Duration("meta-max-age", 30*24*time.Hour, "forget the stored record (descriptor and TOC, in the cache dir's meta.db) of a layer neither open nor used for `DURATION`; checked at startup and hourly; 0: keep records forever")
+	group := fl.String("group", "", "let the members of group `NAME|GID` reach the store (ROOT 0750 and the mounts' own directories group-readable, layer files as their modes say) and make the daemon fetch on their behalf, for rootless podman users who share it; default: root only (see docs/security.md)")
+	tagRecheck := fl.Duration("tag-recheck", pool.DefaultTagRecheck, "trust what a tag's manifest lists for `DURATION`, then fetch it again before serving another layer under the tag (a layer is served under a reference only if its manifest lists it; digest references are never rechecked)")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
@@ -90,7 +94,14 @@ func serve(ctx context.Context, args []string) error {
 	defer chunks.Close()
 	resolver := remote.New(remote.Options{Insecure: insecure, FetchTimeout: *fetchTimeout, Log: log.WithField("component", "remote"),
 		Registries: rs.registries, Keychain: rs.keychain, OnFetch: rs.onFetch})
-	p := pool.New(resolver, chunks, log.WithField("component", "pool"))
+	access, err := accessFor(*group)
+	if err != nil {
+		return err
+	}
+	if *tagRecheck <= 0 {
+		return fmt.Errorf("--tag-recheck: %s is not a positive duration", *tagRecheck)
+	}
+	p := pool.New(resolver, chunks, log.WithField("component", "pool"), pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck))
 	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
 	// a restart serves known layers without asking the registry. NewDisk
@@ -204,4 +215,25 @@ func pruneMetaEvery(ctx context.Context, interval time.Duration, p *pool.Pool, m
 		cancel()
 		<-done
 	}
+}
+
+// accessFor turns --group (a name or a numeric id; "" for none) into the
+// pool's Access.
+func accessFor(group string) (pool.Access, error) {
+	if group == "" {
+		return pool.Access{}, nil
+	}
+	id := group
+	if _, err := strconv.ParseUint(group, 10, 32); err != nil {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return pool.Access{}, fmt.Errorf("--group: %w", err)
+		}
+		id = g.Gid
+	}
+	gid, err := strconv.ParseUint(id, 10, 32)
+	if err != nil {
+		return pool.Access{}, fmt.Errorf("--group: group %s has id %q", group, id)
+	}
+	return pool.Access{Group: true, GID: uint32(gid)}, nil
 }

@@ -15,7 +15,10 @@ import (
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
-const helloText = "hello from a layer podman never downloaded\n"
+const (
+	helloText  = "hello from a layer podman never downloaded\n"
+	secretText = "for root only\n"
+)
 
 // helloImageTars returns the layers of the test image: the busybox root, and
 // a layer with /hello.txt and an 8 MiB file nobody reads (so that the bytes
@@ -28,6 +31,7 @@ func helloImageTars(t *testing.T) [][]byte {
 	}
 	app := fixture.BuildTar([]fixture.TarEntry{
 		{Name: "hello.txt", Mode: 0o644, Content: []byte(helloText)},
+		{Name: "secret.txt", Mode: 0o600, Content: []byte(secretText)},
 		{Name: "unused", Type: tar.TypeDir, Mode: 0o755},
 		{Name: "unused/big.bin", Mode: 0o644, Content: fixture.RandomBytes(99, 8<<20)},
 	})
@@ -38,7 +42,9 @@ func helloImageTars(t *testing.T) [][]byte {
 // poolfs as podman's additional layer store (grammar 2, podman 4.3.1 looks
 // layers up by compressed digest), and checks that the layers came from the
 // pool: no whole-blob download of any layer, the unread layer mostly not
-// fetched, and podman's store using links into the pool as layer diffs.
+// fetched, and podman's store using links into the pool as layer diffs. A
+// container run as a user other than root reads the files its modes let it
+// read (overlayfs reaches the store, which is root's, as its mounter).
 func TestPodmanRunFromPool(t *testing.T) {
 	requireRoot(t)
 	requirePodman(t)
@@ -63,8 +69,25 @@ func TestPodmanRunFromPool(t *testing.T) {
 			t.Errorf("run %d: output %q, want %q\nstderr:\n%s", i, out, helloText, stderr)
 		}
 		st := reg.Stats()
-		t.Logf("run %d: the registry served %d bytes of blobs in %d range GETs so far", i, st.BlobBytes-before, st.RangeGets)
+		t.Logf("run %d: the registry served %d bytes of blobs in %d range GETs so far (%d requests, %d for manifests)", i, st.BlobBytes-before, st.RangeGets, st.Requests, st.ManifestRequests)
 		before = st.BlobBytes
+	}
+
+	if fi, err := os.Stat(als); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("ALS root: %v, %v; want mode 0700, like podman's store", fi.Mode(), err)
+	}
+	for _, c := range []struct {
+		user, file, want string
+		ok               bool
+	}{
+		{"1000", "/hello.txt", helloText, true},
+		{"1000:1000", "/secret.txt", "Permission denied", false},
+		{"0", "/secret.txt", secretText, true},
+	} {
+		out, stderr, err := pm.Run(ctx, "run", "--rm", "--network=none", "--user", c.user, ref, "cat", c.file)
+		if got := out + stderr; (err == nil) != c.ok || !strings.Contains(got, c.want) {
+			t.Errorf("cat %s as user %s: %v, output %q, want %q", c.file, c.user, err, got, c.want)
+		}
 	}
 
 	st := reg.Stats()

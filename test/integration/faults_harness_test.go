@@ -40,6 +40,12 @@ type mountOpts struct {
 	// Prefetch is what the pool fetches on its own (the zero value: the
 	// prioritized files once the TOC is in, nothing else).
 	Prefetch pool.PrefetchOptions
+	// Root is the ALS root ("": <a fresh temp dir>/als).
+	Root string
+	// Pool is passed to pool.New (access, tag recheck).
+	Pool []pool.Option
+	// LogHook also gets the daemon's log entries.
+	LogHook logrus.Hook
 }
 
 // mountPoolOpts is mountPool with a tunable resolver and cache location.
@@ -52,9 +58,15 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 		log.SetLevel(logrus.InfoLevel)
 	}
 	log.SetOutput(testWriter{t})
+	if o.LogHook != nil {
+		log.AddHook(o.LogHook)
+	}
 	entry := logrus.NewEntry(log)
 
-	root := filepath.Join(t.TempDir(), "als")
+	root := o.Root
+	if root == "" {
+		root = filepath.Join(t.TempDir(), "als")
+	}
 	if o.CacheDir == "" {
 		o.CacheDir = filepath.Join(t.TempDir(), "cache")
 	}
@@ -69,7 +81,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	ro := o.Remote
 	ro.Insecure = append(ro.Insecure, reg.Host)
 	ro.Log = entry
-	p := pool.New(remote.New(ro), c, entry)
+	p := pool.New(remote.New(ro), c, entry, o.Pool...)
 	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
