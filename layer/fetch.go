@@ -1,13 +1,10 @@
 package layer
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"sort"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/sirupsen/logrus"
 )
 
@@ -151,27 +148,6 @@ func coalesce(chunks []*chunk) []run {
 		runs = append(runs, run{start: c.blobOff, end: c.blobEnd, chunks: []*chunk{c}})
 	}
 	return runs
-}
-
-// decodeChunk decompresses an eStargz chunk from its gzip member (after
-// skipping its inner offset) and checks it against its digest. Corrupt
-// compressed data is a verification failure like a digest mismatch: both
-// mean the bytes are not what the TOC says.
-func (estargzFormat) decodeChunk(c *chunk, compressed []byte) ([]byte, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(compressed))
-	if err != nil {
-		return nil, fmt.Errorf("chunk %s at blob offset %d: gzip header: %v: %w", c.digest, c.blobOff, err, ErrVerify)
-	}
-	if c.inner > 0 {
-		if _, err := io.CopyN(io.Discard, zr, c.inner); err != nil {
-			return nil, fmt.Errorf("chunk %s at blob offset %d: skipping %d bytes: %v: %w", c.digest, c.blobOff, c.inner, err, ErrVerify)
-		}
-	}
-	data := make([]byte, c.size)
-	if _, err := io.ReadFull(zr, data); err != nil {
-		return nil, fmt.Errorf("chunk %s at blob offset %d: decompressing: %v: %w", c.digest, c.blobOff, err, ErrVerify)
-	}
-	return checkChunk(c, data)
 }
 
 // checkChunk is the check every format's decodeChunk ends with: the

@@ -1,17 +1,57 @@
 package layer
 
-// format is what differs between the blob formats a Layer serves lazily:
-// how a chunk's compressed bytes become its content. Each format has its
-// own file (estargz: footer.go, toc.go; zstd:chunked: zstdchunked.go);
-// the fetch engine, caches and trees see only chunks.
+import (
+	"fmt"
+
+	digest "github.com/opencontainers/go-digest"
+)
+
+// format is what differs between the blob formats a Layer serves lazily,
+// each in a file of its own (estargz.go, zstdchunked.go): where the TOC is,
+// how it is verified and decoded, and how a chunk's compressed bytes become
+// its content. The TOC fetch, the chunk fetch engine, the caches and the
+// trees are the same for all; each format's decodeTOC also builds its chunk
+// index (a chunk's compressed extent), or leaves it to indexChunks.
 type format interface {
 	String() string
+	// locateTOC finds the compressed TOC from tail, the blob's last bytes
+	// (size is the blob's); ok is false if tail does not end in this
+	// format's footer.
+	locateTOC(tail []byte, size int64) (r tocRange, ok bool, err error)
+	// decodeTOC verifies the compressed TOC found at r against want (if
+	// not "") and decodes it.
+	decodeTOC(compressed []byte, r tocRange, want digest.Digest) (*rawTOC, error)
+	// decodeStored decodes a TOC as OpenWithTOC returned it (TOC.JSON),
+	// already checked against its digest d; tocOffset is TOC.Offset.
+	decodeStored(b []byte, d digest.Digest, tocOffset int64) (*rawTOC, error)
 	// decodeChunk decompresses c from exactly its compressed range
 	// [c.blobOff, c.blobEnd) and verifies it, failing with ErrVerify.
 	decodeChunk(c *chunk, compressed []byte) ([]byte, error)
 }
 
-// estargzFormat decodes eStargz (and legacy stargz) chunks: gzip members.
-type estargzFormat struct{}
+// formats are tried in this order on a blob's tail.
+var formats = []format{estargzFormat{}, zstdChunked{}}
 
-func (estargzFormat) String() string { return "estargz" }
+// minFooterSize is the smallest footer of any format (legacy stargz's).
+const minFooterSize = legacyFooterSize
+
+// tocRange is where a format's compressed TOC lies in the blob, and how big
+// it says the TOC is decompressed (-1: it does not say).
+type tocRange struct {
+	start, end   int64
+	uncompressed int64
+}
+
+// formatNamed is the format TOC.Format names ("" is eStargz, for records
+// stored before formats had names).
+func formatNamed(name string) (format, error) {
+	if name == "" {
+		return estargzFormat{}, nil
+	}
+	for _, f := range formats {
+		if f.String() == name {
+			return f, nil
+		}
+	}
+	return nil, fmt.Errorf("unknown TOC format %q", name)
+}

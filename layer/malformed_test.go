@@ -195,8 +195,8 @@ func TestMalformedTOC(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Open: %v; want an error mentioning %q", err, tt.want)
 			}
-			if errors.Is(err, ErrNotEStargz) || errors.Is(err, ErrVerify) {
-				t.Errorf("Open: %v; a malformed TOC is neither ErrNotEStargz nor ErrVerify", err)
+			if errors.Is(err, ErrNoFormat) || errors.Is(err, ErrVerify) {
+				t.Errorf("Open: %v; a malformed TOC is neither ErrNoFormat nor ErrVerify", err)
 			}
 		})
 	}

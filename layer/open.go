@@ -10,7 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Layer is one opened eStargz blob: its view and the means to read file
+// Layer is one opened blob (eStargz or zstd:chunked): its view and the means to read file
 // contents from it. It is safe for concurrent use.
 type Layer struct {
 	format      format
@@ -42,15 +42,19 @@ type Layer struct {
 	}
 }
 
-// Open reads the eStargz footer and TOC from blob and builds the view.
+// Open reads the footer and TOC of an eStargz or zstd:chunked blob and
+// builds the view.
 //
 // The last min(size, 1 MiB) of the blob is fetched in one ReadAt so the
 // footer and usually the whole TOC arrive in one round trip; only if the
 // TOC starts before that window is a second ReadAt made for the rest.
-// If tocDigest is not "", the TOC JSON must hash to it (else ErrVerify);
-// if it is "", the TOC is trusted as read. Chunk contents are always
-// verified against the TOC's digests when read. A blob without an eStargz
-// footer gives ErrNotEStargz. c may be nil (no caching); log may be nil.
+// If tocDigest is "", nothing says the blob is in a lazily served format,
+// and the window is 64 KiB. If tocDigest is not "", the TOC must hash to
+// it (else ErrVerify): eStargz's TOC JSON, zstd:chunked's compressed
+// manifest; if it is "", the TOC is trusted as read. Chunk contents are
+// always verified against the TOC's digests when read. A blob without the
+// footer of either format gives ErrNoFormat. c may be nil (no caching);
+// log may be nil.
 func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry) (*Layer, error) {
 	c, log = defaults(c, log)
 	if tocDigest != "" {

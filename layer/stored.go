@@ -45,8 +45,8 @@ func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, 
 		return nil, TOC{}, err
 	}
 	t := TOC{Digest: raw.digest, Offset: raw.tocOffset, JSON: raw.json}
-	if _, ok := raw.format.(zstdChunked); ok {
-		t.Format = FormatZstdChunked
+	if _, ok := raw.format.(estargzFormat); !ok {
+		t.Format = raw.format.String()
 	}
 	return l, t, nil
 }
@@ -87,22 +87,15 @@ func OpenStored(blob BlobReader, toc TOC, c Cache, log *logrus.Entry) (*Layer, e
 	if toc.Offset < 0 || toc.Offset > blob.Size()-legacyFooterSize {
 		return nil, fmt.Errorf("stored TOC offset %d outside the %d byte blob", toc.Offset, blob.Size())
 	}
-	switch toc.Format {
-	case "":
-	case FormatZstdChunked:
-		raw, err := decodeZstdTOC(toc.JSON, toc.Digest, toc.Offset, -1)
-		if err != nil {
-			return nil, fmt.Errorf("stored TOC %s: %w", toc.Digest, err)
-		}
-		return fromRaw(raw, blob, c, log)
-	default:
-		return nil, fmt.Errorf("stored TOC %s: unknown format %q", toc.Digest, toc.Format)
-	}
-	jtoc, err := decodeTOC(toc.JSON)
+	f, err := formatNamed(toc.Format)
 	if err != nil {
 		return nil, fmt.Errorf("stored TOC %s: %w", toc.Digest, err)
 	}
-	return fromRaw(&rawTOC{toc: jtoc, digest: toc.Digest, tocOffset: toc.Offset, json: toc.JSON}, blob, c, log)
+	raw, err := f.decodeStored(toc.JSON, toc.Digest, toc.Offset)
+	if err != nil {
+		return nil, fmt.Errorf("stored TOC %s: %w", toc.Digest, err)
+	}
+	return fromRaw(raw, blob, c, log)
 }
 
 func defaults(c Cache, log *logrus.Entry) (Cache, *logrus.Entry) {

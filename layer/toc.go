@@ -1,14 +1,10 @@
 package layer
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-
-	"github.com/klauspost/compress/gzip"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
@@ -39,8 +35,8 @@ type rawTOC struct {
 	tocOffset int64         // where the TOC's gzip member starts: the end of the last chunk
 	json      []byte        // the TOC exactly as hashed, for OpenWithTOC's callers to store
 
-	// format decodes the chunks (nil: eStargz); files, if not nil, is the
-	// format's own chunk index (else indexChunks builds eStargz's).
+	// format is the blob's; files, if not nil, is the format's own chunk
+	// index (else indexChunks builds eStargz's).
 	format format
 	files  map[int]*fileChunks
 
@@ -50,17 +46,22 @@ type rawTOC struct {
 	chunkTailStart int64
 }
 
-// readTOC fetches the blob's tail (one ReadAt), finds the footer and returns
-// the decoded TOC. A second ReadAt happens only when the compressed TOC
-// starts before the tail window. With the position of a zstd:chunked
-// manifest (from the annotation), only the manifest is fetched.
+// readTOC fetches the blob's tail (one ReadAt), finds the footer of one of
+// the formats and returns the decoded TOC. A second ReadAt happens only
+// when the compressed TOC starts before the tail window. With the position
+// of a zstd:chunked manifest (from the annotation), only the manifest is
+// fetched.
 func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, zstdPos *ManifestPosition) (*rawTOC, error) {
 	size := blob.Size()
 	if zstdPos != nil {
-		return readZstdTOC(ctx, blob, want, zstdPos, nil, size)
+		r, err := zstdPos.tocRange(size)
+		if err != nil {
+			return nil, err
+		}
+		return fetchTOC(ctx, blob, zstdChunked{}, r, want, nil, size)
 	}
-	if size < legacyFooterSize {
-		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNotEStargz)
+	if size < minFooterSize {
+		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNoFormat)
 	}
 	window := tailSize
 	if want == "" {
@@ -74,92 +75,57 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, zstdPos *
 	if err := readFull(ctx, blob, tail, tailStart); err != nil {
 		return nil, &fetchError{fmt.Errorf("reading the last %d bytes of the blob: %w", tailLen, err)}
 	}
-
-	if hasZstdChunkedFooter(tail) {
-		return readZstdTOC(ctx, blob, want, nil, tail, tailStart)
-	}
-	tocOffset, footerSize, err := parseFooter(tail)
-	if err != nil {
-		return nil, &noFooterError{fmt.Errorf("%w: %w", ErrNotEStargz, err)}
-	}
-	tocEnd := size - footerSize
-	if tocOffset < 0 || tocOffset > tocEnd {
-		return nil, fmt.Errorf("footer puts the TOC at %d, outside the blob's [0, %d)", tocOffset, tocEnd)
-	}
-	if tocEnd-tocOffset > maxTOCCompressed {
-		return nil, fmt.Errorf("compressed TOC of %d bytes exceeds the %d byte limit", tocEnd-tocOffset, maxTOCCompressed)
-	}
-
-	var compressed []byte
-	if tocOffset >= tailStart {
-		compressed = tail[tocOffset-tailStart : tocEnd-tailStart]
-	} else {
-		// The TOC is bigger than the tail window: fetch only what is missing.
-		compressed = make([]byte, tocEnd-tocOffset)
-		head := compressed[:tailStart-tocOffset]
-		if err := readFull(ctx, blob, head, tocOffset); err != nil {
-			return nil, &fetchError{fmt.Errorf("reading the first %d bytes of the TOC at %d: %w", len(head), tocOffset, err)}
+	var errs []error
+	for _, f := range formats {
+		r, ok, err := f.locateTOC(tail, size)
+		if !ok {
+			errs = append(errs, err)
+			continue
 		}
-		copy(compressed[len(head):], tail[:tocEnd-tailStart])
+		if err != nil {
+			return nil, fmt.Errorf("%s footer: %w", f, err)
+		}
+		return fetchTOC(ctx, blob, f, r, want, tail, tailStart)
+	}
+	return nil, &noFooterError{fmt.Errorf("%w: %w", ErrNoFormat, errors.Join(errs...))}
+}
+
+// fetchTOC fetches the compressed TOC r of a blob in format f, taking what
+// it can from tail (the blob's bytes from tailStart on), and decodes it;
+// the part of tail before the TOC is kept as chunk data.
+func fetchTOC(ctx context.Context, blob BlobReader, f format, r tocRange, want digest.Digest, tail []byte, tailStart int64) (*rawTOC, error) {
+	if r.start < 0 || r.end < r.start || r.end > blob.Size() {
+		return nil, fmt.Errorf("%s footer puts the TOC at [%d, %d), outside the %d byte blob", f, r.start, r.end, blob.Size())
+	}
+	if r.end-r.start > maxTOCCompressed || r.uncompressed > maxTOCJSON {
+		return nil, fmt.Errorf("compressed TOC of %d bytes (%d uncompressed) exceeds the %d (%d) byte limit",
+			r.end-r.start, r.uncompressed, maxTOCCompressed, maxTOCJSON)
+	}
+	compressed := make([]byte, r.end-r.start)
+	if r.start < tailStart {
+		// Not all in the tail window: fetch only what is missing.
+		head := compressed[:min(r.end, tailStart)-r.start]
+		if err := readFull(ctx, blob, head, r.start); err != nil {
+			return nil, &fetchError{fmt.Errorf("reading %d bytes of the TOC at %d: %w", len(head), r.start, err)}
+		}
+	}
+	if r.end > tailStart {
+		from := max(r.start, tailStart)
+		copy(compressed[from-r.start:], tail[from-tailStart:r.end-tailStart])
 	}
 	if n, ok := blob.(TailNotifier); ok {
 		n.TailRead()
 	}
-
-	tocJSON, err := decompressTOC(compressed)
+	raw, err := f.decodeTOC(compressed, r, want)
 	if err != nil {
 		return nil, err
 	}
-	got := digest.FromBytes(tocJSON)
-	if want != "" && got != want {
-		return nil, fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
-	}
-
-	toc, err := decodeTOC(tocJSON)
-	if err != nil {
-		return nil, fmt.Errorf("TOC %s: %w", got, err)
-	}
-	raw := &rawTOC{toc: toc, digest: got, tocOffset: tocOffset, json: tocJSON, chunkTailStart: tailStart}
-	if tocOffset > tailStart {
-		raw.chunkTail = tail[:tocOffset-tailStart]
+	raw.format = f
+	if raw.tocOffset > tailStart && len(tail) > 0 {
+		raw.chunkTail = tail[:raw.tocOffset-tailStart]
+		raw.chunkTailStart = tailStart
 	}
 	return raw, nil
-}
-
-// decompressTOC returns the JSON bytes of the TOC's gzip+tar member (as
-// estargz's GzipDecompressor reads it: one gzip member holding one tar
-// entry named stargz.index.json). The JSON is kept as bytes (not streamed
-// into the decoder) so its digest covers exactly what was stored, like
-// estargz's builder computes it. The tar header gives its size, so it is
-// read into one buffer of that size: growing a buffer the way io.ReadAll
-// does was a third of the time spent opening the python layer's TOC.
-func decompressTOC(compressed []byte) ([]byte, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(compressed))
-	if err != nil {
-		return nil, fmt.Errorf("opening TOC: malformed gzip header: %w", err)
-	}
-	defer zr.Close()
-	zr.Multistream(false)
-	tr := tar.NewReader(zr)
-	h, err := tr.Next()
-	if err != nil {
-		return nil, fmt.Errorf("opening TOC: no tar header in its gzip stream: %w", err)
-	}
-	if h.Name != estargz.TOCTarName {
-		return nil, fmt.Errorf("opening TOC: tar entry is named %q, not %q", h.Name, estargz.TOCTarName)
-	}
-	if h.Size > maxTOCJSON {
-		return nil, fmt.Errorf("TOC JSON of %d bytes exceeds the %d byte limit", h.Size, maxTOCJSON)
-	}
-	if h.Size > int64(len(compressed))*maxDeflateRatio {
-		// Checked before allocating: a header may claim any size.
-		return nil, fmt.Errorf("TOC tar entry claims %d bytes, more than %d compressed bytes can hold", h.Size, len(compressed))
-	}
-	tocJSON := make([]byte, h.Size)
-	if _, err := io.ReadFull(tr, tocJSON); err != nil {
-		return nil, fmt.Errorf("decompressing TOC: %w", err)
-	}
-	return tocJSON, nil
 }
 
 // readFull fills p from blob at off. BlobReader returns io.EOF only when

@@ -2,7 +2,6 @@ package layer
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -131,13 +130,6 @@ func ParseManifestPosition(s string) (ManifestPosition, error) {
 	return ManifestPosition{Offset: n[0], Length: n[1], LengthUncompressed: n[2]}, nil
 }
 
-// hasZstdChunkedFooter says whether tail (the blob's last bytes) ends in
-// either generation's footer magic: enough to choose the format before
-// parsing it.
-func hasZstdChunkedFooter(tail []byte) bool {
-	return bytes.HasSuffix(tail, zstdFooterMagic) || bytes.HasSuffix(tail, zstdLegacyFooterMagic)
-}
-
 // parseZstdFooter reads the manifest position out of the footer ending
 // tail, and returns the footer's whole size (skippable frame included).
 func parseZstdFooter(tail []byte) (ManifestPosition, int64, error) {
@@ -168,58 +160,42 @@ func parseZstdFooter(tail []byte) (ManifestPosition, int64, error) {
 	return ManifestPosition{Offset: int64(v[0]), Length: int64(v[1]), LengthUncompressed: int64(v[2])}, int64(zstdSkippableHeader + size), nil
 }
 
-// readZstdTOC finds, verifies and decodes the manifest of a zstd:chunked
-// blob whose last bytes [tailStart, size) are tail. pos, if not nil (from
-// the annotation), is used instead of the footer; want, if not "", is the
-// manifest checksum the compressed bytes must hash to.
-func readZstdTOC(ctx context.Context, blob BlobReader, want digest.Digest, pos *ManifestPosition, tail []byte, tailStart int64) (*rawTOC, error) {
-	size := blob.Size()
-	if pos == nil {
-		p, _, err := parseZstdFooter(tail)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrNotEStargz, err)
-		}
-		pos = &p
+// tocRange is where p puts the compressed manifest in a blob of size
+// bytes: after its skippable frame's header, which must fit before it.
+func (p ManifestPosition) tocRange(size int64) (tocRange, error) {
+	if p.Offset < zstdSkippableHeader || p.Length > size-p.Offset {
+		return tocRange{}, fmt.Errorf("zstd:chunked manifest at [%d, +%d) is outside the %d byte blob", p.Offset, p.Length, size)
 	}
-	if pos.Length > maxTOCCompressed || pos.LengthUncompressed > maxTOCJSON {
-		return nil, fmt.Errorf("zstd:chunked manifest of %d bytes (%d uncompressed) exceeds the %d (%d) byte limit",
-			pos.Length, pos.LengthUncompressed, maxTOCCompressed, maxTOCJSON)
-	}
-	frameStart := pos.Offset - zstdSkippableHeader
-	if frameStart < 0 || pos.Length > size-pos.Offset {
-		return nil, fmt.Errorf("zstd:chunked manifest at [%d, +%d) is outside the %d byte blob", pos.Offset, pos.Length, size)
-	}
+	return tocRange{start: p.Offset, end: p.Offset + p.Length, uncompressed: p.LengthUncompressed}, nil
+}
 
-	var compressed []byte
-	if pos.Offset >= tailStart {
-		compressed = tail[pos.Offset-tailStart : pos.Offset-tailStart+pos.Length]
-	} else {
-		compressed = make([]byte, pos.Length)
-		head := compressed[:min(pos.Length, tailStart-pos.Offset)]
-		if err := readFull(ctx, blob, head, pos.Offset); err != nil {
-			return nil, &fetchError{fmt.Errorf("reading %d bytes of the zstd:chunked manifest at %d: %w", len(head), pos.Offset, err)}
-		}
-		if len(head) < len(compressed) {
-			copy(compressed[len(head):], tail[:pos.Offset+pos.Length-tailStart])
-		}
+// locateTOC finds the manifest from the footer of either generation.
+func (zstdChunked) locateTOC(tail []byte, size int64) (tocRange, bool, error) {
+	if !bytes.HasSuffix(tail, zstdFooterMagic) && !bytes.HasSuffix(tail, zstdLegacyFooterMagic) {
+		return tocRange{}, false, errors.New("zstd:chunked: no footer magic")
 	}
-	if n, ok := blob.(TailNotifier); ok {
-		n.TailRead()
+	p, _, err := parseZstdFooter(tail)
+	if err != nil {
+		return tocRange{}, true, err
 	}
+	r, err := p.tocRange(size)
+	return r, true, err
+}
 
+// decodeTOC checks the compressed manifest against want (the manifest
+// checksum covers the compressed bytes) and decodes it.
+func (zstdChunked) decodeTOC(compressed []byte, r tocRange, want digest.Digest) (*rawTOC, error) {
 	got := digest.FromBytes(compressed)
 	if want != "" && got != want {
 		return nil, fmt.Errorf("zstd:chunked manifest checksum is %s, want %s: %w", got, want, ErrVerify)
 	}
-	raw, err := decodeZstdTOC(compressed, got, frameStart, pos.LengthUncompressed)
-	if err != nil {
-		return nil, err
-	}
-	if frameStart > tailStart {
-		raw.chunkTail = tail[:frameStart-tailStart]
-		raw.chunkTailStart = tailStart
-	}
-	return raw, nil
+	return decodeZstdTOC(compressed, got, r.start-zstdSkippableHeader, r.uncompressed)
+}
+
+// decodeStored decodes a stored compressed manifest; tocOffset is where
+// its skippable frame starts.
+func (zstdChunked) decodeStored(compressed []byte, d digest.Digest, tocOffset int64) (*rawTOC, error) {
+	return decodeZstdTOC(compressed, d, tocOffset, -1)
 }
 
 // zstdTOC is the zstd:chunked manifest (containers/storage's minimal.TOC).
@@ -256,7 +232,8 @@ type zstdEntry struct {
 // against its checksum d, and indexes its chunks; frameStart is where the
 // manifest's skippable frame starts, the end of the layer's data.
 // lengthUncompressed is what the position says the JSON takes (-1: not
-// known, as for a stored manifest; then up to maxTOCJSON).
+// known, as for a stored manifest; then up to maxTOCJSON). It is where a
+// manifest of any bytes goes (FuzzZstdChunkedTOC).
 func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompressed int64) (*rawTOC, error) {
 	if lengthUncompressed > maxTOCJSON || lengthUncompressed > int64(len(compressed))*maxZstdRatio+1024 {
 		return nil, fmt.Errorf("zstd:chunked manifest claims %d bytes from %d compressed bytes", lengthUncompressed, len(compressed))
@@ -425,7 +402,7 @@ func indexZstdChunks(entries []*estargz.TOCEntry, ends []int64, dataEnd int64) (
 	return out, nil
 }
 
-// zstdChunked decodes zstd:chunked chunks.
+// zstdChunked is the format (see the top of this file).
 type zstdChunked struct{}
 
 func (zstdChunked) String() string { return FormatZstdChunked }

@@ -112,9 +112,9 @@ func TestZstdChunkedAnnotationPosition(t *testing.T) {
 			// Spoil the footer: only the annotation can find the manifest.
 			data = bytes.Clone(data)
 			copy(data[len(data)-16:], make([]byte, 8))
-			raw, err := readZstdTOC(context.Background(), fstest.NewMemBlob(data), checksum, pos, nil, int64(len(data)))
+			raw, err := readTOC(context.Background(), fstest.NewMemBlob(data), checksum, pos)
 			if err != nil {
-				t.Fatalf("readZstdTOC: %v", err)
+				t.Fatalf("readTOC: %v", err)
 			}
 			if raw.digest != checksum || len(raw.toc.Entries) == 0 {
 				t.Errorf("manifest %s with %d entries", raw.digest, len(raw.toc.Entries))
@@ -149,7 +149,7 @@ func TestZstdChunkedErrors(t *testing.T) {
 			{Offset: pos.Offset, Length: pos.Length, LengthUncompressed: maxTOCJSON + 1},
 			{Offset: pos.Offset, Length: pos.Length, LengthUncompressed: pos.LengthUncompressed + 1},
 		} {
-			if _, err := readZstdTOC(context.Background(), fstest.NewMemBlob(data), "", &p, nil, int64(len(data))); err == nil {
+			if _, err := readTOC(context.Background(), fstest.NewMemBlob(data), "", &p); err == nil {
 				t.Errorf("position %+v: no error", p)
 			}
 		}
@@ -201,8 +201,8 @@ func TestParseManifestPosition(t *testing.T) {
 func TestNotServedCostsOneSmallRead(t *testing.T) {
 	data := bytes.Repeat([]byte("not a layer format poolfs serves "), 1<<16)
 	blob := fstest.NewMemBlob(data)
-	if _, err := Open(context.Background(), blob, "", nil, nil); !errors.Is(err, ErrNotEStargz) {
-		t.Fatalf("Open: %v, want ErrNotEStargz", err)
+	if _, err := Open(context.Background(), blob, "", nil, nil); !errors.Is(err, ErrNoFormat) {
+		t.Fatalf("Open: %v, want ErrNoFormat", err)
 	}
 	if calls, n := blob.Stats(); calls != 1 || n > probeSize {
 		t.Errorf("%d reads of %d bytes, want 1 of at most %d", calls, n, probeSize)

@@ -53,7 +53,7 @@ const openTimeout = 2 * time.Minute
 // every attempt. Podman asks once per pull, so re-checking is cheap.
 const notEStargzTTL = 10 * time.Minute
 
-// notEStargz is a remembered ErrNotEStargz answer.
+// notEStargz is a remembered ErrNoFormat answer.
 type notEStargz struct {
 	err error
 	at  time.Time
@@ -252,7 +252,7 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	} else {
 		head.Release()
 		err = fmt.Errorf("opening TOC of %s in %s: %w", desc.Digest, key.Ref, err)
-		if errors.Is(err, layer.ErrNotEStargz) {
+		if errors.Is(err, layer.ErrNoFormat) {
 			p.mu.Lock()
 			p.notEStargz[desc.Digest] = notEStargz{err: err, at: time.Now()}
 			p.mu.Unlock()
