@@ -3,6 +3,7 @@ package layer
 import (
 	"fmt"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -54,4 +55,20 @@ func formatNamed(name string) (format, error) {
 		}
 	}
 	return nil, fmt.Errorf("unknown TOC format %q", name)
+}
+
+// TOCDigestFromAnnotations returns the TOC digest a manifest layer's
+// annotations publish, "" if none: eStargz's TOC digest, else
+// zstd:chunked's manifest checksum (either generation's key). It is what a
+// client may look the layer up by and what Open checks the TOC against.
+func TOCDigestFromAnnotations(ann map[string]string) (digest.Digest, error) {
+	if s, ok := ann[estargz.TOCJSONDigestAnnotation]; ok {
+		d, err := digest.Parse(s)
+		if err != nil {
+			return "", fmt.Errorf("annotation %s: %w", estargz.TOCJSONDigestAnnotation, err)
+		}
+		return d, nil
+	}
+	d, _, _, err := ZstdChunkedAnnotations(ann)
+	return d, err
 }

@@ -273,3 +273,26 @@ func TestZstdChunkedStoredAndAnnotated(t *testing.T) {
 		t.Error("OpenStored of an unknown format succeeded")
 	}
 }
+
+func TestTOCDigestFromAnnotations(t *testing.T) {
+	a, b := digest.FromString("a"), digest.FromString("b")
+	tests := []struct {
+		name    string
+		ann     map[string]string
+		want    digest.Digest
+		wantErr bool
+	}{
+		{"none", map[string]string{"x": "y"}, "", false},
+		{"eStargz", map[string]string{"containerd.io/snapshot/stargz/toc.digest": a.String()}, a, false},
+		{"zstd:chunked", map[string]string{ZstdChunkedChecksumAnnotation: a.String()}, a, false},
+		{"zstd:chunked by podman 4", map[string]string{LegacyZstdChunkedChecksumAnnotation: a.String()}, a, false},
+		{"both formats: eStargz's", map[string]string{"containerd.io/snapshot/stargz/toc.digest": a.String(), ZstdChunkedChecksumAnnotation: b.String()}, a, false},
+		{"malformed", map[string]string{ZstdChunkedChecksumAnnotation: "sha256:nope"}, "", true},
+	}
+	for _, tc := range tests {
+		got, err := TOCDigestFromAnnotations(tc.ann)
+		if got != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("%s: %q, %v; want %q, error %v", tc.name, got, err, tc.want, tc.wantErr)
+		}
+	}
+}

@@ -170,17 +170,14 @@ func KeyFromAnnotations(ann map[string]string) (LayerKey, error) {
 	key := LayerKey{Ref: ref, Digest: dg}
 	// eStargz's TOC digest or zstd:chunked's manifest checksum: whichever
 	// the client passed on from the manifest, the layer is verified by it.
-	for _, k := range []string{TOCDigestAnnotation, layer.ZstdChunkedChecksumAnnotation, layer.LegacyZstdChunkedChecksumAnnotation} {
-		t, ok := ann[k]
-		if !ok {
-			continue
-		}
-		td, err := ParseDigest(t)
-		if err != nil {
+	td, err := layer.TOCDigestFromAnnotations(ann)
+	if err != nil {
+		return LayerKey{}, fmt.Errorf("%w: %w", ErrGrammar, err)
+	}
+	if td != "" {
+		if key.TOCDigest, err = ParseDigest(td.String()); err != nil {
 			return LayerKey{}, err
 		}
-		key.TOCDigest = td
-		break
 	}
 	return key, nil
 }

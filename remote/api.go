@@ -18,18 +18,6 @@ var ErrLayerNotFound = errors.New("layer not found in image")
 // set to the sha256 of the TOC JSON.
 const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
 
-// tocDigestAnnotations are the annotations a layer's TOC digest is read
-// from, first match wins: eStargz's, then zstd:chunked's manifest checksum
-// as containers/storage >= 1.48 and < 1.48 (podman 4) write it. A client
-// asks for a layer by any of them (grammar 2), so the resolver matches them
-// like blob digests; what the digest covers is the layer package's
-// business.
-var tocDigestAnnotations = []string{
-	TOCDigestAnnotation,
-	"io.github.containers.zstd-chunked.manifest-checksum",
-	"io.containers.zstd-chunked.manifest-checksum",
-}
-
 // LayerDesc describes one layer of one image as the registry published it.
 type LayerDesc struct {
 	Ref         string        // the image reference the layer was resolved through, as given
@@ -37,7 +25,7 @@ type LayerDesc struct {
 	Size        int64         // compressed blob size from the manifest
 	MediaType   string
 	DiffID      digest.Digest // uncompressed digest from the config's rootfs.diff_ids; "" if unknown
-	TOCDigest   digest.Digest // from the TOC digest annotation; "" if absent
+	TOCDigest   digest.Digest // layer.TOCDigestFromAnnotations (eStargz TOC digest, zstd:chunked manifest checksum); "" if absent
 	Annotations map[string]string
 }
 

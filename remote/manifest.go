@@ -12,6 +12,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/layer"
 )
 
 // fetchImage fetches ref's manifest (walking indexes down to the
@@ -67,16 +69,13 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 			MediaType:   string(l.MediaType),
 			Annotations: l.Annotations,
 		}
-		for _, key := range tocDigestAnnotations {
-			toc := l.Annotations[key]
-			if toc == "" {
-				continue
-			}
-			if d := digest.Digest(toc); d.Validate() == nil {
-				ld.TOCDigest = d
-				break
-			}
-			log.WithField("digest", ld.Digest).Warnf("ignoring malformed TOC digest annotation %s=%q", key, toc)
+		// A client asks for a layer by its TOC digest as by its blob
+		// digest (grammar 2); which annotation holds it is the layer
+		// format's business.
+		if d, err := layer.TOCDigestFromAnnotations(l.Annotations); err != nil {
+			log.WithField("digest", ld.Digest).WithError(err).Warn("ignoring malformed TOC digest annotation")
+		} else {
+			ld.TOCDigest = d
 		}
 		layers[i] = ld
 	}
