@@ -1,6 +1,6 @@
 // Package pool decodes the additional-layer-store path grammars into layer
 // requests and keeps each resolved layer (its registry descriptor, blob
-// access and eStargz view) for as long as the daemon runs.
+// access and eStargz or zstd:chunked view) for as long as the daemon runs.
 package pool
 
 import (
@@ -46,20 +46,21 @@ type Cache interface {
 // waiting for the same result, and an interrupted `stat` must not poison it.
 const openTimeout = 2 * time.Minute
 
-// notEStargzTTL is how long "this blob is not eStargz" is believed. The
+// noFormatTTL is how long "this blob is in no lazily served format" is
+// believed. The
 // answer depends only on the blob's content, but it is reached from bytes
 // that came over the network: layer.Open already refetches a footer that
 // does not parse, and the TTL bounds the harm if a footer arrived spoiled on
 // every attempt. Podman asks once per pull, so re-checking is cheap.
-const notEStargzTTL = 10 * time.Minute
+const noFormatTTL = 10 * time.Minute
 
-// notEStargz is a remembered ErrNoFormat answer.
-type notEStargz struct {
+// noFormat is a remembered ErrNoFormat answer.
+type noFormat struct {
 	err error
 	at  time.Time
 }
 
-// Layer is one eStargz layer the pool serves, shared by every path that
+// Layer is one lazily served layer (eStargz, zstd:chunked) the pool serves, shared by every path that
 // names it (both grammars, blob or TOC digest, any annotation order).
 type Layer struct {
 	Desc remote.LayerDesc
@@ -87,7 +88,7 @@ type Pool struct {
 
 	mu         sync.Mutex
 	layers     map[digest.Digest]*Layer     // by compressed blob digest
-	notEStargz map[digest.Digest]notEStargz // content never changes, so neither does this answer (but see notEStargzTTL)
+	noFormat map[digest.Digest]noFormat // content never changes, so neither does this answer (but see noFormatTTL)
 	opening    singleflight.Group
 
 	meta       *meta.Store    // nil: nothing persists across restarts (see SetMeta)
@@ -117,7 +118,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		cache:      c,
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
-		notEStargz: map[digest.Digest]notEStargz{},
+		noFormat: map[digest.Digest]noFormat{},
 		tagRecheck: DefaultTagRecheck,
 		refs:       map[string]meta.Manifest{},
 
@@ -130,7 +131,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 }
 
 // Get returns the layer that key names, resolving the reference and opening
-// the eStargz TOC on first use. ctx is the FUSE request's, if any: its
+// its TOC on first use. ctx is the FUSE request's, if any: its
 // caller must be one Access lets make the daemon fetch (ErrAccess).
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 	if err := p.access.check(ctx); err != nil {
@@ -216,9 +217,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		return l, nil
 	}
 	p.mu.Lock()
-	ne, known := p.notEStargz[desc.Digest]
+	ne, known := p.noFormat[desc.Digest]
 	p.mu.Unlock()
-	if known && time.Since(ne.at) < notEStargzTTL {
+	if known && time.Since(ne.at) < noFormatTTL {
 		return nil, ne.err
 	}
 
@@ -254,7 +255,7 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		err = fmt.Errorf("opening TOC of %s in %s: %w", desc.Digest, key.Ref, err)
 		if errors.Is(err, layer.ErrNoFormat) {
 			p.mu.Lock()
-			p.notEStargz[desc.Digest] = notEStargz{err: err, at: time.Now()}
+			p.noFormat[desc.Digest] = noFormat{err: err, at: time.Now()}
 			p.mu.Unlock()
 		}
 		return nil, err

@@ -156,7 +156,7 @@ func TestFaultsCorruptedTOC(t *testing.T) {
 		fromEnd int64 // the footer is the last 51 bytes, the TOC before it
 		// recovers: once the registry behaves, the next lookup succeeds.
 		// A footer that never parses is taken for "not eStargz" and
-		// remembered for a while (pool's notEStargzTTL), so only a
+		// remembered for a while (pool's noFormatTTL), so only a
 		// spoiled TOC is checked for that.
 		recovers bool
 		opts     fixture.ImageOptions
