@@ -131,33 +131,33 @@ func ParseManifestPosition(s string) (ManifestPosition, error) {
 }
 
 // parseZstdFooter reads the manifest position out of the footer ending
-// tail, and returns the footer's whole size (skippable frame included).
-func parseZstdFooter(tail []byte) (ManifestPosition, int64, error) {
+// tail.
+func parseZstdFooter(tail []byte) (ManifestPosition, error) {
 	size := zstdFooterSize
 	if bytes.HasSuffix(tail, zstdLegacyFooterMagic) {
 		size = zstdLegacyFooterSize
 	} else if !bytes.HasSuffix(tail, zstdFooterMagic) {
-		return ManifestPosition{}, 0, errors.New("no zstd:chunked footer magic")
+		return ManifestPosition{}, errors.New("no zstd:chunked footer magic")
 	}
 	if len(tail) < zstdSkippableHeader+size {
-		return ManifestPosition{}, 0, fmt.Errorf("%d bytes are too few for a %d byte zstd:chunked footer", len(tail), size)
+		return ManifestPosition{}, fmt.Errorf("%d bytes are too few for a %d byte zstd:chunked footer", len(tail), size)
 	}
 	frame := tail[len(tail)-zstdSkippableHeader-size:]
 	if binary.LittleEndian.Uint32(frame) != zstdSkippableMagic || binary.LittleEndian.Uint32(frame[4:]) != uint32(size) {
-		return ManifestPosition{}, 0, errors.New("zstd:chunked footer is not a skippable frame of its size")
+		return ManifestPosition{}, errors.New("zstd:chunked footer is not a skippable frame of its size")
 	}
 	data := frame[zstdSkippableHeader:]
 	var v [4]uint64
 	for i := range v {
 		v[i] = binary.LittleEndian.Uint64(data[8*i:])
 		if v[i] > 1<<62 {
-			return ManifestPosition{}, 0, fmt.Errorf("zstd:chunked footer field %d is %d, out of range", i+1, v[i])
+			return ManifestPosition{}, fmt.Errorf("zstd:chunked footer field %d is %d, out of range", i+1, v[i])
 		}
 	}
 	if v[3] != zstdManifestTypeCRFS {
-		return ManifestPosition{}, 0, fmt.Errorf("zstd:chunked footer names manifest type %d, want %d", v[3], zstdManifestTypeCRFS)
+		return ManifestPosition{}, fmt.Errorf("zstd:chunked footer names manifest type %d, want %d", v[3], zstdManifestTypeCRFS)
 	}
-	return ManifestPosition{Offset: int64(v[0]), Length: int64(v[1]), LengthUncompressed: int64(v[2])}, int64(zstdSkippableHeader + size), nil
+	return ManifestPosition{Offset: int64(v[0]), Length: int64(v[1]), LengthUncompressed: int64(v[2])}, nil
 }
 
 // tocRange is where p puts the compressed manifest in a blob of size
@@ -174,7 +174,7 @@ func (zstdChunked) locateTOC(tail []byte, size int64) (tocRange, bool, error) {
 	if !bytes.HasSuffix(tail, zstdFooterMagic) && !bytes.HasSuffix(tail, zstdLegacyFooterMagic) {
 		return tocRange{}, false, errors.New("zstd:chunked: no footer magic")
 	}
-	p, _, err := parseZstdFooter(tail)
+	p, err := parseZstdFooter(tail)
 	if err != nil {
 		return tocRange{}, true, err
 	}
