@@ -116,32 +116,38 @@ func pushZstdChunked(t *testing.T, ctx context.Context, reg *fixture.Registry, b
 	return dst, layers
 }
 
-// TestZstdChunkedPodman4 pushes the kitchen-sink tar and the hello image as
-// zstd:chunked with Debian's podman 4.3.1 (containers/storage 1.43: the
+// zstdImageTars are the layers of the zstd:chunked test image: the busybox
+// root, the kitchen-sink tar (every entry type, xattrs, hard links,
+// whiteouts) and the hello layer (hello.txt beside 8 MiB nobody reads).
+func zstdImageTars(t *testing.T) [][]byte {
+	hello := helloImageTars(t)
+	return [][]byte{hello[0], fixture.KitchenSinkTar(), hello[1]}
+}
+
+// TestZstdChunkedPodman4 pushes the test image as zstd:chunked with
+// Debian's podman 4.3.1 (containers/storage 1.43: the
 // io.containers.zstd-chunked.* annotations and the 40-byte footer), compares
 // the pool's view of every layer with the tar its blob holds, entry by
 // entry, through grammar 2 by blob digest and by manifest checksum and
-// through grammar 1, and runs a container from the hello image with podman
-// 4.3.1 and the pool as its layer store (looked up by blob digest), which
-// must fetch far less than the unread layer.
+// through grammar 1, and runs a container from it with podman 4.3.1 and the
+// pool as its layer store (looked up by blob digest), which must fetch far
+// less than the unread layer.
 func TestZstdChunkedPodman4(t *testing.T) {
 	requireRoot(t)
 	requirePodman(t)
 	ctx := testContext(t, 5*time.Minute)
 	reg := fixture.StartRegistry(t)
-	sinkRef, sink := pushZstdChunked(t, ctx, reg, "", "test/sink-zstd", [][]byte{fixture.KitchenSinkTar()})
-	helloRef, hello := pushZstdChunked(t, ctx, reg, "", "test/hello-zstd", helloImageTars(t))
-	for _, l := range append(append([]zstdLayer(nil), sink...), hello...) {
+	ref, layers := pushZstdChunked(t, ctx, reg, "", "test/zstd4", zstdImageTars(t))
+	for _, l := range layers {
 		if _, ok := l.Annotations[layer.LegacyZstdChunkedChecksumAnnotation]; !ok {
 			t.Errorf("layer %s: podman 4.3.1 did not write %s", l.Digest, layer.LegacyZstdChunkedChecksumAnnotation)
 		}
 	}
 
 	_, als := startDaemon(t, reg)
-	compareZstdViews(t, als, sinkRef, sink)
-
+	compareZstdViews(t, als, ref, layers)
 	pm := newPodman(t, als, reg)
-	runHelloFromPool(t, ctx, reg, pm, helloRef, hello)
+	runHelloFromPool(t, ctx, reg, pm, ref, layers)
 }
 
 // compareZstdViews compares the pool's view of every layer with its tar,
@@ -225,30 +231,27 @@ func runHelloFromPool(t *testing.T, ctx context.Context, reg *fixture.Registry, 
 	}
 }
 
-// TestZstdChunkedPodman5 is TestPodman5RunFromPool on an image podman
-// 5.4.2 pushed as zstd:chunked (containers/storage 1.57: the
+// TestZstdChunkedPodman5 is TestPodman5RunFromPool on the test image
+// pushed as zstd:chunked by podman 5.4.2 (containers/storage 1.57: the
 // io.github.containers.zstd-chunked.* annotations, the 64-byte footer and a
 // tar-split): podman 5 looks its layers up by manifest checksum. The views
-// of the kitchen-sink layer are compared with its tar first.
+// of its layers are compared with their tars first.
 func TestZstdChunkedPodman5(t *testing.T) {
 	requireRoot(t)
 	requirePodman(t) // conmon and runc come with Debian's podman
 	bin := requirePodman5(t)
 	ctx := testContext(t, 5*time.Minute)
 	reg := fixture.StartRegistry(t)
-	sinkRef, sink := pushZstdChunked(t, ctx, reg, bin, "test/sink-zstd5", [][]byte{fixture.KitchenSinkTar()})
-	helloRef, hello := pushZstdChunked(t, ctx, reg, bin, "test/hello-zstd5", helloImageTars(t))
+	ref, layers := pushZstdChunked(t, ctx, reg, bin, "test/zstd5", zstdImageTars(t))
 	var infos []fixture.LayerInfo
-	for _, l := range append(append([]zstdLayer(nil), sink...), hello...) {
+	for _, l := range layers {
 		if _, ok := l.Annotations[layer.ZstdChunkedChecksumAnnotation]; !ok {
 			t.Errorf("layer %s: podman 5.4.2 did not write %s", l.Digest, layer.ZstdChunkedChecksumAnnotation)
 		}
-	}
-	for _, l := range hello {
 		infos = append(infos, l.LayerInfo)
 	}
 
 	_, als := startDaemon(t, reg)
-	compareZstdViews(t, als, sinkRef, sink)
-	runPodman5FromPool(t, ctx, reg, bin, als, helloRef, infos)
+	compareZstdViews(t, als, ref, layers)
+	runPodman5FromPool(t, ctx, reg, bin, als, ref, infos)
 }
