@@ -26,6 +26,9 @@ type Layer struct {
 	// chunk that fails verification is refetched from the registry).
 	tail      []byte
 	tailStart int64
+	// fetchedTail is tail with the TOC and footer after it (see
+	// FetchedTail); nil when tail is.
+	fetchedTail []byte
 
 	mu       sync.Mutex
 	inflight map[chunkKey]*flight // chunks being fetched, for singleflight
@@ -107,11 +110,18 @@ func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, 
 		inflight:    map[chunkKey]*flight{},
 		tail:        raw.chunkTail,
 		tailStart:   raw.chunkTailStart,
+		fetchedTail: raw.fetchedTail,
 	}, nil
 }
 
 // Format names the blob's format: "estargz" or FormatZstdChunked.
 func (l *Layer) Format() string { return l.format.String() }
+
+// FetchedTail returns the blob's bytes [off, size) that Open fetched with
+// the TOC, byte for byte as they came (nil if it kept none), so that a
+// reader of the whole blob need not fetch them again. For a small layer
+// that is all of it. Callers must not modify them.
+func (l *Layer) FetchedTail() (off int64, b []byte) { return l.tailStart, l.fetchedTail }
 
 // Root returns the root directory of the view.
 func (l *Layer) Root() *Entry { return l.root }

@@ -44,6 +44,9 @@ type rawTOC struct {
 	// data already paid for, which for small layers is the whole layer.
 	chunkTail      []byte
 	chunkTailStart int64
+	// fetchedTail is the whole tail as fetched, TOC and footer included,
+	// when chunkTail holds on to its memory anyway ([chunkTailStart, size)).
+	fetchedTail []byte
 }
 
 // readTOC fetches the blob's tail (one ReadAt), finds the footer of one of
@@ -124,6 +127,7 @@ func fetchTOC(ctx context.Context, blob BlobReader, f format, r tocRange, want d
 	if raw.tocOffset > tailStart && len(tail) > 0 {
 		raw.chunkTail = tail[:raw.tocOffset-tailStart]
 		raw.chunkTailStart = tailStart
+		raw.fetchedTail = tail
 	}
 	return raw, nil
 }

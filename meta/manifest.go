@@ -17,6 +17,10 @@ type Manifest struct {
 	// Pinned: the reference names the manifest by digest, so the list
 	// never changes.
 	Pinned bool `json:"pinned,omitempty"`
+	// DiffIDs are the diff_ids the reference's config gives layers, by
+	// blob digest, as far as they were looked up ("": the config gives
+	// none).
+	DiffIDs map[digest.Digest]digest.Digest `json:"diff_ids,omitempty"`
 }
 
 // PutManifest records what ref's manifest lists.

@@ -2,9 +2,6 @@ package pool
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -62,16 +59,13 @@ func (f *bytesFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 	return fuse.ReadResultData(f.data[off:end]), 0
 }
 
-// blobBlockSize is the unit the blob file is fetched and cached in. Clients
-// read the blob sequentially (push, save), so large blocks mean few round
-// trips without wasting much at the end.
-const blobBlockSize = 1 << 20
-
-// blobFile serves the compressed layer blob byte for byte, fetched lazily.
+// blobFile serves the compressed layer blob byte for byte, fetched lazily
+// through the layer's blob stream. The bytes never change, so the kernel
+// keeps them in its page cache across opens (FOPEN_KEEP_CACHE, from
+// readOnlyFile): a second reader gets them without asking.
 type blobFile struct {
 	readOnlyFile
 	layer *Layer
-	cache Cache
 	log   *logrus.Entry
 }
 
@@ -86,7 +80,7 @@ func (f *blobFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 }
 
 func (f *blobFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := f.layer.ReadBlob(ctx, f.cache, dest, off)
+	n, err := f.layer.ReadBlob(ctx, dest, off)
 	if err != nil {
 		f.log.WithError(err).WithField("offset", off).Warn("reading layer blob failed")
 		return nil, syscall.EIO
@@ -94,37 +88,12 @@ func (f *blobFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-// ReadBlob reads the compressed blob at off through the block cache. It
-// returns fewer bytes than len(p) only at the end of the blob.
-func (l *Layer) ReadBlob(ctx context.Context, c Cache, p []byte, off int64) (int, error) {
-	size := l.Desc.Size
-	if off < 0 {
-		return 0, fmt.Errorf("reading blob %s: negative offset %d", l.Desc.Digest, off)
-	}
-	n := 0
-	for n < len(p) && off+int64(n) < size {
-		pos := off + int64(n)
-		idx := pos / blobBlockSize
-		block, err := l.blobBlock(ctx, c, idx)
-		if err != nil {
-			return n, err
-		}
-		n += copy(p[n:], block[pos-idx*blobBlockSize:])
-	}
-	return n, nil
-}
-
-// Blocks are not put in the chunk cache: only the whole blob has a digest,
-// so a block cannot be verified on its own, and a block spoiled in transit
-// would otherwise be served from the cache forever (and survive restarts on
-// disk). The cache holds verified bytes only; the kernel's page cache still
-// keeps what `podman push`/`save` read.
-func (l *Layer) blobBlock(ctx context.Context, c Cache, idx int64) ([]byte, error) {
-	start := idx * blobBlockSize
-	b := make([]byte, min(blobBlockSize, l.Desc.Size-start))
-	// io.ReaderAt may say EOF along with the last full read.
-	if n, err := l.Blob.ReadAt(ctx, b, start); err != nil && !(errors.Is(err, io.EOF) && n == len(b)) {
-		return nil, fmt.Errorf("fetching blob %s block %d: %w", l.Desc.Digest, idx, err)
-	}
-	return b, nil
+// ReadBlob reads the compressed blob at off (see blobStream). It returns
+// fewer bytes than len(p) only at the end of the blob.
+func (l *Layer) ReadBlob(ctx context.Context, p []byte, off int64) (int, error) {
+	l.streamOnce.Do(func() {
+		off, tail := l.View.FetchedTail()
+		l.stream = newBlobStream(l.Blob, off, tail)
+	})
+	return l.stream.ReadAt(ctx, p, off)
 }

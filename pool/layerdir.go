@@ -8,6 +8,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/layer"
@@ -20,9 +21,10 @@ const useFile = "use"
 // layerDir is <ref>/<digest> of grammar 2: diff, info and blob.
 type layerDir struct {
 	syntheticDir
-	pool  *Pool
-	layer *Layer
-	log   *logrus.Entry
+	pool   *Pool
+	layer  *Layer
+	diffID digest.Digest // from the config of the image the path names
+	log    *logrus.Entry
 }
 
 var (
@@ -31,8 +33,8 @@ var (
 	_ gofs.NodeCreater  = (*layerDir)(nil)
 )
 
-func newLayerDir(p *Pool, l *Layer, log *logrus.Entry) *layerDir {
-	return &layerDir{syntheticDir: syntheticDir{access: p.access}, pool: p, layer: l, log: log}
+func newLayerDir(p *Pool, l *Layer, diffID digest.Digest, log *logrus.Entry) *layerDir {
+	return &layerDir{syntheticDir: syntheticDir{access: p.access}, pool: p, layer: l, diffID: diffID, log: log}
 }
 
 // OnAdd builds the three files up front: the client stats all of them
@@ -41,12 +43,12 @@ func (d *layerDir) OnAdd(ctx context.Context) {
 	tree, mode := d.pool.treeNode(d.layer, 2, d.log) // below <ref>/<digest>
 	diff := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 	d.AddChild("diff", diff, false)
-	info := d.NewPersistentInode(ctx, &bytesFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: true}, data: layerInfo(d.layer)}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	info := d.NewPersistentInode(ctx, &bytesFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: true}, data: layerInfo(d.layer, d.diffID)}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("info", info, false)
 	// The blob holds every file of the layer: the group may read it only
 	// if it may read all of them anyway.
 	blobRead := d.access.Group && worldReadable(d.layer.View.Root())
-	blob := d.NewPersistentInode(ctx, &blobFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: blobRead}, layer: d.layer, cache: d.pool.cache, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	blob := d.NewPersistentInode(ctx, &blobFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: blobRead}, layer: d.layer, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("blob", blob, false)
 }
 
@@ -96,20 +98,22 @@ const (
 // in; without it the size is left out, as containers/storage allows.
 const uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
 
-func layerInfo(l *Layer) []byte {
+// layerInfo is l's info as seen through an image whose config gives it
+// diffID ("" if it gives none).
+func layerInfo(l *Layer, diffID digest.Digest) []byte {
 	in := info{
 		CompressedDigest:   l.Desc.Digest.String(),
 		CompressedSize:     l.Desc.Size,
-		UncompressedDigest: l.Desc.DiffID.String(),
+		UncompressedDigest: diffID.String(),
 		TOCDigest:          l.Desc.TOCDigest.String(),
 		CompressionType:    compressionGzip,
 	}
 	if l.View.Format() == layer.FormatZstdChunked {
 		in.CompressionType = compressionZstd
 	}
-	if l.Desc.DiffID != "" {
+	if diffID != "" {
 		// Newer clients look here when they cannot trust diff-digest.
-		in.Flags = map[string]any{"expected-layer-diffid": l.Desc.DiffID.String()}
+		in.Flags = map[string]any{"expected-layer-diffid": diffID.String()}
 	}
 	if s, ok := l.Desc.Annotations[uncompressedSizeAnnotation]; ok {
 		var n int64

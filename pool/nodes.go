@@ -83,7 +83,12 @@ func childAttr(ctx context.Context, ch *gofs.Inode, out *fuse.EntryOut) syscall.
 // by the kernel (timeout 0) so that a layer that failed for a transient
 // reason can be found on the next try.
 func refuse(log *logrus.Entry, out *fuse.EntryOut, err error) syscall.Errno {
-	log.WithError(err).Info("lookup refused")
+	if errors.Is(err, ErrDiffIDMismatch) {
+		// Not a client's typo: two images disagree and one of them is wrong.
+		log.WithError(err).Warn("lookup refused")
+	} else {
+		log.WithError(err).Info("lookup refused")
+	}
 	out.SetEntryTimeout(0)
 	if errors.Is(err, ErrAccess) {
 		return syscall.EACCES
@@ -179,7 +184,11 @@ func (d *refDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
-	return addDir(ctx, &d.syntheticDir, name, newLayerDir(d.pool, l, log), out), 0
+	diffID, err := d.pool.DiffIDFor(ctx, l, d.ref)
+	if err != nil {
+		return nil, refuse(log, out, err)
+	}
+	return addDir(ctx, &d.syntheticDir, name, newLayerDir(d.pool, l, diffID, log), out), 0
 }
 
 // Rmdir of <digest> is the client saying "one user fewer". It must fail

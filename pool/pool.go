@@ -69,6 +69,11 @@ type Layer struct {
 
 	uses       atomic.Int64
 	lastAccess atomic.Int64 // unix nanoseconds
+
+	diff diffIDs // what image configs say of the uncompressed digest (see DiffIDFor)
+
+	streamOnce sync.Once
+	stream     *blobStream // the blob file's reads (see ReadBlob)
 }
 
 // Uses is the reference count the containers/storage client keeps through

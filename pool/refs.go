@@ -164,15 +164,36 @@ func (p *Pool) fetchManifest(ctx context.Context, lister refLister, ref string) 
 			m.Layers = append(m.Layers, l.TOCDigest)
 		}
 	}
-	p.remember(ref, m)
-	if p.meta != nil {
-		p.inBackground(func() {
-			if err := p.meta.PutManifest(ref, m); err != nil {
-				p.log.WithError(err).WithField("ref", ref).Warn("storing manifest record failed")
-			}
-		})
+	p.mu.Lock()
+	if old, ok := p.refs[ref]; ok && slices.Equal(old.Layers, m.Layers) {
+		// The same layers: an honest config gives them the same diff_ids
+		// (see DiffIDFor), so what was looked up of them still holds.
+		m.DiffIDs = old.DiffIDs
 	}
+	p.mu.Unlock()
+	p.remember(ref, m)
+	p.storeManifest(ref)
 	return m, nil
+}
+
+// storeManifest writes what the pool keeps of ref to the metadata store,
+// in the background. Each write takes the record as it is when the write
+// runs, so of two writes racing the last one is never the older record.
+func (p *Pool) storeManifest(ref string) {
+	if p.meta == nil {
+		return
+	}
+	p.inBackground(func() {
+		p.mu.Lock()
+		m, ok := p.refs[ref]
+		p.mu.Unlock()
+		if !ok {
+			return
+		}
+		if err := p.meta.PutManifest(ref, m); err != nil {
+			p.log.WithError(err).WithField("ref", ref).Warn("storing manifest record failed")
+		}
+	})
 }
 
 func (p *Pool) remember(ref string, m meta.Manifest) {

@@ -8,6 +8,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages and a file each must provide (checked with -e / command -v).
 #   podman          podman 4.3.1 (containers/storage 1.43)
+#   buildah         buildah 1.28 (the e2e test of building on a lazily pulled base)
 #   runc            the runtime scripts/containers.conf selects (crun refuses cgroups v1 hybrid)
 #   fuse3           fusermount3 (fallback unmount; go-fuse needs it without DirectMount)
 #   busybox-static  /bin/busybox, the base layer of the test and demo images
@@ -17,6 +18,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   passwd          useradd/groupadd, for the users the access tests create
 declare -A want=(
 	[podman]=/usr/bin/podman
+	[buildah]=/usr/bin/buildah
 	[runc]=/usr/sbin/runc
 	[fuse3]=/usr/bin/fusermount3
 	[busybox-static]=/bin/busybox

@@ -144,11 +144,15 @@ func startDaemon(t *testing.T, reg *fixture.Registry) (*fixture.Daemon, string) 
 }
 
 // newPodman prepares a throwaway podman store under a temp dir, using als as
-// the additional layer store ("" for none) and reg as an insecure registry.
+// the additional layer store ("" for none) and regs as insecure registries.
 // Its mounts are removed at cleanup, before the daemon stops.
-func newPodman(t *testing.T, als string, reg *fixture.Registry) *fixture.Podman {
+func newPodman(t *testing.T, als string, regs ...*fixture.Registry) *fixture.Podman {
 	t.Helper()
-	pm, err := fixture.NewPodman(tempDir(t), fixture.PodmanOptions{ALS: als, InsecureRegistries: []string{reg.Host}})
+	var hosts []string
+	for _, r := range regs {
+		hosts = append(hosts, r.Host)
+	}
+	pm, err := fixture.NewPodman(tempDir(t), fixture.PodmanOptions{ALS: als, InsecureRegistries: hosts})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -535,3 +535,103 @@ func TestConfigWhileTOC(t *testing.T) {
 		t.Error("the config request was answered before the layer's tail was asked for: the two were fetched one after the other")
 	}
 }
+
+// TestGrammar2DiffIDFromTheImagesOwnConfig: two images name the same blob
+// but their configs give it different diff_ids. Each lookup reports its
+// own image's value; the disagreement makes the pool decompress the blob in
+// the background, and from then on a lookup through a config that gives
+// the wrong value is refused while one with the right value still works.
+// Both orders: the wrong config first, and the right one first.
+func TestGrammar2DiffIDFromTheImagesOwnConfig(t *testing.T) {
+	requireFUSE(t)
+	reg := fixture.StartRegistry(t)
+	tars := [][]byte{fixture.BuildTar([]fixture.TarEntry{
+		{Name: "a.txt", Mode: 0o644, Content: []byte("a\n")},
+		{Name: "big.bin", Mode: 0o644, Content: fixture.RandomBytes(5, 1<<20)},
+	})}
+	for _, wrongFirst := range []bool{true, false} {
+		t.Run(fmt.Sprintf("wrong_first=%v", wrongFirst), func(t *testing.T) {
+			ctx := t.Context()
+			m := mountPool(t, reg)
+			push := func(repo string, diffID digest.Digest) (string, fixture.LayerInfo) {
+				t.Helper()
+				img, err := fixture.BuildImage(tars, fixture.ImageOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diffID != "" {
+					if err := img.SetDiffIDs([]digest.Digest{diffID}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				ref := fixture.ImageRef(reg.Host, fmt.Sprintf("%s-%v", repo, wrongFirst), "v1")
+				if err := img.Push(ctx, ref); err != nil {
+					t.Fatal(err)
+				}
+				return ref, img.Layers[0].Info
+			}
+			wrong, wrong2 := digest.FromString("not the layer"), digest.FromString("not the layer either")
+			right, li := push("test/right", "")
+			liar, _ := push("test/liar", wrong)
+			first, second := right, liar
+			if wrongFirst {
+				first, second = liar, right
+			}
+			want := map[string]digest.Digest{right: li.DiffID, liar: wrong}
+			for _, ref := range []string{first, second} {
+				if got := infoDiffID(t, m.grammar2(ref, li.Digest.String())); got != want[ref] {
+					t.Errorf("info through %s: diff-digest %s, want its own config's %s", ref, got, want[ref])
+				}
+			}
+
+			var l *pool.Layer
+			for _, c := range m.Pool.Layers() {
+				if c.Desc.Digest == li.Digest {
+					l = c
+				}
+			}
+			if l == nil {
+				t.Fatal("the layer is not open")
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for l.VerifiedDiffID() == "" && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := l.VerifiedDiffID(); got != li.DiffID {
+				t.Fatalf("verified diff_id %q, want %s", got, li.DiffID)
+			}
+
+			// New images after the check: the wrong one is refused, the
+			// right one is served.
+			liar2, _ := push("test/liar2", wrong2)
+			if _, err := os.Stat(filepath.Join(m.grammar2(liar2, li.Digest.String()), "info")); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("lookup through a config with a wrong diff_id after verification: %v, want ENOENT", err)
+			}
+			right2, _ := push("test/right2", "")
+			if got := infoDiffID(t, m.grammar2(right2, li.Digest.String())); got != li.DiffID {
+				t.Errorf("info through %s: diff-digest %s, want %s", right2, got, li.DiffID)
+			}
+		})
+	}
+}
+
+// infoDiffID reads diff-digest from <dir>/info and checks that the flag
+// newer clients read agrees with it.
+func infoDiffID(t *testing.T, dir string) digest.Digest {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "info"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		DiffDigest digest.Digest  `json:"diff-digest"`
+		Flags      map[string]any `json:"flags"`
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatalf("info is not JSON: %v: %s", err, b)
+	}
+	if f := anyString(info.Flags["expected-layer-diffid"]); f != info.DiffDigest.String() {
+		t.Errorf("info: flags.expected-layer-diffid %q, diff-digest %s", f, info.DiffDigest)
+	}
+	return info.DiffDigest
+}
