@@ -46,6 +46,12 @@ func (estargzFormat) decodeTOC(compressed []byte, r tocRange, want digest.Digest
 	return estargzFormat{}.decodeStored(tocJSON, got, r.start)
 }
 
+// decompress reads the blob as one gzip stream of many members: the tar,
+// TOC and footer included, as the diff_id covers them.
+func (estargzFormat) decompress(blob io.Reader) (io.ReadCloser, error) {
+	return gzip.NewReader(blob)
+}
+
 // decodeStored decodes TOC JSON already checked against its digest d.
 func (estargzFormat) decodeStored(tocJSON []byte, d digest.Digest, tocOffset int64) (*rawTOC, error) {
 	toc, err := decodeTOC(tocJSON)

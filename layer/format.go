@@ -2,6 +2,7 @@ package layer
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
@@ -28,6 +29,8 @@ type format interface {
 	// decodeChunk decompresses c from exactly its compressed range
 	// [c.blobOff, c.blobEnd) and verifies it, failing with ErrVerify.
 	decodeChunk(c *chunk, compressed []byte) ([]byte, error)
+	// decompress reads a whole blob as the layer tar (its diff_id's input).
+	decompress(blob io.Reader) (io.ReadCloser, error)
 }
 
 // formats are tried in this order on a blob's tail.

@@ -3,6 +3,7 @@ package layer
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 
@@ -116,6 +117,10 @@ func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, 
 
 // Format names the blob's format: "estargz" or FormatZstdChunked.
 func (l *Layer) Format() string { return l.format.String() }
+
+// Decompress reads blob, the whole blob of this layer from its start, as
+// the uncompressed layer tar (what the diff_id is the digest of).
+func (l *Layer) Decompress(blob io.Reader) (io.ReadCloser, error) { return l.format.decompress(blob) }
 
 // FetchedTail returns the blob's bytes [off, size) that Open fetched with
 // the TOC, byte for byte as they came (nil if it kept none), so that a

@@ -407,6 +407,17 @@ type zstdChunked struct{}
 
 func (zstdChunked) String() string { return FormatZstdChunked }
 
+// decompress reads the blob's frames as one stream; the decoder skips the
+// skippable frames (manifest, tar-split, footer), so what comes out is the
+// tar the diff_id covers.
+func (zstdChunked) decompress(blob io.Reader) (io.ReadCloser, error) {
+	zr, err := zstd.NewReader(blob, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	return zr.IOReadCloser(), nil
+}
+
 // decodeChunk decompresses c's frames, exactly its compressed range, and
 // checks the result against c's digest.
 func (zstdChunked) decodeChunk(c *chunk, compressed []byte) ([]byte, error) {

@@ -296,3 +296,34 @@ func TestTOCDigestFromAnnotations(t *testing.T) {
 		}
 	}
 }
+
+// TestDecompressWholeBlob: a layer decompresses its whole blob to the tar
+// (the diff_id's input) whatever its format.
+func TestDecompressWholeBlob(t *testing.T) {
+	tarBytes := fstest.SampleTar(t)
+	estargzBlob, _ := fstest.EStargz(t, tarBytes)
+	zstdBlob, _ := fstest.ZstdChunked(t, tarBytes, fstest.ZstdChunkedOptions{})
+	for name, blob := range map[string][]byte{"estargz": estargzBlob, "zstd:chunked": zstdBlob} {
+		l, err := Open(context.Background(), fstest.NewMemBlob(blob), "", nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := l.Decompress(bytes.NewReader(blob))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var out bytes.Buffer
+		if _, err := out.ReadFrom(r); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		r.Close()
+		// eStargz appends its TOC and footer as tar entries; the layer's
+		// own entries come first, byte for byte, up to the tar's end.
+		if name == "zstd:chunked" && !bytes.Equal(out.Bytes(), tarBytes) {
+			t.Errorf("%s: decompresses to %d bytes, not the %d byte tar", name, out.Len(), len(tarBytes))
+		}
+		if name == "estargz" && out.Len() == 0 {
+			t.Errorf("%s: decompresses to nothing", name)
+		}
+	}
+}

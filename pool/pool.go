@@ -91,10 +91,10 @@ type Pool struct {
 	cache    Cache
 	log      *logrus.Entry
 
-	mu         sync.Mutex
-	layers     map[digest.Digest]*Layer     // by compressed blob digest
+	mu       sync.Mutex
+	layers   map[digest.Digest]*Layer   // by compressed blob digest
 	noFormat map[digest.Digest]noFormat // content never changes, so neither does this answer (but see noFormatTTL)
-	opening    singleflight.Group
+	opening  singleflight.Group
 
 	meta       *meta.Store    // nil: nothing persists across restarts (see SetMeta)
 	persisting sync.WaitGroup // records being written (see persist, Flush)
@@ -123,7 +123,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		cache:      c,
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
-		noFormat: map[digest.Digest]noFormat{},
+		noFormat:   map[digest.Digest]noFormat{},
 		tagRecheck: DefaultTagRecheck,
 		refs:       map[string]meta.Manifest{},
 
