@@ -7,11 +7,11 @@ MODULE := github.com/poolfs/poolfs
 
 # Packages tested with the race detector; everything else (test/e2e, cmd,
 # test/fixture, ...) is tested without it.
-RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|control|metrics)(/|$$)
+RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|profilestore|control|metrics)(/|$$)
 RACE_TIMEOUT ?= 15m
 # Integration tests also run under the race detector: only the concurrency
-# one, as the whole package takes minutes with -race.
-RACE_INTEGRATION := ^TestManyReadersManyLayers$$
+# ones, as the whole package takes minutes with -race.
+RACE_INTEGRATION := ^(TestManyReadersManyLayers|TestTreesComeAndGoUnderReads)$$
 TEST_TIMEOUT ?= 20m
 # Extra flags for go test, e.g. make test GOTEST_FLAGS=-v
 GOTEST_FLAGS ?=
@@ -59,7 +59,7 @@ test: deps
 FUZZTIME ?=
 FUZZ_TARGETS := pool:FuzzParseElement:100000x layer:FuzzOpen:20000x \
 	layer:FuzzOpenStored:12000x layer:FuzzDecodeTOCMatchesEncodingJSON:50000x \
-	layer:FuzzZstdChunkedTOC:20000x
+	layer:FuzzZstdChunkedTOC:20000x layer:FuzzReplay:5000x
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; rest=$${t#*:}; fn=$${rest%%:*}; budget=$${rest#*:}; \

@@ -29,6 +29,7 @@ type File struct {
 	InsecureRegistries []string  `toml:"insecure_registries"`
 	RegistriesConf     *string   `toml:"registries_conf"`
 	FetchTimeout       *Duration `toml:"fetch_timeout"`
+	ProfileLookup      *bool     `toml:"profile_lookup"`
 	ControlSocket      *string   `toml:"control_socket"`
 	MetricsAddress     *string   `toml:"metrics_address"`
 	Group              *string   `toml:"group"`
@@ -38,6 +39,11 @@ type File struct {
 		MaxSize    *Size   `toml:"max_size"`
 		MemorySize *Size   `toml:"memory_size"`
 	} `toml:"cache"`
+	Trees struct {
+		MaxEntries *int      `toml:"max_entries"`
+		MaxMemory  *Size     `toml:"max_memory"`
+		Idle       *Duration `toml:"idle"`
+	} `toml:"trees"`
 }
 
 // Setting is one value from the file in the form of the flag it stands for.
@@ -124,6 +130,15 @@ func (f *File) check() error {
 	if f.Cache.MemorySize != nil && f.Cache.MemorySize.Percent != 0 {
 		return fmt.Errorf("cache.memory_size: a percentage is only allowed for cache.max_size")
 	}
+	if f.Trees.MaxEntries != nil && *f.Trees.MaxEntries < 0 {
+		return fmt.Errorf("trees.max_entries: %d is negative", *f.Trees.MaxEntries)
+	}
+	if f.Trees.MaxMemory != nil && f.Trees.MaxMemory.Percent != 0 {
+		return fmt.Errorf("trees.max_memory: a percentage is only allowed for cache.max_size")
+	}
+	if f.Trees.Idle != nil && f.Trees.Idle.D < 0 {
+		return fmt.Errorf("trees.idle: %s is negative", f.Trees.Idle.D)
+	}
 	if f.MetricsAddress != nil {
 		if err := CheckListenAddress(*f.MetricsAddress); err != nil {
 			return fmt.Errorf("metrics_address: %w", err)
@@ -171,6 +186,9 @@ func (f *File) Settings() []Setting {
 	if f.FetchTimeout != nil {
 		out = append(out, Setting{Key: "fetch_timeout", Flag: "fetch-timeout", Values: []string{f.FetchTimeout.D.String()}})
 	}
+	if f.ProfileLookup != nil {
+		out = append(out, Setting{Key: "profile_lookup", Flag: "profile-lookup", Values: []string{strconv.FormatBool(*f.ProfileLookup)}})
+	}
 	str("control_socket", "control-socket", f.ControlSocket)
 	str("metrics_address", "metrics-address", f.MetricsAddress)
 	str("group", "group", f.Group)
@@ -184,6 +202,16 @@ func (f *File) Settings() []Setting {
 	if f.Cache.MemorySize != nil {
 		mib := (f.Cache.MemorySize.Bytes + 1<<20 - 1) >> 20
 		out = append(out, Setting{Key: "cache.memory_size", Flag: "memory-cache-mb", Values: []string{strconv.FormatInt(mib, 10)}})
+	}
+	if f.Trees.MaxEntries != nil {
+		out = append(out, Setting{Key: "trees.max_entries", Flag: "tree-max-entries", Values: []string{strconv.Itoa(*f.Trees.MaxEntries)}})
+	}
+	if f.Trees.MaxMemory != nil {
+		mib := (f.Trees.MaxMemory.Bytes + 1<<20 - 1) >> 20
+		out = append(out, Setting{Key: "trees.max_memory", Flag: "tree-memory-mb", Values: []string{strconv.FormatInt(mib, 10)}})
+	}
+	if f.Trees.Idle != nil {
+		out = append(out, Setting{Key: "trees.idle", Flag: "tree-idle", Values: []string{f.Trees.Idle.D.String()}})
 	}
 	return out
 }

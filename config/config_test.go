@@ -19,6 +19,7 @@ log_format = "json"
 insecure_registries = ["reg.lan:5000", "other.lan"]
 registries_conf = "/etc/poolfs/registries.conf"
 fetch_timeout = "45s"
+profile_lookup = false
 control_socket = "/run/poolfs/control.sock"
 metrics_address = "unix:/run/poolfs/metrics.sock"
 group = "podman-users"
@@ -28,6 +29,11 @@ tag_recheck = "10m"
 dir = "/srv/poolfs-cache"
 max_size = "20GiB"
 memory_size = "256MiB"
+
+[trees]
+max_entries = 300000
+max_memory = "1GiB"
+idle = "90s"
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +55,7 @@ memory_size = "256MiB"
 		"insecure_registries->insecure-registry": {"reg.lan:5000", "other.lan"},
 		"registries_conf->registries-conf":       {"/etc/poolfs/registries.conf"},
 		"fetch_timeout->fetch-timeout":           {"45s"},
+		"profile_lookup->profile-lookup":         {"false"},
 		"control_socket->control-socket":         {"/run/poolfs/control.sock"},
 		"metrics_address->metrics-address":       {"unix:/run/poolfs/metrics.sock"},
 		"group->group":                           {"podman-users"},
@@ -56,6 +63,9 @@ memory_size = "256MiB"
 		"cache.dir->cache-dir":                   {"/srv/poolfs-cache"},
 		"cache.max_size->cache-max-size":         {"21474836480"},
 		"cache.memory_size->memory-cache-mb":     {"256"},
+		"trees.max_entries->tree-max-entries":    {"300000"},
+		"trees.max_memory->tree-memory-mb":       {"1024"},
+		"trees.idle->tree-idle":                  {"1m30s"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Settings:\n got %v\nwant %v", got, want)
@@ -82,6 +92,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{`log_level = "chatty"`, "log_level"},
 		{`log_format = "xml"`, "log_format"},
 		{`fetch_timeout = "soon"`, "fetch_timeout"},
+		{`profile_lookup = "no"`, "profile_lookup"},
 		{`fetch_timeout = "-1s"`, "fetch_timeout"},
 		{`root = "relative/dir"`, "root"},
 		{`metrics_address = "nowhere"`, "metrics_address"},
@@ -147,7 +158,7 @@ func TestPackagedSample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("uncommented sample: %v", err)
 	}
-	if len(f.Settings()) != 13 {
-		t.Errorf("the sample sets %d keys, want all 13", len(f.Settings()))
+	if len(f.Settings()) != 17 {
+		t.Errorf("the sample sets %d keys, want all 17", len(f.Settings()))
 	}
 }

@@ -8,8 +8,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
+
+	"github.com/poolfs/poolfs/profile"
 )
 
 // Client talks to a daemon's control socket.
@@ -64,6 +67,39 @@ func (c *Client) SetCredentials(ctx context.Context, creds map[string]Credential
 	return r, err
 }
 
+// PushProfiles has the daemon publish the profiles of ref's layers.
+func (c *Client) PushProfiles(ctx context.Context, ref string) (PushResult, error) {
+	var r PushResult
+	err := c.do(ctx, http.MethodPost, "/profiles/push", PushRequest{Ref: ref}, &r)
+	return r, err
+}
+
+// Profiles fetches the startup profiles the daemon holds for the layers
+// of image ref, encoded (profile.MediaType).
+func (c *Client) Profiles(ctx context.Context, ref string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://poolfs/profiles?ref="+url.QueryEscape(ref), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, profile.MaxEncoded+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the daemon's answer: %w", err)
+	}
+	return b, nil
+}
+
+// ImportProfiles hands an encoded profile.Set to the daemon.
+func (c *Client) ImportProfiles(ctx context.Context, set []byte) (ImportResult, error) {
+	var r ImportResult
+	err := c.do(ctx, http.MethodPost, "/profiles", json.RawMessage(set), &r)
+	return r, err
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -77,17 +113,27 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		return fmt.Errorf("talking to the daemon on %s: %w", c.path, err)
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("daemon on %s answered %s: %s", c.path, resp.Status, strings.TrimSpace(string(msg)))
-	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("reading the daemon's answer: %w", err)
 	}
 	return nil
+}
+
+// send makes one request; an answer other than 200 is an error.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("talking to the daemon on %s: %w", c.path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("daemon on %s answered %s: %s", c.path, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return resp, nil
 }

@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/profile"
 )
 
 // fakeBackend records what the socket asked of it.
@@ -44,6 +48,16 @@ func (b *fakeBackend) SetCredentials(ref string, c Credentials) (string, error) 
 	b.creds[ref] = c
 	reg, _, _ := strings.Cut(ref, "/")
 	return reg, nil
+}
+
+func (b *fakeBackend) Profiles(string) profile.Set               { return profile.Set{} }
+func (b *fakeBackend) ImportProfiles(s profile.Set) (int, error) { return len(s.Profiles), nil }
+
+func (b *fakeBackend) PushProfiles(_ context.Context, ref string) (PushResult, error) {
+	if strings.Contains(ref, "none") {
+		return PushResult{}, fmt.Errorf("image %s: %w", ref, ErrNoProfiles)
+	}
+	return PushResult{Repository: "reg/app", Subject: "sha256:5b", Digest: "sha256:a7", Layers: []string{"sha256:ab"}}, nil
 }
 
 func quietLog() *logrus.Entry {
@@ -78,6 +92,13 @@ func TestRoundTrip(t *testing.T) {
 	res, err := c.GC(ctx, 40)
 	if err != nil || res.FreedBytes != 60 || b.kept != 40 {
 		t.Errorf("GC = %+v, %v", res, err)
+	}
+	pr, err := c.PushProfiles(ctx, "reg/app:1")
+	if err != nil || pr.Digest != "sha256:a7" || len(pr.Layers) != 1 {
+		t.Errorf("PushProfiles = %+v, %v", pr, err)
+	}
+	if _, err := c.PushProfiles(ctx, "reg/none:1"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("PushProfiles of an image without profiles: %v, want a 404", err)
 	}
 	cr, err := c.SetCredentials(ctx, map[string]Credentials{"reg.a/x:1": {Username: "u", Password: "p"}, "reg.b/y:2": {IdentityToken: "t"}})
 	if err != nil || strings.Join(cr.Registries, ",") != "reg.a,reg.b" || b.creds["reg.b/y:2"].IdentityToken != "t" {
@@ -159,5 +180,68 @@ print(repr(d))`
 	out, err = exec.Command(py, "-c", script, path).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "200") {
 		t.Errorf("root client: %v: %s", err, out)
+	}
+}
+
+// profileBackend is a fakeBackend that also keeps startup profiles.
+type profileBackend struct {
+	fakeBackend
+	held     map[string]profile.Set
+	imported []profile.Set
+}
+
+func (b *profileBackend) Profiles(ref string) profile.Set { return b.held[ref] }
+
+func (b *profileBackend) ImportProfiles(s profile.Set) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.imported = append(b.imported, s)
+	return len(s.Profiles), nil
+}
+
+func TestProfilesRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "control.sock")
+	p := &profile.Profile{Blob: digest.FromString("blob"), TOC: digest.FromString("toc"),
+		Chunks: []profile.Chunk{{Offset: 10, End: 20, Digest: digest.FromString("c")}}}
+	b := &profileBackend{fakeBackend: fakeBackend{creds: map[string]Credentials{}},
+		held: map[string]profile.Set{"reg/app:1": {Profiles: []*profile.Profile{p}}}}
+	srv, err := Listen(path, b, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := NewClient(path)
+
+	raw, err := c.Profiles(ctx, "reg/app:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := profile.UnmarshalSet(raw)
+	if err != nil || len(set.Profiles) != 1 || set.Profiles[0].Chunks[0] != p.Chunks[0] {
+		t.Fatalf("Profiles = %+v, %v", set, err)
+	}
+	if raw, err := c.Profiles(ctx, "reg/other:1"); err != nil {
+		t.Errorf("Profiles of an image without any: %v", err)
+	} else if s, err := profile.UnmarshalSet(raw); err != nil || len(s.Profiles) != 0 {
+		t.Errorf("Profiles of an image without any = %+v, %v", s, err)
+	}
+
+	res, err := c.ImportProfiles(ctx, raw)
+	if err != nil || res.Layers != 1 || len(b.imported) != 1 {
+		t.Fatalf("ImportProfiles = %+v, %v", res, err)
+	}
+	for name, body := range map[string]string{
+		"not JSON":      "{",
+		"other version": `{"version":9,"layers":[]}`,
+		"chunk twice":   strings.Replace(string(raw), `"chunks":[`, `"chunks":[{"o":10,"e":20,"d":"`+digest.FromString("c").String()+`"},`, 1),
+	} {
+		if _, err := c.ImportProfiles(ctx, []byte(body)); err == nil {
+			t.Errorf("import of %s accepted", name)
+		}
+	}
+	if len(b.imported) != 1 {
+		t.Errorf("%d imports reached the backend, want 1", len(b.imported))
 	}
 }

@@ -15,6 +15,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/poolfs/poolfs/profile"
 )
 
 // Backend is what the control socket reports on and acts upon.
@@ -24,6 +26,22 @@ type Backend interface {
 	// SetCredentials records credentials for ref's registry and returns
 	// the registry's name.
 	SetCredentials(ref string, c Credentials) (string, error)
+}
+
+// ErrNoProfiles says the daemon holds no profile for any layer of an image.
+var ErrNoProfiles = errors.New("no profile recorded for the image's layers")
+
+// ProfileBackend is a Backend that also hands out and takes startup
+// profiles (GET and POST /profiles).
+type ProfileBackend interface {
+	// Profiles returns the profiles held for the layers of image ref.
+	Profiles(ref string) profile.Set
+	// ImportProfiles keeps s's profiles for their layers' next open and
+	// says how many it kept.
+	ImportProfiles(s profile.Set) (int, error)
+	// PushProfiles publishes the profiles of ref's layers to ref's
+	// registry. ErrNoProfiles (wrapped) says there are none to push.
+	PushProfiles(ctx context.Context, ref string) (PushResult, error)
 }
 
 // maxRequest bounds request bodies: an auth-helper input is a few KiB.
@@ -105,6 +123,9 @@ func Listen(path string, b Backend, log *logrus.Entry) (*Server, error) {
 		}
 		writeJSON(w, res)
 	})
+	if pb, ok := b.(ProfileBackend); ok {
+		handleProfiles(mux, pb, log)
+	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { s.done <- s.srv.Serve(s.ln) }()
 	return s, nil
@@ -187,4 +208,59 @@ func (l *peerCheck) Accept() (net.Conn, error) {
 		}
 		return c, nil
 	}
+}
+
+func handleProfiles(mux *http.ServeMux, b ProfileBackend, log *logrus.Entry) {
+	mux.HandleFunc("GET /profiles", func(w http.ResponseWriter, r *http.Request) {
+		ref := r.URL.Query().Get("ref")
+		if ref == "" {
+			http.Error(w, "profiles: give ?ref=IMAGE", http.StatusBadRequest)
+			return
+		}
+		out, err := profile.MarshalSet(b.Profiles(ref))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", profile.MediaType)
+		_, _ = w.Write(out)
+	})
+	mux.HandleFunc("POST /profiles", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, profile.MaxEncoded+1))
+		if err != nil {
+			http.Error(w, "reading request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		set, err := profile.UnmarshalSet(body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		n, err := b.ImportProfiles(set)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		log.WithField("layers", n).Info("profiles imported on request")
+		writeJSON(w, ImportResult{Layers: n})
+	})
+	mux.HandleFunc("POST /profiles/push", func(w http.ResponseWriter, r *http.Request) {
+		var req PushRequest
+		if err := decode(r, &req); err != nil || req.Ref == "" {
+			http.Error(w, "profiles/push: want {\"ref\": IMAGE}", http.StatusBadRequest)
+			return
+		}
+		res, err := b.PushProfiles(r.Context(), req.Ref)
+		switch {
+		case errors.Is(err, ErrNoProfiles):
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		case err != nil:
+			log.WithField("ref", req.Ref).WithError(err).Warn("pushing profiles failed")
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		log.WithFields(logrus.Fields{"ref": req.Ref, "repository": res.Repository, "subject": res.Subject, "digest": res.Digest, "layers": len(res.Layers)}).Info("profiles pushed")
+		writeJSON(w, res)
+	})
 }

@@ -149,7 +149,7 @@ func (f *fileNode) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 			// The reader was interrupted; nobody is waiting for this reply.
 			return nil, syscall.EINTR
 		}
-		f.sh.log.WithFields(logrus.Fields{"path": f.e.Path, "offset": off, "length": len(dest)}).
+		f.sh.log.WithFields(logrus.Fields{"path": f.e.Path(), "offset": off, "length": len(dest)}).
 			WithError(err).Error("reading layer file")
 		return nil, syscall.EIO
 	}

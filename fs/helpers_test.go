@@ -1,9 +1,12 @@
 package fs
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -94,10 +97,39 @@ func (f *fakeReader) ReadAt(ctx context.Context, e *layer.Entry, p []byte, off i
 }
 
 // tinyView is a root holding one regular file "f" of 100 bytes.
-func tinyView() (*layer.Entry, *layer.Entry) {
-	f := &layer.Entry{Name: "f", Path: "f", Type: layer.TypeReg, Mode: 0o644, Size: 100, NLink: 1,
-		Xattrs: map[string][]byte{"user.a": []byte("12345"), "user.b": nil}}
-	root := &layer.Entry{Type: layer.TypeDir, Mode: 0o755, NLink: 2,
-		Children: map[string]*layer.Entry{"f": f}, Names: []string{"f"}}
-	return root, f
+func tinyView(t testing.TB) (*layer.Entry, *layer.Entry) {
+	t.Helper()
+	root := viewOf(t,
+		&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 100,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.a": "12345", "SCHILY.xattr.user.b": ""}})
+	return root, root.Child("f")
+}
+
+// viewOf is the root of the view of a layer made of hdrs (regular files
+// filled with 'x'), opened as eStargz.
+func viewOf(t testing.TB, hdrs ...*tar.Header) *layer.Entry {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range hdrs {
+		if h.ModTime.IsZero() {
+			h.ModTime = time.Unix(1700000000, 0)
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg && h.Size > 0 {
+			tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, toc := fstest.EStargz(t, buf.Bytes())
+	l, err := layer.Open(context.Background(), fstest.NewMemBlob(data), toc, nil, nil)
+	if err != nil {
+		t.Fatalf("layer.Open: %v", err)
+	}
+	return l.Root()
 }

@@ -296,7 +296,7 @@ func (r *twoViews) OnAdd(ctx context.Context) {
 
 // A failing Reader makes read(2) fail with EIO and logs the path once.
 func TestReadErrorIsEIO(t *testing.T) {
-	root, _ := tinyView()
+	root, _ := tinyView(t)
 	r := &fakeReader{root: root, readFn: func(*layer.Entry, []byte, int64) (int, error) {
 		return 0, layer.ErrVerify
 	}}

@@ -50,16 +50,16 @@ func (n *node) fillAttr(a *fuse.Attr) {
 	a.Blocks = (a.Size + 511) / 512
 	a.Blksize = 4096
 	if e.Type == layer.TypeChar || e.Type == layer.TypeBlock {
-		a.Rdev = uint32(unix.Mkdev(e.DevMajor, e.DevMinor))
+		a.Rdev = uint32(unix.Mkdev(e.DevMajor(), e.DevMinor()))
 	}
 	// A layer records one time per entry; ctime and atime echo it, as
 	// they do after tar extraction with preserved times.
-	t := e.ModTime
+	t := e.ModTime()
 	a.SetTimes(&t, &t, &t)
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	v, ok := n.e.Xattrs[attr]
+	v, ok := n.e.Xattrs()[attr]
 	if !ok {
 		return 0, syscall.ENODATA
 	}
@@ -73,9 +73,10 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	names := make([]string, 0, len(n.e.Xattrs))
+	x := n.e.Xattrs()
+	names := make([]string, 0, len(x))
 	size := 0
-	for k := range n.e.Xattrs {
+	for k := range x {
 		names = append(names, k)
 		size += len(k) + 1
 	}
@@ -96,13 +97,16 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	return n.sh.root.Statfs(ctx, out)
+}
+
+func statfs(out *fuse.StatfsOut, bytes, files uint64) {
 	const bsize = 4096
 	out.Bsize = bsize
 	out.Frsize = bsize
-	out.Blocks = (n.sh.bytes + bsize - 1) / bsize
-	out.Files = n.sh.files
+	out.Blocks = (bytes + bsize - 1) / bsize
+	out.Files = files
 	out.NameLen = 255
-	return gofs.OK
 }
 
 // symlinkNode serves a symbolic link.
@@ -113,5 +117,5 @@ type symlinkNode struct {
 var _ = (gofs.NodeReadlinker)((*symlinkNode)(nil))
 
 func (n *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	return []byte(n.e.LinkName), gofs.OK
+	return []byte(n.e.LinkName()), gofs.OK
 }

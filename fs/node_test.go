@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"archive/tar"
 	"context"
 	"syscall"
 	"testing"
@@ -13,7 +14,7 @@ import (
 
 // The nodes answer EROFS themselves, whatever the mount options.
 func TestNodesRefuseMutation(t *testing.T) {
-	root, f := tinyView()
+	root, f := tinyView(t)
 	sh := &shared{r: &fakeReader{root: root}}
 	d := &dirNode{node: node{e: root, sh: sh}}
 	fn := &fileNode{node: node{e: f, sh: sh}}
@@ -46,7 +47,7 @@ func TestNodesRefuseMutation(t *testing.T) {
 }
 
 func TestNodeXattrs(t *testing.T) {
-	_, f := tinyView()
+	_, f := tinyView(t)
 	n := &node{e: f}
 	ctx := context.Background()
 	tests := []struct {
@@ -82,19 +83,30 @@ func TestNodeXattrs(t *testing.T) {
 
 func TestNodeAttr(t *testing.T) {
 	mtime := time.Date(2200, 1, 2, 3, 4, 5, 0, time.UTC)
+	root := viewOf(t,
+		&tar.Header{Name: "reg", Typeflag: tar.TypeReg, Mode: 0o4755, Uid: 1234, Gid: 5678, Size: 1025, ModTime: mtime},
+		&tar.Header{Name: "reg2", Typeflag: tar.TypeLink, Linkname: "reg"},
+		&tar.Header{Name: "reg3", Typeflag: tar.TypeLink, Linkname: "reg"},
+		&tar.Header{Name: "chr", Typeflag: tar.TypeChar, Mode: 0o600, Devmajor: 300, Devminor: 70000, ModTime: mtime},
+		&tar.Header{Name: "sym", Typeflag: tar.TypeSymlink, Mode: 0o777, Linkname: "abc", ModTime: mtime},
+		&tar.Header{Name: "dir/", Typeflag: tar.TypeDir, Mode: 0, ModTime: mtime},
+		&tar.Header{Name: "dir/a/", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "dir/b/", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "fifo", Typeflag: tar.TypeFifo, Mode: 0o644, ModTime: time.Unix(0, 0)},
+	)
 	tests := []struct {
 		e    *layer.Entry
 		want fuse.Attr
 	}{
-		{&layer.Entry{Type: layer.TypeReg, Mode: 0o4755, UID: 1234, GID: 5678, Size: 1025, NLink: 3, ModTime: mtime},
+		{root.Child("reg"),
 			fuse.Attr{Mode: syscall.S_IFREG | 0o4755, Owner: fuse.Owner{Uid: 1234, Gid: 5678}, Size: 1025, Blocks: 3, Nlink: 3}},
-		{&layer.Entry{Type: layer.TypeChar, Mode: 0o600, DevMajor: 300, DevMinor: 70000, NLink: 1, ModTime: mtime},
+		{root.Child("chr"),
 			fuse.Attr{Mode: syscall.S_IFCHR | 0o600, Rdev: 300<<8 | 70000&0xff | (70000&^0xff)<<12, Nlink: 1}},
-		{&layer.Entry{Type: layer.TypeSymlink, Mode: 0o777, LinkName: "abc", Size: 3, NLink: 1, ModTime: mtime},
+		{root.Child("sym"),
 			fuse.Attr{Mode: syscall.S_IFLNK | 0o777, Size: 3, Blocks: 1, Nlink: 1}},
-		{&layer.Entry{Type: layer.TypeDir, Mode: 0, NLink: 4, ModTime: mtime},
+		{root.Child("dir"),
 			fuse.Attr{Mode: syscall.S_IFDIR, Nlink: 4}},
-		{&layer.Entry{Type: layer.TypeFIFO, Mode: 0o644, NLink: 1, ModTime: time.Unix(0, 0)},
+		{root.Child("fifo"),
 			fuse.Attr{Mode: syscall.S_IFIFO | 0o644, Nlink: 1}},
 	}
 	for _, tt := range tests {
@@ -102,7 +114,7 @@ func TestNodeAttr(t *testing.T) {
 		(&node{e: tt.e}).fillAttr(&a)
 		want := tt.want
 		want.Blksize = 4096
-		t0 := tt.e.ModTime
+		t0 := tt.e.ModTime()
 		want.SetTimes(&t0, &t0, &t0)
 		if a != want {
 			t.Errorf("%+v:\n got %+v\nwant %+v", tt.e, a, want)

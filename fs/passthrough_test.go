@@ -138,7 +138,7 @@ func entryAt(t *testing.T, l *layer.Layer, name string) *layer.Entry {
 	t.Helper()
 	e := l.Root()
 	for _, p := range strings.Split(name, "/") {
-		e = e.Children[p]
+		e = e.Child(p)
 		if e == nil {
 			t.Fatalf("no entry %s", name)
 		}
@@ -334,7 +334,8 @@ func TestPassthroughMatchesTar(t *testing.T) {
 	var walk func(e *layer.Entry)
 	seen := map[*layer.Entry]bool{}
 	walk = func(e *layer.Entry) {
-		for _, c := range e.Children {
+		for i := range e.NumChildren() {
+			_, c := e.ChildAt(i)
 			if seen[c] {
 				continue
 			}
@@ -351,7 +352,7 @@ func TestPassthroughMatchesTar(t *testing.T) {
 	for _, e := range files {
 		for !m.disk.HasWhole(string(e.Digest())) {
 			if time.Now().After(deadline) {
-				t.Fatalf("no copy of %s", e.Path)
+				t.Fatalf("no copy of %s", e.Path())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

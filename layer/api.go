@@ -7,7 +7,6 @@ package layer
 import (
 	"context"
 	"errors"
-	"time"
 )
 
 // ErrNoFormat says the blob ends in the footer of no format served lazily
@@ -53,7 +52,7 @@ type Cache interface {
 
 // EntryType is the kind of a view entry (hard links are not a type: the
 // same *Entry appears under each of its names).
-type EntryType int
+type EntryType uint8
 
 const (
 	TypeDir EntryType = iota
@@ -63,26 +62,3 @@ const (
 	TypeBlock
 	TypeFIFO
 )
-
-// Entry is one inode of the layer view.
-type Entry struct {
-	Name     string // base name under its first parent ("" for the root)
-	Path     string // cleaned path in the layer of the first name ("" for root), no leading "/"
-	Type     EntryType
-	Mode     uint32 // permission bits plus setuid/setgid/sticky (07777), no type bits
-	UID, GID uint32
-	Size     int64 // regular files: content size; symlinks: len(LinkName); else 0
-	ModTime  time.Time
-	LinkName string // symlink target
-	DevMajor uint32
-	DevMinor uint32
-	Xattrs   map[string][]byte // includes trusted.overlay.opaque / user.overlay.opaque = "y" for opaque dirs
-	NLink    uint32            // regular files etc.: number of names; dirs: 2 + subdirectories
-	Children map[string]*Entry // dirs only; hard links share the *Entry
-	Names    []string          // dirs only: child names sorted, for readdir
-
-	// file says where a regular file's content lives in the blob; nil for
-	// other types and for empty files. Unexported so the view stays a plain
-	// value for callers while ReadAt can go straight to the chunks.
-	file *fileChunks
-}

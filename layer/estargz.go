@@ -3,6 +3,7 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,7 +21,7 @@ import (
 // TOC's offset). The TOC digest is the sha256 of the JSON.
 type estargzFormat struct{}
 
-func (estargzFormat) String() string { return "estargz" }
+func (estargzFormat) String() string { return FormatEStargz }
 
 // locateTOC finds the compressed TOC from the footer: from the offset it
 // gives to the footer.
@@ -32,18 +33,24 @@ func (estargzFormat) locateTOC(tail []byte, size int64) (tocRange, bool, error) 
 	return tocRange{start: off, end: size - footerSize, uncompressed: -1}, true, nil
 }
 
-// decodeTOC decompresses the TOC's gzip member, checks the JSON against
-// want and decodes it.
-func (estargzFormat) decodeTOC(compressed []byte, r tocRange, want digest.Digest) (*rawTOC, error) {
-	tocJSON, err := decompressTOC(compressed)
+// decodeTOC builds the tree from the TOC's gzip member, checking that
+// the JSON hashes to want.
+func (estargzFormat) decodeTOC(compressed []byte, r tocRange, want digest.Digest, o options) (*rawTOC, error) {
+	t, got, err := buildFromMember(compressed, want, r.start, o)
 	if err != nil {
 		return nil, err
 	}
-	got := digest.FromBytes(tocJSON)
-	if want != "" && got != want {
-		return nil, fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
+	return &rawTOC{tree: t, digest: got, tocOffset: r.start}, nil
+}
+
+// decodeStored builds the tree from a stored gzip member, which must hash
+// to d.
+func (estargzFormat) decodeStored(member []byte, d digest.Digest, tocOffset int64, o options) (*rawTOC, error) {
+	t, _, err := buildFromMember(member, d, tocOffset, o)
+	if err != nil {
+		return nil, err
 	}
-	return estargzFormat{}.decodeStored(tocJSON, got, r.start)
+	return &rawTOC{tree: t, digest: d, tocOffset: tocOffset, format: estargzFormat{}}, nil
 }
 
 // decompress reads the blob as one gzip stream of many members: the tar,
@@ -52,49 +59,78 @@ func (estargzFormat) decompress(blob io.Reader) (io.ReadCloser, error) {
 	return gzip.NewReader(blob)
 }
 
-// decodeStored decodes TOC JSON already checked against its digest d.
-func (estargzFormat) decodeStored(tocJSON []byte, d digest.Digest, tocOffset int64) (*rawTOC, error) {
-	toc, err := decodeTOC(tocJSON)
-	if err != nil {
-		return nil, fmt.Errorf("TOC %s: %w", d, err)
-	}
-	return &rawTOC{toc: toc, digest: d, tocOffset: tocOffset, json: tocJSON, format: estargzFormat{}}, nil
-}
-
-// decompressTOC returns the JSON bytes of the TOC's gzip+tar member (as
+// buildFromMember builds the tree from the TOC's gzip+tar member (as
 // estargz's GzipDecompressor reads it: one gzip member holding one tar
-// entry named stargz.index.json). The JSON is kept as bytes (not streamed
-// into the decoder) so its digest covers exactly what was stored, like
-// estargz's builder computes it. The tar header gives its size, so it is
-// read into one buffer of that size: growing a buffer the way io.ReadAll
-// does was a third of the time spent opening the python layer's TOC.
-func decompressTOC(compressed []byte) ([]byte, error) {
+// entry named stargz.index.json), checking that the JSON hashes to want
+// (if not ""), and returns it with the JSON's digest. The JSON streams
+// from the decompressor through the hash into the decoder and is never
+// held whole: a few MiB of compressed TOC can hold a GiB of it.
+func buildFromMember(compressed []byte, want digest.Digest, tocOffset int64, o options) (*tree, digest.Digest, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
-		return nil, fmt.Errorf("opening TOC: malformed gzip header: %w", err)
+		return nil, "", fmt.Errorf("opening TOC: malformed gzip header: %w", err)
 	}
 	defer zr.Close()
 	zr.Multistream(false)
 	tr := tar.NewReader(zr)
 	h, err := tr.Next()
 	if err != nil {
-		return nil, fmt.Errorf("opening TOC: no tar header in its gzip stream: %w", err)
+		return nil, "", fmt.Errorf("opening TOC: no tar header in its gzip stream: %w", err)
 	}
 	if h.Name != estargz.TOCTarName {
-		return nil, fmt.Errorf("opening TOC: tar entry is named %q, not %q", h.Name, estargz.TOCTarName)
+		return nil, "", fmt.Errorf("opening TOC: tar entry is named %q, not %q", h.Name, estargz.TOCTarName)
 	}
 	if h.Size > maxTOCJSON {
-		return nil, fmt.Errorf("TOC JSON of %d bytes exceeds the %d byte limit", h.Size, maxTOCJSON)
+		return nil, "", fmt.Errorf("TOC JSON of %d bytes exceeds the %d byte limit", h.Size, maxTOCJSON)
 	}
 	if h.Size > int64(len(compressed))*maxDeflateRatio {
-		// Checked before allocating: a header may claim any size.
-		return nil, fmt.Errorf("TOC tar entry claims %d bytes, more than %d compressed bytes can hold", h.Size, len(compressed))
+		// Checked before reading: a header may claim any size.
+		return nil, "", fmt.Errorf("TOC tar entry claims %d bytes, more than %d compressed bytes can hold", h.Size, len(compressed))
 	}
-	tocJSON := make([]byte, h.Size)
-	if _, err := io.ReadFull(tr, tocJSON); err != nil {
-		return nil, fmt.Errorf("decompressing TOC: %w", err)
+	return buildFromJSON(tr, h.Size, want, tocOffset, o)
+}
+
+// buildFromJSON builds the tree from size bytes of eStargz TOC JSON read
+// from r.
+func buildFromJSON(r io.Reader, size int64, want digest.Digest, tocOffset int64, o options) (*tree, digest.Digest, error) {
+	hash := sha256.New()
+	in := &countingReader{r: io.TeeReader(io.LimitReader(r, size), hash)}
+	b := newBuilder(tocOffset, maxDeflateRatio, o.limits, o.log)
+	defer b.release(0)
+	_, decErr := streamTOC(in, b.add, nil)
+	if errors.Is(decErr, ErrLimit) {
+		return nil, "", decErr // final whatever the digest says, and not worth reading the rest for
 	}
-	return tocJSON, nil
+	// The digest covers every byte, whatever the decoder made of them.
+	if _, err := io.Copy(io.Discard, in); err != nil {
+		return nil, "", fmt.Errorf("decompressing TOC: %w", err)
+	}
+	if in.n != size {
+		return nil, "", fmt.Errorf("decompressing TOC: %d of %d bytes: %w", in.n, size, io.ErrUnexpectedEOF)
+	}
+	got := digest.NewDigest(digest.SHA256, hash)
+	if want != "" && got != want {
+		return nil, "", fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
+	}
+	if decErr != nil {
+		return nil, "", fmt.Errorf("TOC %s: %w", got, decErr)
+	}
+	t, err := b.build()
+	if err != nil {
+		return nil, "", fmt.Errorf("TOC %s: %w", got, err)
+	}
+	return t, got, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // decodeChunk decompresses an eStargz chunk from its gzip member (after

@@ -12,8 +12,8 @@ import (
 // each in a file of its own (estargz.go, zstdchunked.go): where the TOC is,
 // how it is verified and decoded, and how a chunk's compressed bytes become
 // its content. The TOC fetch, the chunk fetch engine, the caches and the
-// trees are the same for all; each format's decodeTOC also builds its chunk
-// index (a chunk's compressed extent), or leaves it to indexChunks.
+// trees are the same for all; each format's decodeTOC feeds its entries to
+// the one tree builder, saying how its chunks' compressed extents end.
 type format interface {
 	String() string
 	// locateTOC finds the compressed TOC from tail, the blob's last bytes
@@ -21,11 +21,12 @@ type format interface {
 	// format's footer.
 	locateTOC(tail []byte, size int64) (r tocRange, ok bool, err error)
 	// decodeTOC verifies the compressed TOC found at r against want (if
-	// not "") and decodes it.
-	decodeTOC(compressed []byte, r tocRange, want digest.Digest) (*rawTOC, error)
-	// decodeStored decodes a TOC as OpenWithTOC returned it (TOC.JSON),
-	// already checked against its digest d; tocOffset is TOC.Offset.
-	decodeStored(b []byte, d digest.Digest, tocOffset int64) (*rawTOC, error)
+	// not "") and builds the tree from it (within o's limits).
+	decodeTOC(compressed []byte, r tocRange, want digest.Digest, o options) (*rawTOC, error)
+	// decodeStored builds the tree from a compressed TOC as OpenWithTOC
+	// returned it (TOC.Member), which must hash to its digest d (else
+	// ErrVerify); tocOffset is TOC.Offset.
+	decodeStored(member []byte, d digest.Digest, tocOffset int64, o options) (*rawTOC, error)
 	// decodeChunk decompresses c from exactly its compressed range
 	// [c.blobOff, c.blobEnd) and verifies it, failing with ErrVerify.
 	decodeChunk(c *chunk, compressed []byte) ([]byte, error)
@@ -49,7 +50,7 @@ type tocRange struct {
 // formatNamed is the format TOC.Format names ("" is eStargz, for records
 // stored before formats had names).
 func formatNamed(name string) (format, error) {
-	if name == "" {
+	if name == "" || name == FormatEStargz {
 		return estargzFormat{}, nil
 	}
 	for _, f := range formats {
@@ -58,6 +59,17 @@ func formatNamed(name string) (format, error) {
 		}
 	}
 	return nil, fmt.Errorf("unknown TOC format %q", name)
+}
+
+// Decompress reads blob, a whole blob in the format Layer.Format names
+// from its start, as the uncompressed layer tar (what the diff_id is the
+// digest of).
+func Decompress(format string, blob io.Reader) (io.ReadCloser, error) {
+	f, err := formatNamed(format)
+	if err != nil {
+		return nil, err
+	}
+	return f.decompress(blob)
 }
 
 // TOCDigestFromAnnotations returns the TOC digest a manifest layer's

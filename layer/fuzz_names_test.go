@@ -42,17 +42,18 @@ func checkNames(t *testing.T, l *Layer) {
 			continue
 		}
 		seen[e] = true
-		if strings.HasPrefix(e.Path, "/") {
-			t.Fatalf("absolute path %q in the view", e.Path)
+		if strings.HasPrefix(e.Path(), "/") {
+			t.Fatalf("absolute path %q in the view", e.Path())
 		}
-		for _, el := range strings.Split(e.Path, "/") {
-			if el == ".." || (el == "." && e.Path != "") {
-				t.Fatalf("path %q in the view has a %q element", e.Path, el)
+		for _, el := range strings.Split(e.Path(), "/") {
+			if el == ".." || (el == "." && e.Path() != "") {
+				t.Fatalf("path %q in the view has a %q element", e.Path(), el)
 			}
 		}
-		for name, c := range e.Children {
+		for i := range e.NumChildren() {
+			name, c := e.ChildAt(i)
 			if name == "" || name == "." || name == ".." || strings.Contains(name, "/") || strings.ContainsRune(name, 0) {
-				t.Fatalf("directory %q has a child named %q", e.Path, name)
+				t.Fatalf("directory %q has a child named %q", e.Path(), name)
 			}
 			stack = append(stack, c)
 		}
@@ -70,9 +71,10 @@ func FuzzOpenStored(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Add(toc.JSON, toc.Offset, true)
-	f.Add(toc.JSON, int64(len(data)), true)
-	f.Add(toc.JSON, toc.Offset, false)
+	tocJSON := memberJSON(f, toc.Member)
+	f.Add(tocJSON, toc.Offset, true)
+	f.Add(tocJSON, int64(len(data)), true)
+	f.Add(tocJSON, toc.Offset, false)
 	for _, s := range hostileTOCSeeds {
 		f.Add([]byte(s), toc.Offset, true)
 	}

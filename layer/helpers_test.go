@@ -83,7 +83,7 @@ func lookup(t testing.TB, l *Layer, p string) *Entry {
 	start := 0
 	for i := 0; i <= len(p); i++ {
 		if i == len(p) || p[i] == '/' {
-			e = e.Children[p[start:i]]
+			e = e.Child(p[start:i])
 			if e == nil {
 				t.Fatalf("no entry %q", p)
 			}
@@ -110,12 +110,12 @@ func viewOf(t testing.TB, l *Layer, hash bool) fstest.View {
 		e := it.e
 		fe := &fstest.Entry{
 			Path: it.p, Mode: e.Mode, UID: e.UID, GID: e.GID, Size: e.Size,
-			ModTime: e.ModTime.Unix(), LinkName: e.LinkName, DevMajor: e.DevMajor, DevMinor: e.DevMinor,
+			ModTime: e.ModTime().Unix(), LinkName: e.LinkName(), DevMajor: e.DevMajor(), DevMinor: e.DevMinor(),
 			NLink: e.NLink,
 		}
 		fe.Type = map[EntryType]string{TypeDir: "dir", TypeReg: "reg", TypeSymlink: "symlink",
 			TypeChar: "char", TypeBlock: "block", TypeFIFO: "fifo"}[e.Type]
-		for k, val := range e.Xattrs {
+		for k, val := range e.Xattrs() {
 			if fe.Xattrs == nil {
 				fe.Xattrs = map[string]string{}
 			}
@@ -131,12 +131,13 @@ func viewOf(t testing.TB, l *Layer, hash bool) fstest.View {
 		}
 		v[it.p] = fe
 		if e.Type == TypeDir {
-			for _, name := range e.Names {
+			for i := range e.NumChildren() {
+				name, c := e.ChildAt(i)
 				p := name
 				if it.p != "" {
 					p = it.p + "/" + name
 				}
-				stack = append(stack, item{p, e.Children[name]})
+				stack = append(stack, item{p, c})
 			}
 		} else {
 			names[e] = append(names[e], it.p)
@@ -195,4 +196,22 @@ func gzipMember(t testing.TB, b []byte) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// memberJSON is the TOC JSON inside a TOC's gzip member.
+func memberJSON(t testing.TB, member []byte) []byte {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(member))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	if _, err := tr.Next(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -76,7 +76,7 @@ func TestHandmadeTOC(t *testing.T) {
 		}
 	}
 	// The root and "a" were implicit.
-	if root := l.Root(); root.Mode != 0o755 || root.NLink != 3 || root.ModTime.Unix() != 0 {
+	if root := l.Root(); root.Mode != 0o755 || root.NLink != 3 || root.ModTime().Unix() != 0 {
 		t.Errorf("implicit root: %+v", root)
 	}
 }
@@ -312,7 +312,7 @@ func TestDuplicateNamesLastWins(t *testing.T) {
 	if b := lookup(t, l, "b"); b.Type != TypeSymlink {
 		t.Errorf("b is %v, want the later symlink", b.Type)
 	}
-	if a := lookup(t, l, "a"); a.Mode != 0o700 || a.UID != 5 || a.Children["f"] == nil {
+	if a := lookup(t, l, "a"); a.Mode != 0o700 || a.UID != 5 || a.Child("f") == nil {
 		t.Errorf("a: %+v, want the later dir entry keeping its children", a)
 	}
 }
@@ -365,17 +365,16 @@ func readAll(t *testing.T, l *Layer) {
 		e := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		if seen[e] {
-			t.Fatalf("entry %q reachable twice as a directory", e.Path)
+			t.Fatalf("entry %q reachable twice as a directory", e.Path())
 		}
 		seen[e] = true
 		l.CompressedRange(e)
 		switch e.Type {
 		case TypeDir:
-			if len(e.Names) != len(e.Children) {
-				t.Fatalf("%q: %d names, %d children", e.Path, len(e.Names), len(e.Children))
-			}
-			for _, n := range e.Names {
-				if c := e.Children[n]; c.Type == TypeDir {
+			for i := range e.NumChildren() {
+				if n, c := e.ChildAt(i); e.Child(n) != c {
+					t.Fatalf("%q: child %q not found by name", e.Path(), n)
+				} else if c.Type == TypeDir {
 					stack = append(stack, c)
 				} else if !seen[c] {
 					seen[c] = true
@@ -383,7 +382,7 @@ func readAll(t *testing.T, l *Layer) {
 						p := make([]byte, c.Size+1)
 						n, err := l.ReadAt(context.Background(), c, p, 0)
 						if err == nil || (errors.Is(err, io.EOF) && int64(n) != c.Size) {
-							t.Fatalf("%q: read %d of %d bytes, %v", c.Path, n, c.Size, err)
+							t.Fatalf("%q: read %d of %d bytes, %v", c.Path(), n, c.Size, err)
 						}
 					}
 				}

@@ -2,7 +2,6 @@ package layer
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -11,16 +10,15 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Layer is one opened blob (eStargz or zstd:chunked): its view and the means to read file
-// contents from it. It is safe for concurrent use.
+// Layer is one opened blob (eStargz or zstd:chunked): its view and the
+// means to read file contents from it. It is safe for concurrent use.
 type Layer struct {
-	format      format
-	blob        BlobReader
-	cache       Cache
-	log         *logrus.Entry
-	root        *Entry
-	tocDigest   digest.Digest
-	prioritized []*Entry
+	format    format
+	blob      BlobReader
+	cache     Cache
+	log       *logrus.Entry
+	tree      *tree
+	tocDigest digest.Digest
 
 	// tail holds blob bytes [tailStart, tailStart+len(tail)) fetched with
 	// the TOC; chunks in it are not fetched again (on a first attempt: a
@@ -38,12 +36,48 @@ type Layer struct {
 
 	whole atomic.Pointer[WholeFiles] // whole-file copies (SetWholeFiles); nil: none
 
+	rec *recorder // the startup window's needs (see Recorded)
+
 	readahead    atomic.Int64 // see SetReadahead; 0: off
 	readingAhead atomic.Bool  // one read-ahead at a time
 	blobOrder    struct {     // every chunk by blob offset, for readAhead
 		once   sync.Once
 		chunks []*chunk
 	}
+}
+
+// Option adjusts how a layer is opened.
+type Option func(*options)
+
+type options struct {
+	limits       Limits
+	log          *logrus.Entry
+	zstdPosition *ManifestPosition
+}
+
+// WithLimits bounds what the layer's tree may cost (see Limits); a layer
+// over a limit fails to open with an error that wraps ErrLimit.
+func WithLimits(l Limits) Option { return func(o *options) { o.limits = l } }
+
+// WithAnnotations passes the layer's annotations from the image manifest:
+// a zstd:chunked layer's manifest position there is used instead of the
+// footer, and the manifest is fetched with one exact request. (The TOC
+// digest to verify against is Open's argument: which annotation the
+// client's lookup is trusted through is the caller's decision.)
+func WithAnnotations(ann map[string]string) Option {
+	return func(o *options) {
+		if _, pos, ok, err := ZstdChunkedAnnotations(ann); ok && err == nil {
+			o.zstdPosition = pos
+		}
+	}
+}
+
+func newOptions(log *logrus.Entry, opts []Option) options {
+	o := options{log: log}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
 }
 
 // Open reads the footer and TOC of an eStargz or zstd:chunked blob and
@@ -59,67 +93,38 @@ type Layer struct {
 // always verified against the TOC's digests when read. A blob without the
 // footer of either format gives ErrNoFormat. c may be nil (no caching);
 // log may be nil.
-func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry) (*Layer, error) {
-	c, log = defaults(c, log)
-	if tocDigest != "" {
-		if err := tocDigest.Validate(); err != nil {
-			return nil, fmt.Errorf("expected TOC digest %q: %w", tocDigest, err)
-		}
-	}
-
-	raw, err := readTOCVerified(ctx, blob, tocDigest, nil, log)
-	if err != nil {
-		return nil, err
-	}
-	if tocDigest == "" {
-		log.WithField("toc_digest", raw.digest).Debug("no TOC digest to check against: trusting the TOC as read")
-	}
-	return fromRaw(raw, blob, c, log)
+func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry, opts ...Option) (*Layer, error) {
+	l, _, err := OpenWithTOC(ctx, blob, tocDigest, c, log, opts...)
+	return l, err
 }
 
-// fromRaw builds the Layer from a decoded TOC, however it was obtained.
-func fromRaw(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) (*Layer, error) {
+// newLayer makes the Layer for a built tree, however it was obtained.
+func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
 	log = log.WithField("toc_digest", raw.digest)
-	for i, te := range raw.toc.Entries {
-		if te == nil {
-			return nil, fmt.Errorf("TOC %s: entry %d is null", raw.digest, i)
-		}
-	}
-	files, f := raw.files, raw.format
+	f := raw.format
 	if f == nil {
 		f = estargzFormat{}
 	}
-	if files == nil {
-		var err error
-		if files, err = indexChunks(raw.toc.Entries, raw.tocOffset); err != nil {
-			return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
-		}
-	}
-	v, err := buildView(raw.toc.Entries, files, log)
-	if err != nil {
-		return nil, fmt.Errorf("TOC %s: %w", raw.digest, err)
-	}
-	log.WithFields(logrus.Fields{"entries": len(raw.toc.Entries), "format": f}).Debug("opened layer")
+	log.WithFields(logrus.Fields{"entries": len(raw.tree.entries), "tree_bytes": raw.tree.bytes, "format": f}).Debug("opened layer")
 	return &Layer{
 		format:      f,
 		blob:        blob,
 		cache:       c,
 		log:         log,
-		root:        v.root,
+		tree:        raw.tree,
 		tocDigest:   raw.digest,
-		prioritized: v.prioritized,
 		inflight:    map[chunkKey]*flight{},
+		rec:         newRecorder(),
 		tail:        raw.chunkTail,
 		tailStart:   raw.chunkTailStart,
 		fetchedTail: raw.fetchedTail,
-	}, nil
+	}
 }
 
-// Format names the blob's format: "estargz" or FormatZstdChunked.
+// Format names the blob's format: FormatEStargz or FormatZstdChunked.
 func (l *Layer) Format() string { return l.format.String() }
 
-// Decompress reads blob, the whole blob of this layer from its start, as
-// the uncompressed layer tar (what the diff_id is the digest of).
+// Decompress is the package's Decompress in this layer's format.
 func (l *Layer) Decompress(blob io.Reader) (io.ReadCloser, error) { return l.format.decompress(blob) }
 
 // FetchedTail returns the blob's bytes [off, size) that Open fetched with
@@ -129,16 +134,28 @@ func (l *Layer) Decompress(blob io.Reader) (io.ReadCloser, error) { return l.for
 func (l *Layer) FetchedTail() (off int64, b []byte) { return l.tailStart, l.fetchedTail }
 
 // Root returns the root directory of the view.
-func (l *Layer) Root() *Entry { return l.root }
+func (l *Layer) Root() *Entry { return l.tree.root() }
 
-// TOCDigest returns the sha256 of the TOC JSON as read from the blob.
+// Entries is how many entries the view has.
+func (l *Layer) Entries() int { return len(l.tree.entries) }
+
+// TreeBytes is what the view's tables take in memory (what was reserved
+// for them through Limits.Reserve).
+func (l *Layer) TreeBytes() int64 { return l.tree.bytes }
+
+// TOCDigest returns the TOC digest as read from the blob (eStargz: the
+// sha256 of the TOC JSON; zstd:chunked: of the compressed manifest).
 func (l *Layer) TOCDigest() digest.Digest { return l.tocDigest }
 
 // Prioritized lists the regular files that come before the
 // .prefetch.landmark entry in blob order (empty if there is none): the
 // files the image builder expects to be read first.
 func (l *Layer) Prioritized() []*Entry {
-	return append([]*Entry(nil), l.prioritized...)
+	out := make([]*Entry, len(l.tree.prioritized))
+	for i, e := range l.tree.prioritized {
+		out[i] = &l.tree.entries[e]
+	}
+	return out
 }
 
 // CompressedRange gives the [start, end) compressed byte range of the blob
@@ -147,7 +164,7 @@ func (l *Layer) CompressedRange(e *Entry) (start, end int64) {
 	if e == nil || e.Type != TypeReg {
 		return 0, 0
 	}
-	return e.file.span()
+	return e.file().span()
 }
 
 type nopCache struct{}

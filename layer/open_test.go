@@ -72,11 +72,11 @@ func TestViewDetails(t *testing.T) {
 	l := s.l
 
 	root := l.Root()
-	if root.Mode != 0o751 || root.ModTime.Unix() != 1600000000 || root.Name != "" || root.Path != "" {
-		t.Errorf("root: mode %o mtime %v name %q path %q", root.Mode, root.ModTime, root.Name, root.Path)
+	if root.Mode != 0o751 || root.ModTime().Unix() != 1600000000 || root.Name() != "" || root.Path() != "" {
+		t.Errorf("root: mode %o mtime %v name %q path %q", root.Mode, root.ModTime(), root.Name(), root.Path())
 	}
 	for _, hidden := range []string{estargz.PrefetchLandmark, estargz.NoPrefetchLandmark, "etc/.wh.removed", "opq/.wh..wh..opq"} {
-		if _, ok := root.Children[hidden]; ok {
+		if root.Child(hidden) != nil {
 			t.Errorf("%s is visible", hidden)
 		}
 	}
@@ -85,12 +85,12 @@ func TestViewDetails(t *testing.T) {
 	if lookup(t, l, fstest.SampleHardLink) != sh || lookup(t, l, "bin/sh2") != sh {
 		t.Error("hard links do not share one *Entry")
 	}
-	if sh.NLink != 3 || sh.Path != fstest.SampleLinkedTo {
-		t.Errorf("bin/sh: nlink %d path %q, want 3 %q", sh.NLink, sh.Path, fstest.SampleLinkedTo)
+	if sh.NLink != 3 || sh.Path() != fstest.SampleLinkedTo {
+		t.Errorf("bin/sh: nlink %d path %q, want 3 %q", sh.NLink, sh.Path(), fstest.SampleLinkedTo)
 	}
 
 	wo := lookup(t, l, "etc/removed")
-	if wo.Type != TypeChar || wo.DevMajor != 0 || wo.DevMinor != 0 || wo.Mode != 0 {
+	if wo.Type != TypeChar || wo.DevMajor() != 0 || wo.DevMinor() != 0 || wo.Mode != 0 {
 		t.Errorf("whiteout: %+v", wo)
 	}
 	if gone := lookup(t, l, "implicit-wo/gone"); gone.UID != 7 || gone.GID != 8 || gone.Mode != 0o600 {
@@ -101,28 +101,28 @@ func TestViewDetails(t *testing.T) {
 	}
 	opq := lookup(t, l, "opq")
 	for _, k := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
-		if string(opq.Xattrs[k]) != "y" {
-			t.Errorf("opq: %s=%q", k, opq.Xattrs[k])
+		if string(opq.Xattrs()[k]) != "y" {
+			t.Errorf("opq: %s=%q", k, opq.Xattrs()[k])
 		}
 	}
 
 	impl := lookup(t, l, "implicit/a")
-	if impl.Type != TypeDir || impl.Mode != 0o755 || impl.UID != 0 || impl.ModTime.Unix() != 0 || impl.NLink != 3 {
+	if impl.Type != TypeDir || impl.Mode != 0o755 || impl.UID != 0 || impl.ModTime().Unix() != 0 || impl.NLink != 3 {
 		t.Errorf("implicit dir: %+v", impl)
 	}
-	if old := lookup(t, l, "old"); old.ModTime.Unix() != 0 {
-		t.Errorf("mtime 0 became %v", old.ModTime)
+	if old := lookup(t, l, "old"); old.ModTime().Unix() != 0 {
+		t.Errorf("mtime 0 became %v", old.ModTime())
 	}
-	if f := lookup(t, l, "future"); f.ModTime.Year() != 2200 {
-		t.Errorf("year 2200 became %v", f.ModTime)
+	if f := lookup(t, l, "future"); f.ModTime().Year() != 2200 {
+		t.Errorf("year 2200 became %v", f.ModTime())
 	}
-	if x := lookup(t, l, fstest.SampleXattrFile); !bytes.Equal(x.Xattrs["user.bin"], []byte{0, 1, 0xfe, 0xff}) {
-		t.Errorf("binary xattr: %q", x.Xattrs["user.bin"])
+	if x := lookup(t, l, fstest.SampleXattrFile); !bytes.Equal(x.Xattrs()["user.bin"], []byte{0, 1, 0xfe, 0xff}) {
+		t.Errorf("binary xattr: %q", x.Xattrs()["user.bin"])
 	}
 	etc := lookup(t, l, "etc")
-	for i := 1; i < len(etc.Names); i++ {
-		if etc.Names[i-1] >= etc.Names[i] {
-			t.Errorf("etc names not sorted: %q", etc.Names)
+	for i := 1; i < etc.NumChildren(); i++ {
+		if a, _ := etc.ChildAt(i - 1); a >= func() string { b, _ := etc.ChildAt(i); return b }() {
+			t.Errorf("etc names not sorted at %d: %q", i, a)
 		}
 	}
 	if l.TOCDigest() != s.toc {
@@ -169,7 +169,7 @@ func TestOpenLargeTOC(t *testing.T) {
 	if got := blob.Reads(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("reads %v, want %v", got, want)
 	}
-	if n := len(l.Root().Names); n != 40000 {
+	if n := l.Root().NumChildren(); n != 40000 {
 		t.Errorf("%d root entries, want 40000", n)
 	}
 }

@@ -47,7 +47,7 @@ type FetchStats struct {
 // fetching it itself. It returns when all pieces are done; the error is
 // the first failure (the other pieces are still fetched).
 func (l *Layer) Prefetch(ctx context.Context) (FetchStats, error) {
-	return l.fetchEntries(ctx, l.prioritized, prefetchPiece, prefetchParallel, false)
+	return l.fetchEntries(ctx, l.Prioritized(), prefetchPiece, prefetchParallel, false)
 }
 
 // FetchAll fetches the content of every file of the layer into the cache,
@@ -63,22 +63,21 @@ func (l *Layer) FetchAll(ctx context.Context) (FetchStats, error) {
 // the blob, each once (hard links share theirs).
 func (l *Layer) contentFiles() []*Entry {
 	var files []*Entry
-	seen := map[*fileChunks]bool{}
+	seen := map[*Entry]bool{}
 	var walk func(e *Entry)
 	walk = func(e *Entry) {
-		for _, name := range e.Names {
-			c := e.Children[name]
+		for i := range e.NumChildren() {
+			_, c := e.ChildAt(i)
 			switch {
-			case c == nil:
 			case c.Type == TypeDir:
 				walk(c)
-			case c.Type == TypeReg && c.file != nil && !seen[c.file]:
-				seen[c.file] = true
+			case c.Type == TypeReg && c.b > 0 && !seen[c]:
+				seen[c] = true
 				files = append(files, c)
 			}
 		}
 	}
-	walk(l.root)
+	walk(l.Root())
 	return files
 }
 
@@ -97,11 +96,11 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	seen := map[chunkKey]bool{}
 	var chunks []*chunk
 	for _, e := range entries {
-		if e == nil || e.file == nil {
+		if e == nil || e.file() == nil {
 			continue
 		}
 		st.Files++
-		for _, c := range e.file.chunks {
+		for _, c := range e.file().chunks {
 			if c.digest == "" || c.size > maxChunkSize || seen[c.key()] {
 				continue // ReadAt refuses these anyway
 			}
@@ -131,7 +130,15 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	if len(cur) > 0 {
 		pieces = append(pieces, cur)
 	}
+	return st, l.fetchPieces(ctx, "(prefetch)", pieces, parallel, yield)
+}
 
+// fetchPieces fetches pieces (each a set of chunks, coalesced into as few
+// range requests as touch) in order, parallel pieces at a time, through
+// the singleflight; with yield a piece waits until no ReadAt is in
+// progress. The error is the first failure (later pieces are still
+// fetched).
+func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk, parallel int, yield bool) error {
 	work := make(chan []*chunk)
 	var mu sync.Mutex
 	var firstErr error
@@ -144,7 +151,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 				if yield {
 					l.waitIdle(ctx)
 				}
-				if _, err := l.getChunks(ctx, "(prefetch)", p, false); err != nil {
+				if _, err := l.getChunks(ctx, path, p, false); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -165,7 +172,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()
 	}
-	return st, firstErr
+	return firstErr
 }
 
 // waitIdle returns once no ReadAt is in progress (or ctx ends).
@@ -223,9 +230,9 @@ const headGap = 64 << 10
 // further for Prefetch. It is 0 when nothing is prioritized.
 func (l *Layer) PrioritizedHead() int64 {
 	var chunks []*chunk
-	for _, e := range l.prioritized {
-		if e.file != nil {
-			chunks = append(chunks, e.file.chunks...)
+	for _, e := range l.Prioritized() {
+		if e.file() != nil {
+			chunks = append(chunks, e.file().chunks...)
 		}
 	}
 	sortByBlobOffset(chunks)

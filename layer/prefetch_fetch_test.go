@@ -102,7 +102,7 @@ func buildBigLayer(t *testing.T, prioritize bool) *builtBigLayer {
 func (b *bigLayer) span(t *testing.T, name string) int64 {
 	tailEnd := b.l.tailStart + int64(len(b.l.tail))
 	var n int64
-	for _, c := range lookup(t, b.l, name).file.chunks {
+	for _, c := range lookup(t, b.l, name).file().chunks {
 		// Bytes Open fetched with the TOC are not fetched again; a chunk
 		// straddling the tail's start costs only its part before it.
 		end := c.blobEnd

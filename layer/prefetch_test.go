@@ -25,7 +25,7 @@ func TestPrioritized(t *testing.T) {
 			s := openSample(t, tt.opts...)
 			var got []string
 			for _, e := range s.l.Prioritized() {
-				got = append(got, e.Path)
+				got = append(got, e.Path())
 			}
 			if len(got) != len(tt.want) {
 				t.Fatalf("Prioritized = %q, want %q", got, tt.want)
@@ -73,16 +73,16 @@ func TestPrioritizedHead(t *testing.T) {
 				}
 				return
 			}
-			inHead := map[*fileChunks]bool{}
+			inHead := map[*Entry]bool{}
 			for _, e := range s.l.Prioritized() {
-				inHead[e.file] = true
-				if _, fend := e.file.span(); fend > end {
-					t.Errorf("%s ends at %d, past the head's %d", e.Path, fend, end)
+				inHead[e] = true
+				if _, fend := e.file().span(); fend > end {
+					t.Errorf("%s ends at %d, past the head's %d", e.Path(), fend, end)
 				}
 			}
 			for _, e := range s.l.contentFiles() {
-				if start, _ := e.file.span(); !inHead[e.file] && start < end {
-					t.Errorf("%s (not prioritized) starts at %d, inside the head [0, %d)", e.Path, start, end)
+				if start, _ := e.file().span(); !inHead[e] && start < end {
+					t.Errorf("%s (not prioritized) starts at %d, inside the head [0, %d)", e.Path(), start, end)
 				}
 			}
 		})

@@ -26,7 +26,7 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 		return 0, fmt.Errorf("reading %q: not a regular file", entryPath(e))
 	}
 	if off < 0 {
-		return 0, fmt.Errorf("reading %q: negative offset %d", e.Path, off)
+		return 0, fmt.Errorf("reading %q: negative offset %d", e.Path(), off)
 	}
 	if off >= e.Size {
 		return 0, io.EOF
@@ -35,40 +35,42 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 		return 0, nil
 	}
 	end := min(off+int64(len(p)), e.Size)
-	if e.file == nil {
-		return 0, fmt.Errorf("reading %q: entry has no chunk index (not from this layer?)", e.Path)
+	f := e.file()
+	if f == nil {
+		return 0, fmt.Errorf("reading %q: entry has no chunk index (not from this layer?)", e.Path())
 	}
 
-	chunks := e.file.chunks[e.file.find(off) : e.file.find(end-1)+1]
+	chunks := f.chunks[f.find(off) : f.find(end-1)+1]
 	for _, c := range chunks {
 		if c.digest == "" {
-			return 0, fmt.Errorf("reading %q at %d: the TOC has no digest for the chunk at %d: %w", e.Path, off, c.fileOff, ErrVerify)
+			return 0, fmt.Errorf("reading %q at %d: the TOC has no digest for the chunk at %d: %w", e.Path(), off, c.fileOff, ErrVerify)
 		}
 		if c.size > maxChunkSize {
-			return 0, fmt.Errorf("reading %q at %d: chunk at %d has %d bytes, more than the %d this reader holds in memory", e.Path, off, c.fileOff, c.size, maxChunkSize)
+			return 0, fmt.Errorf("reading %q at %d: chunk at %d has %d bytes, more than the %d this reader holds in memory", e.Path(), off, c.fileOff, c.size, maxChunkSize)
 		}
 	}
 
+	l.rec.note(chunks)
 	began := time.Now()
 	if w := l.whole.Load(); w != nil {
 		w.readSeen(began)
 	}
 	l.reading.Add(1)
-	data, err := l.getChunks(ctx, e.Path, chunks, true)
+	data, err := l.getChunks(ctx, e.Path(), chunks, true)
 	l.reading.Add(-1)
 	if waited := time.Since(began); waited >= slowRead && l.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 		// Which reads a starting container waits on, and for how long:
 		// what an optimized image's prefetch order should fix.
-		l.log.WithFields(logrus.Fields{"path": e.Path, "offset": off, "bytes": end - off, "waited": waited.Round(time.Microsecond)}).
+		l.log.WithFields(logrus.Fields{"path": e.Path(), "offset": off, "bytes": end - off, "waited": waited.Round(time.Microsecond)}).
 			Debug("read waited for chunks")
 	}
 	if err != nil {
-		return 0, fmt.Errorf("reading %q at %d: %w", e.Path, off, err)
+		return 0, fmt.Errorf("reading %q at %d: %w", e.Path(), off, err)
 	}
 	for _, c := range chunks {
 		b := data[c.key()]
 		if int64(len(b)) != c.size {
-			return 0, fmt.Errorf("reading %q at %d: chunk at %d came back with %d of %d bytes", e.Path, off, c.fileOff, len(b), c.size)
+			return 0, fmt.Errorf("reading %q at %d: chunk at %d came back with %d of %d bytes", e.Path(), off, c.fileOff, len(b), c.size)
 		}
 		// Copy the part of the chunk that overlaps [off, end).
 		from := max(off, c.fileOff)
@@ -86,7 +88,7 @@ func entryPath(e *Entry) string {
 	if e == nil {
 		return "<nil>"
 	}
-	return e.Path
+	return e.Path()
 }
 
 // getChunks returns the verified contents of chunks, keyed by digest, from

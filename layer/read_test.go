@@ -82,8 +82,8 @@ func TestReadFetchesCompressedRange(t *testing.T) {
 	if start <= 0 || end <= start || end > s.blob.Size() {
 		t.Fatalf("CompressedRange = [%d, %d)", start, end)
 	}
-	if len(e.file.chunks) < 5 {
-		t.Fatalf("%s has %d chunks; the test needs several", e.Path, len(e.file.chunks))
+	if len(e.file().chunks) < 5 {
+		t.Fatalf("%s has %d chunks; the test needs several", e.Path(), len(e.file().chunks))
 	}
 
 	s.blob.ResetStats()
@@ -106,7 +106,7 @@ func TestReadFetchesCompressedRange(t *testing.T) {
 	// A read within one chunk of a fresh layer fetches just that chunk.
 	s2 := openSample(t, buildOptions[0].opts...)
 	e2 := lookup(t, s2.l, fstest.SampleBigFile)
-	c := e2.file.chunks[2]
+	c := e2.file().chunks[2]
 	s2.blob.ResetStats()
 	if _, err := s2.l.ReadAt(context.Background(), e2, make([]byte, 10), c.fileOff+5); err != nil {
 		t.Fatal(err)
@@ -134,7 +134,7 @@ func TestCorruptChunk(t *testing.T) {
 	noTail(t)
 	s := openSample(t, buildOptions[0].opts...)
 	e := lookup(t, s.l, fstest.SampleBigFile)
-	c := e.file.chunks[1]
+	c := e.file().chunks[1]
 	s.blob.Flip(c.blobOff + (c.blobEnd-c.blobOff)/2)
 	s.blob.ResetStats()
 
@@ -152,7 +152,7 @@ func TestCorruptChunk(t *testing.T) {
 
 	// Other chunks of the file still read fine; reads spanning the bad
 	// chunk keep failing.
-	if _, err := s.l.ReadAt(context.Background(), e, p, e.file.chunks[3].fileOff); err != nil {
+	if _, err := s.l.ReadAt(context.Background(), e, p, e.file().chunks[3].fileOff); err != nil {
 		t.Errorf("reading a good chunk: %v", err)
 	}
 	if _, err := s.l.ReadAt(context.Background(), e, make([]byte, e.Size), 0); !errors.Is(err, ErrVerify) {
@@ -206,7 +206,7 @@ func TestRefetchAfterBadFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := lookup(t, l, fstest.SampleBigFile)
-	c := e.file.chunks[1]
+	c := e.file().chunks[1]
 	blob.mu.Lock()
 	blob.at = c.blobOff + (c.blobEnd-c.blobOff)/2
 	blob.mu.Unlock()
@@ -320,7 +320,7 @@ func TestSmallLayerServedFromTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	if calls, n := s.blob.Stats(); calls != 0 {
-		t.Errorf("read of %s made %d blob reads (%d bytes), want none", e.Path, calls, n)
+		t.Errorf("read of %s made %d blob reads (%d bytes), want none", e.Path(), calls, n)
 	}
 }
 
@@ -358,7 +358,7 @@ func TestChunkStraddlingTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := lookup(t, probe, fstest.SampleBigFile).file.chunks[1]
+	c := lookup(t, probe, fstest.SampleBigFile).file().chunks[1]
 	mid := c.blobOff + (c.blobEnd-c.blobOff)/2
 
 	old := tailSize

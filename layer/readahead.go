@@ -70,7 +70,7 @@ func (l *Layer) chunksByOffset() []*chunk {
 	l.blobOrder.once.Do(func() {
 		var all []*chunk
 		for _, e := range l.contentFiles() {
-			all = append(all, e.file.chunks...)
+			all = append(all, e.file().chunks...)
 		}
 		sortByBlobOffset(all)
 		l.blobOrder.chunks = all

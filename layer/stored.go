@@ -1,6 +1,7 @@
 package layer
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,79 +11,58 @@ import (
 )
 
 // TOC is what a Layer needs to be opened again without the registry: the
-// TOC exactly as hashed (eStargz: the JSON; zstd:chunked: the compressed
-// manifest), its digest, where it starts in the blob (the end of the last
-// chunk) and its format.
+// TOC's digest, where it starts in the blob (the end of the last chunk),
+// its format, and the TOC itself, as Member (the compressed TOC as found in
+// the blob: eStargz's gzip member, zstd:chunked's compressed manifest; what
+// OpenWithTOC returns, a few bytes per entry) or as JSON (eStargz's JSON
+// exactly as hashed, which records from before Member existed hold).
 type TOC struct {
 	Digest digest.Digest
 	Offset int64
 	Format string // "" for eStargz, FormatZstdChunked
+	Member []byte
 	JSON   []byte
 }
 
-// FormatZstdChunked is TOC.Format for zstd:chunked layers.
-const FormatZstdChunked = "zstd:chunked"
+// FormatZstdChunked is TOC.Format and Layer.Format for zstd:chunked
+// layers; FormatEStargz is Layer.Format for eStargz ones.
+const (
+	FormatZstdChunked = "zstd:chunked"
+	FormatEStargz     = "estargz"
+)
 
 // OpenWithTOC is Open that also returns the TOC it read, for the caller to
 // store and hand to OpenStored after a restart.
-func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry, opts ...OpenOption) (*Layer, TOC, error) {
+func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry, opts ...Option) (*Layer, TOC, error) {
 	c, log = defaults(c, log)
 	if tocDigest != "" {
 		if err := tocDigest.Validate(); err != nil {
 			return nil, TOC{}, fmt.Errorf("expected TOC digest %q: %w", tocDigest, err)
 		}
 	}
-	var o openOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
-	raw, err := readTOCVerified(ctx, blob, tocDigest, o.zstdPosition, log)
+	raw, err := readTOCVerified(ctx, blob, tocDigest, newOptions(log, opts))
 	if err != nil {
 		return nil, TOC{}, err
 	}
-	l, err := fromRaw(raw, blob, c, log)
-	if err != nil {
-		return nil, TOC{}, err
+	if tocDigest == "" {
+		log.WithField("toc_digest", raw.digest).Debug("no TOC digest to check against: trusting the TOC as read")
 	}
-	t := TOC{Digest: raw.digest, Offset: raw.tocOffset, JSON: raw.json}
+	t := TOC{Digest: raw.digest, Offset: raw.tocOffset, Member: raw.member}
 	if _, ok := raw.format.(estargzFormat); !ok {
 		t.Format = raw.format.String()
 	}
-	return l, t, nil
-}
-
-// OpenOption adds to what Open knows about the blob beforehand.
-type OpenOption func(*openOptions)
-
-type openOptions struct {
-	zstdPosition *ManifestPosition
-}
-
-// WithAnnotations passes the layer's annotations from the image manifest:
-// a zstd:chunked layer's manifest position there is used instead of the
-// footer, and the manifest is fetched with one exact request. (The TOC
-// digest to verify against is Open's argument: which annotation the
-// client's lookup is trusted through is the caller's decision.)
-func WithAnnotations(ann map[string]string) OpenOption {
-	return func(o *openOptions) {
-		if _, pos, ok, err := ZstdChunkedAnnotations(ann); ok && err == nil {
-			o.zstdPosition = pos
-		}
-	}
+	return newLayer(raw, blob, c, log), t, nil
 }
 
 // OpenStored builds the Layer from a TOC stored earlier, without reading
-// the blob. The JSON must hash to toc.Digest (else ErrVerify: the record
+// the blob. The TOC must hash to toc.Digest (else ErrVerify: the record
 // was damaged and the caller should drop it and go to the registry), and
 // the offset must leave room for a footer in the blob. Chunks are verified
 // on read as always.
-func OpenStored(blob BlobReader, toc TOC, c Cache, log *logrus.Entry) (*Layer, error) {
+func OpenStored(blob BlobReader, toc TOC, c Cache, log *logrus.Entry, opts ...Option) (*Layer, error) {
 	c, log = defaults(c, log)
 	if err := toc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("stored TOC digest %q: %w", toc.Digest, err)
-	}
-	if got := digest.FromBytes(toc.JSON); got != toc.Digest {
-		return nil, fmt.Errorf("stored TOC JSON hashes to %s, want %s: %w", got, toc.Digest, ErrVerify)
 	}
 	if toc.Offset < 0 || toc.Offset > blob.Size()-legacyFooterSize {
 		return nil, fmt.Errorf("stored TOC offset %d outside the %d byte blob", toc.Offset, blob.Size())
@@ -91,11 +71,22 @@ func OpenStored(blob BlobReader, toc TOC, c Cache, log *logrus.Entry) (*Layer, e
 	if err != nil {
 		return nil, fmt.Errorf("stored TOC %s: %w", toc.Digest, err)
 	}
-	raw, err := f.decodeStored(toc.JSON, toc.Digest, toc.Offset)
-	if err != nil {
-		return nil, fmt.Errorf("stored TOC %s: %w", toc.Digest, err)
+	o := newOptions(log, opts)
+	var raw *rawTOC
+	switch {
+	case toc.Member != nil:
+		raw, err = f.decodeStored(toc.Member, toc.Digest, toc.Offset, o)
+	case f == (estargzFormat{}):
+		var t *tree
+		t, _, err = buildFromJSON(bytes.NewReader(toc.JSON), int64(len(toc.JSON)), toc.Digest, toc.Offset, o)
+		raw = &rawTOC{tree: t, digest: toc.Digest, tocOffset: toc.Offset, format: f}
+	default:
+		err = fmt.Errorf("no %s TOC in the record", f)
 	}
-	return fromRaw(raw, blob, c, log)
+	if err != nil {
+		return nil, fmt.Errorf("stored TOC: %w", err)
+	}
+	return newLayer(raw, blob, c, log), nil
 }
 
 func defaults(c Cache, log *logrus.Entry) (Cache, *logrus.Entry) {

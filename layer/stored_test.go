@@ -18,8 +18,8 @@ func TestOpenStored(t *testing.T) {
 	if err != nil {
 		t.Fatalf("OpenWithTOC: %v", err)
 	}
-	if toc.Digest != tocDigest || toc.Offset <= 0 || len(toc.JSON) == 0 {
-		t.Fatalf("returned TOC: digest %s offset %d, %d JSON bytes", toc.Digest, toc.Offset, len(toc.JSON))
+	if toc.Digest != tocDigest || toc.Offset <= 0 || len(toc.Member) == 0 || toc.JSON != nil {
+		t.Fatalf("returned TOC: digest %s offset %d, %d member bytes, %d JSON bytes", toc.Digest, toc.Offset, len(toc.Member), len(toc.JSON))
 	}
 
 	blob.ResetStats()
@@ -41,13 +41,25 @@ func TestOpenStored(t *testing.T) {
 		t.Errorf("view from stored TOC differs from the tar: %v", d)
 	}
 
+	// Records from before Member existed hold the JSON.
+	asJSON := TOC{Digest: toc.Digest, Offset: toc.Offset, JSON: memberJSON(t, toc.Member)}
+	if fromJSON, err := OpenStored(blob, asJSON, nil, nil); err != nil {
+		t.Errorf("OpenStored from JSON: %v", err)
+	} else if d := fstest.Diff(want, viewOf(t, fromJSON, true)); len(d) != 0 {
+		t.Errorf("view from stored TOC JSON differs from the tar: %v", d)
+	}
+	toc.JSON = asJSON.JSON
 	flipped := append([]byte(nil), toc.JSON...)
+	flippedMember := append([]byte(nil), toc.Member...)
+	flippedMember[len(flippedMember)/2] ^= 1
 	flipped[len(flipped)/2] ^= 1
 	bad := []struct {
 		name    string
 		toc     TOC
 		wantErr error
 	}{
+		{"member damaged", TOC{Digest: toc.Digest, Offset: toc.Offset, Member: flippedMember}, nil},
+		{"member truncated", TOC{Digest: toc.Digest, Offset: toc.Offset, Member: toc.Member[:len(toc.Member)/2]}, nil},
 		{"JSON damaged", TOC{Digest: toc.Digest, Offset: toc.Offset, JSON: flipped}, ErrVerify},
 		{"JSON truncated", TOC{Digest: toc.Digest, Offset: toc.Offset, JSON: toc.JSON[:len(toc.JSON)-1]}, ErrVerify},
 		{"no digest", TOC{Offset: toc.Offset, JSON: toc.JSON}, nil},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -28,17 +27,13 @@ const (
 	maxTOCJSON       = 1 << 30
 )
 
-// rawTOC is the TOC as found in the blob, before the view is built.
+// rawTOC is the TOC as found in the blob, and the tree built from it.
 type rawTOC struct {
-	toc       *estargz.JTOC
-	digest    digest.Digest // sha256 of the JSON bytes
-	tocOffset int64         // where the TOC's gzip member starts: the end of the last chunk
-	json      []byte        // the TOC exactly as hashed, for OpenWithTOC's callers to store
-
-	// format is the blob's; files, if not nil, is the format's own chunk
-	// index (else indexChunks builds eStargz's).
-	format format
-	files  map[int]*fileChunks
+	tree      *tree
+	digest    digest.Digest // the TOC digest (see format.decodeTOC)
+	tocOffset int64         // where the TOC starts: the end of the last chunk
+	member    []byte        // the compressed TOC as in the blob, for OpenWithTOC's callers to store
+	format    format
 
 	// chunkTail is the part of the fetched tail before the TOC: chunk
 	// data already paid for, which for small layers is the whole layer.
@@ -50,18 +45,18 @@ type rawTOC struct {
 }
 
 // readTOC fetches the blob's tail (one ReadAt), finds the footer of one of
-// the formats and returns the decoded TOC. A second ReadAt happens only
-// when the compressed TOC starts before the tail window. With the position
-// of a zstd:chunked manifest (from the annotation), only the manifest is
-// fetched.
-func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, zstdPos *ManifestPosition) (*rawTOC, error) {
+// the formats and builds the tree from the TOC. A second ReadAt happens
+// only when the compressed TOC starts before the tail window. With the
+// position of a zstd:chunked manifest (from the annotation, o.zstdPosition),
+// only the manifest is fetched.
+func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, o options) (*rawTOC, error) {
 	size := blob.Size()
-	if zstdPos != nil {
-		r, err := zstdPos.tocRange(size)
+	if o.zstdPosition != nil {
+		r, err := o.zstdPosition.tocRange(size)
 		if err != nil {
 			return nil, err
 		}
-		return fetchTOC(ctx, blob, zstdChunked{}, r, want, nil, size)
+		return fetchTOC(ctx, blob, zstdChunked{}, r, want, nil, size, o)
 	}
 	if size < minFooterSize {
 		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNoFormat)
@@ -88,15 +83,15 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, zstdPos *
 		if err != nil {
 			return nil, fmt.Errorf("%s footer: %w", f, err)
 		}
-		return fetchTOC(ctx, blob, f, r, want, tail, tailStart)
+		return fetchTOC(ctx, blob, f, r, want, tail, tailStart, o)
 	}
 	return nil, &noFooterError{fmt.Errorf("%w: %w", ErrNoFormat, errors.Join(errs...))}
 }
 
 // fetchTOC fetches the compressed TOC r of a blob in format f, taking what
-// it can from tail (the blob's bytes from tailStart on), and decodes it;
-// the part of tail before the TOC is kept as chunk data.
-func fetchTOC(ctx context.Context, blob BlobReader, f format, r tocRange, want digest.Digest, tail []byte, tailStart int64) (*rawTOC, error) {
+// it can from tail (the blob's bytes from tailStart on), and builds the
+// tree from it; the part of tail before the TOC is kept as chunk data.
+func fetchTOC(ctx context.Context, blob BlobReader, f format, r tocRange, want digest.Digest, tail []byte, tailStart int64, o options) (*rawTOC, error) {
 	if r.start < 0 || r.end < r.start || r.end > blob.Size() {
 		return nil, fmt.Errorf("%s footer puts the TOC at [%d, %d), outside the %d byte blob", f, r.start, r.end, blob.Size())
 	}
@@ -119,14 +114,18 @@ func fetchTOC(ctx context.Context, blob BlobReader, f format, r tocRange, want d
 	if n, ok := blob.(TailNotifier); ok {
 		n.TailRead()
 	}
-	raw, err := f.decodeTOC(compressed, r, want)
+	raw, err := f.decodeTOC(compressed, r, want, o)
 	if err != nil {
 		return nil, err
 	}
 	raw.format = f
+	raw.member = compressed // its own allocation, not the tail's
 	if raw.tocOffset > tailStart && len(tail) > 0 {
-		raw.chunkTail = tail[:raw.tocOffset-tailStart]
 		raw.chunkTailStart = tailStart
+		// The whole tail stays (at most tailSize bytes, and only while the
+		// tree is in memory): its chunks serve reads, and the blob file
+		// serves all of it, TOC and footer included, without a refetch.
+		raw.chunkTail = tail[:raw.tocOffset-tailStart]
 		raw.fetchedTail = tail
 	}
 	return raw, nil

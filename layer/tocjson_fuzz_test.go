@@ -2,6 +2,7 @@ package layer
 
 import (
 	"encoding/json"
+	"errors"
 	"reflect"
 	"testing"
 
@@ -33,11 +34,14 @@ func FuzzDecodeTOCMatchesEncodingJSON(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	data, _ := fstest.EStargz(f, fstest.SampleTar(f))
-	if raw, err := readTOC(f.Context(), fstest.NewMemBlob(data), "", nil); err == nil {
-		f.Add(raw.json)
+	if raw, err := readTOC(f.Context(), fstest.NewMemBlob(data), "", options{}); err == nil {
+		f.Add(memberJSON(f, raw.member))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, gotErr := decodeTOC(b)
+		if errors.Is(gotErr, errTwoEntryLists) {
+			t.Skip("refused on purpose: encoding/json merges the lists")
+		}
 		want := new(estargz.JTOC)
 		wantErr := json.Unmarshal(b, want)
 		switch {

@@ -31,12 +31,13 @@ func (e *noFooterError) Unwrap() error { return e.err }
 // A blob with no footer of any format costs one small tail read when no
 // TOC digest is expected (nothing claimed it is served lazily), and
 // verifyAttempts tail reads when one is.
-func readTOCVerified(ctx context.Context, blob BlobReader, want digest.Digest, pos *ManifestPosition, log *logrus.Entry) (*rawTOC, error) {
+func readTOCVerified(ctx context.Context, blob BlobReader, want digest.Digest, o options) (*rawTOC, error) {
+	log := o.log
 	for attempt := 1; ; attempt++ {
-		raw, err := readTOC(ctx, blob, want, pos)
+		raw, err := readTOC(ctx, blob, want, o)
 		var fe *fetchError
 		var nf *noFooterError
-		if err == nil || errors.As(err, &fe) || (want == "" && errors.As(err, &nf)) || attempt >= verifyAttempts || ctx.Err() != nil {
+		if err == nil || errors.As(err, &fe) || errors.Is(err, ErrLimit) || (want == "" && errors.As(err, &nf)) || attempt >= verifyAttempts || ctx.Err() != nil {
 			return raw, err
 		}
 		if blob.Size() < legacyFooterSize {

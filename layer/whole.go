@@ -227,10 +227,13 @@ func (w *WholeFiles) Stats() WholeStats {
 // the TOC gives no digest or one of another algorithm.
 func (e *Entry) Digest() digest.Digest {
 	// Algorithm panics on "": test for it first.
-	if e == nil || e.Type != TypeReg || e.file == nil || e.file.digest == "" || e.file.digest.Algorithm() != digest.SHA256 {
+	if e == nil || e.Type != TypeReg || e.file() == nil {
 		return ""
 	}
-	return e.file.digest
+	if d := e.file().digest; d != "" && d.Algorithm() == digest.SHA256 {
+		return d
+	}
+	return ""
 }
 
 // SetWholeFiles makes the layer keep whole-file copies through w (nil:
@@ -242,10 +245,10 @@ func (l *Layer) SetWholeFiles(w *WholeFiles) { l.whole.Store(w) }
 // layer's cache. It only asks the cache's index (cache.Peeker), reading
 // and verifying nothing; a cache that cannot tell counts as a miss.
 func (l *Layer) ChunksCached(e *Entry) bool {
-	if e == nil || e.Type != TypeReg || e.file == nil {
+	if e == nil || e.Type != TypeReg || e.file() == nil {
 		return false
 	}
-	for _, c := range e.file.chunks {
+	for _, c := range e.file().chunks {
 		if c.digest == "" || !l.cached(c) {
 			return false
 		}
@@ -330,7 +333,7 @@ func (w *WholeFiles) materialize(j wholeJob) {
 	if w.store.HasWhole(string(d)) || !l.ChunksCached(e) {
 		return
 	}
-	log := l.log.WithFields(logrus.Fields{"path": e.Path, "file_digest": d, "size": e.Size})
+	log := l.log.WithFields(logrus.Fields{"path": e.Path(), "file_digest": d, "size": e.Size})
 	start := time.Now()
 	err := w.store.AddWhole(w.ctx, string(d), e.Size, &entryReader{ctx: w.ctx, l: l, e: e})
 	switch {
@@ -384,27 +387,27 @@ type entryReader struct {
 
 func (r *entryReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
-		if r.i >= len(r.e.file.chunks) {
+		if r.i >= len(r.e.file().chunks) {
 			return 0, io.EOF
 		}
 		if err := r.ctx.Err(); err != nil {
 			return 0, err
 		}
-		c := r.e.file.chunks[r.i]
+		c := r.e.file().chunks[r.i]
 		r.i++
 		if c.digest == "" {
-			return 0, fmt.Errorf("reading %q: the TOC has no digest for the chunk at %d: %w", r.e.Path, c.fileOff, ErrVerify)
+			return 0, fmt.Errorf("reading %q: the TOC has no digest for the chunk at %d: %w", r.e.Path(), c.fileOff, ErrVerify)
 		}
 		if c.size > maxChunkSize {
-			return 0, fmt.Errorf("reading %q: chunk at %d has %d bytes, more than the %d this reader holds in memory", r.e.Path, c.fileOff, c.size, maxChunkSize)
+			return 0, fmt.Errorf("reading %q: chunk at %d has %d bytes, more than the %d this reader holds in memory", r.e.Path(), c.fileOff, c.size, maxChunkSize)
 		}
-		data, err := r.l.getChunks(r.ctx, r.e.Path, []*chunk{c}, false)
+		data, err := r.l.getChunks(r.ctx, r.e.Path(), []*chunk{c}, false)
 		if err != nil {
-			return 0, fmt.Errorf("reading %q at %d: %w", r.e.Path, c.fileOff, err)
+			return 0, fmt.Errorf("reading %q at %d: %w", r.e.Path(), c.fileOff, err)
 		}
 		b := data[c.key()]
 		if int64(len(b)) != c.size {
-			return 0, fmt.Errorf("reading %q: chunk at %d came back with %d of %d bytes", r.e.Path, c.fileOff, len(b), c.size)
+			return 0, fmt.Errorf("reading %q: chunk at %d came back with %d of %d bytes", r.e.Path(), c.fileOff, len(b), c.size)
 		}
 		r.buf = b
 	}

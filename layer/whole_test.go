@@ -36,7 +36,7 @@ func readEntry(t *testing.T, l *Layer, e *Entry) []byte {
 	t.Helper()
 	b := make([]byte, e.Size)
 	if n, err := l.ReadAt(context.Background(), e, b, 0); err != nil && !(errors.Is(err, io.EOF) && n == len(b)) {
-		t.Fatalf("reading %q: %v", e.Path, err)
+		t.Fatalf("reading %q: %v", e.Path(), err)
 	}
 	return b
 }
@@ -272,7 +272,7 @@ func TestMaterializeWholeOnceAndOneAtATime(t *testing.T) {
 	}
 	for _, e := range files {
 		if got, want := store.content(e.Digest()), readEntry(t, s.l, e); !bytes.Equal(got, want) {
-			t.Errorf("%s: copy of %d bytes differs from the file's %d", e.Path, len(got), len(want))
+			t.Errorf("%s: copy of %d bytes differs from the file's %d", e.Path(), len(got), len(want))
 		}
 	}
 }

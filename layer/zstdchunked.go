@@ -184,18 +184,21 @@ func (zstdChunked) locateTOC(tail []byte, size int64) (tocRange, bool, error) {
 
 // decodeTOC checks the compressed manifest against want (the manifest
 // checksum covers the compressed bytes) and decodes it.
-func (zstdChunked) decodeTOC(compressed []byte, r tocRange, want digest.Digest) (*rawTOC, error) {
+func (zstdChunked) decodeTOC(compressed []byte, r tocRange, want digest.Digest, o options) (*rawTOC, error) {
 	got := digest.FromBytes(compressed)
 	if want != "" && got != want {
 		return nil, fmt.Errorf("zstd:chunked manifest checksum is %s, want %s: %w", got, want, ErrVerify)
 	}
-	return decodeZstdTOC(compressed, got, r.start-zstdSkippableHeader, r.uncompressed)
+	return decodeZstdTOC(compressed, got, r.start-zstdSkippableHeader, r.uncompressed, o)
 }
 
 // decodeStored decodes a stored compressed manifest; tocOffset is where
 // its skippable frame starts.
-func (zstdChunked) decodeStored(compressed []byte, d digest.Digest, tocOffset int64) (*rawTOC, error) {
-	return decodeZstdTOC(compressed, d, tocOffset, -1)
+func (zstdChunked) decodeStored(compressed []byte, d digest.Digest, tocOffset int64, o options) (*rawTOC, error) {
+	if got := digest.FromBytes(compressed); got != d {
+		return nil, fmt.Errorf("stored zstd:chunked manifest hashes to %s, want %s: %w", got, d, ErrVerify)
+	}
+	return decodeZstdTOC(compressed, d, tocOffset, -1, o)
 }
 
 // zstdTOC is the zstd:chunked manifest (containers/storage's minimal.TOC).
@@ -229,12 +232,16 @@ type zstdEntry struct {
 }
 
 // decodeZstdTOC decompresses and decodes a manifest already checked
-// against its checksum d, and indexes its chunks; frameStart is where the
-// manifest's skippable frame starts, the end of the layer's data.
+// against its checksum d, and builds the tree from it; frameStart is where
+// the manifest's skippable frame starts, the end of the layer's data.
 // lengthUncompressed is what the position says the JSON takes (-1: not
 // known, as for a stored manifest; then up to maxTOCJSON). It is where a
 // manifest of any bytes goes (FuzzZstdChunkedTOC).
-func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompressed int64) (*rawTOC, error) {
+//
+// Unlike eStargz's, the JSON is decoded whole before the tree is built
+// (the entries limit and memory accounting apply as the entries go to the
+// builder); maxTOCJSON bounds it.
+func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompressed int64, o options) (*rawTOC, error) {
 	if lengthUncompressed > maxTOCJSON || lengthUncompressed > int64(len(compressed))*maxZstdRatio+1024 {
 		return nil, fmt.Errorf("zstd:chunked manifest claims %d bytes from %d compressed bytes", lengthUncompressed, len(compressed))
 	}
@@ -258,22 +265,28 @@ func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompr
 	if toc.Version != 1 {
 		return nil, fmt.Errorf("zstd:chunked manifest %s has version %d, want 1", d, toc.Version)
 	}
-	entries, ends, err := zstdToTOCEntries(toc.Entries)
+	js = nil
+	b := newBuilder(frameStart, maxZstdRatio, o.limits, o.log)
+	b.chunks.exactEnds = true
+	defer b.release(0)
+	for i := range toc.Entries {
+		te, end, err := zstdToTOCEntry(i, &toc.Entries[i])
+		if err == nil {
+			err = b.addEnding(te, end)
+		}
+		if err != nil {
+			if errors.Is(err, ErrLimit) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("zstd:chunked manifest %s: %w", d, err)
+		}
+		toc.Entries[i] = zstdEntry{} // the builder keeps what it needs
+	}
+	t, err := b.build()
 	if err != nil {
 		return nil, fmt.Errorf("zstd:chunked manifest %s: %w", d, err)
 	}
-	files, err := indexZstdChunks(entries, ends, frameStart)
-	if err != nil {
-		return nil, fmt.Errorf("zstd:chunked manifest %s: %w", d, err)
-	}
-	return &rawTOC{
-		toc:       &estargz.JTOC{Version: toc.Version, Entries: entries},
-		files:     files,
-		format:    zstdChunked{},
-		digest:    d,
-		tocOffset: frameStart,
-		json:      compressed,
-	}, nil
+	return &rawTOC{tree: t, format: zstdChunked{}, digest: d, tocOffset: frameStart}, nil
 }
 
 // decodeZstdStream decompresses b of unknown decompressed size, growing
@@ -295,111 +308,49 @@ func decodeZstdStream(b []byte, limit int64) ([]byte, error) {
 	return out, nil
 }
 
-// zstdToTOCEntries gives the manifest's entries in the form the tree
-// builder reads, with each entry's end offset beside it.
-func zstdToTOCEntries(in []zstdEntry) ([]*estargz.TOCEntry, []int64, error) {
-	out := make([]*estargz.TOCEntry, len(in))
-	ends := make([]int64, len(in))
-	for i := range in {
-		z := &in[i]
-		te := &estargz.TOCEntry{
-			Name:        z.Name,
-			Type:        z.Type,
-			Size:        z.Size,
-			LinkName:    z.Linkname,
-			Mode:        z.Mode,
-			UID:         z.UID,
-			GID:         z.GID,
-			Offset:      z.Offset,
-			Digest:      z.Digest,
-			ChunkOffset: z.ChunkOffset,
-			ChunkSize:   z.ChunkSize,
-			ChunkDigest: z.ChunkDigest,
-		}
-		if z.Devmajor < 0 || z.Devminor < 0 || z.Devmajor > 1<<31-1 || z.Devminor > 1<<31-1 {
-			return nil, nil, fmt.Errorf("entry %d (%q): device %d:%d out of range", i, z.Name, z.Devmajor, z.Devminor)
-		}
-		te.DevMajor, te.DevMinor = int(z.Devmajor), int(z.Devminor)
-		if z.ModTime != nil && !z.ModTime.IsZero() {
-			// Seconds, as eStargz keeps them and tar's ustar field holds.
-			te.ModTime3339 = z.ModTime.UTC().Truncate(time.Second).Format(time.RFC3339)
-		}
-		switch z.ChunkType {
-		case "", "zeros":
-			// A run of zeros is its own chunk, still stored as a frame
-			// (of a few bytes) and verified like any other.
-		default:
-			return nil, nil, fmt.Errorf("entry %d (%q): unknown chunk type %q", i, z.Name, z.ChunkType)
-		}
-		if len(z.Xattrs) > 0 {
-			te.Xattrs = make(map[string][]byte, len(z.Xattrs))
-			for k, v := range z.Xattrs {
-				b, err := base64.StdEncoding.DecodeString(v)
-				if err != nil {
-					return nil, nil, fmt.Errorf("entry %d (%q): xattr %q: %w", i, z.Name, k, err)
-				}
-				te.Xattrs[k] = b
-			}
-		}
-		out[i] = te
-		ends[i] = z.EndOffset
+// zstdToTOCEntry gives manifest entry i in the form the tree builder
+// reads, with the end offset of its data beside it.
+func zstdToTOCEntry(i int, z *zstdEntry) (*estargz.TOCEntry, int64, error) {
+	te := &estargz.TOCEntry{
+		Name:        z.Name,
+		Type:        z.Type,
+		Size:        z.Size,
+		LinkName:    z.Linkname,
+		Mode:        z.Mode,
+		UID:         z.UID,
+		GID:         z.GID,
+		Offset:      z.Offset,
+		Digest:      z.Digest,
+		ChunkOffset: z.ChunkOffset,
+		ChunkSize:   z.ChunkSize,
+		ChunkDigest: z.ChunkDigest,
 	}
-	return out, ends, nil
-}
-
-// indexZstdChunks is indexChunks for zstd:chunked: every chunk is whole
-// frames of its own, so its compressed range is exact (to the next chunk of
-// the file, or the file's end offset) rather than running to the next data.
-func indexZstdChunks(entries []*estargz.TOCEntry, ends []int64, dataEnd int64) (map[int]*fileChunks, error) {
-	out := map[int]*fileChunks{}
-	var prevEnd int64 // end of the previous file's data: data comes in blob order
-	for i := 0; i < len(entries); i++ {
-		reg := entries[i]
-		switch {
-		case reg.Type == "chunk":
-			return nil, fmt.Errorf("entry %d: chunk does not follow a non-empty regular file", i)
-		case reg.Type != "reg":
-			continue
-		case reg.Size < 0:
-			return nil, fmt.Errorf("entry %d (%q): negative size %d", i, reg.Name, reg.Size)
-		}
-		parts := []*estargz.TOCEntry{reg}
-		for i+len(parts) < len(entries) && entries[i+len(parts)].Type == "chunk" {
-			te := entries[i+len(parts)]
-			if te.Name != "" && cleanTOCName(te.Name) != cleanTOCName(reg.Name) {
-				return nil, fmt.Errorf("entry %d: chunk of %q follows %q", i+len(parts), te.Name, reg.Name)
-			}
-			parts = append(parts, te)
-		}
-		regIdx := i
-		i += len(parts) - 1
-		if reg.Size == 0 {
-			if len(parts) > 1 {
-				return nil, fmt.Errorf("entry %d (%q): empty file with chunks", regIdx, reg.Name)
-			}
-			continue
-		}
-		fileEnd := ends[regIdx]
-		end := make(map[int64]int64, len(parts))
-		for j, p := range parts {
-			e := fileEnd
-			if j+1 < len(parts) {
-				e = parts[j+1].Offset
-			}
-			if p.Offset < prevEnd || p.Offset >= e || e > dataEnd {
-				return nil, fmt.Errorf("entry %d (%q): chunk %d at [%d, %d) is not inside the data [%d, %d) in blob order",
-					regIdx, reg.Name, j, p.Offset, e, prevEnd, dataEnd)
-			}
-			end[p.Offset] = e
-			prevEnd = e
-		}
-		fc, err := buildFileChunks(reg, parts, func(off int64) int64 { return end[off] }, maxZstdRatio)
-		if err != nil {
-			return nil, fmt.Errorf("entry %d (%q): %w", regIdx, reg.Name, err)
-		}
-		out[regIdx] = fc
+	if z.Devmajor < 0 || z.Devminor < 0 || z.Devmajor > 1<<31-1 || z.Devminor > 1<<31-1 {
+		return nil, 0, fmt.Errorf("entry %d (%q): device %d:%d out of range", i, z.Name, z.Devmajor, z.Devminor)
 	}
-	return out, nil
+	te.DevMajor, te.DevMinor = int(z.Devmajor), int(z.Devminor)
+	if z.ModTime != nil && !z.ModTime.IsZero() {
+		// Seconds, as eStargz keeps them and tar's ustar field holds.
+		te.ModTime3339 = z.ModTime.UTC().Truncate(time.Second).Format(time.RFC3339)
+	}
+	switch z.ChunkType {
+	case "", "zeros":
+		// A run of zeros is its own chunk, still stored as a frame
+		// (of a few bytes) and verified like any other.
+	default:
+		return nil, 0, fmt.Errorf("entry %d (%q): unknown chunk type %q", i, z.Name, z.ChunkType)
+	}
+	if len(z.Xattrs) > 0 {
+		te.Xattrs = make(map[string][]byte, len(z.Xattrs))
+		for k, v := range z.Xattrs {
+			b, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				return nil, 0, fmt.Errorf("entry %d (%q): xattr %q: %w", i, z.Name, k, err)
+			}
+			te.Xattrs[k] = b
+		}
+	}
+	return te, z.EndOffset, nil
 }
 
 // zstdChunked is the format (see the top of this file).

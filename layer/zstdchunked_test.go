@@ -112,12 +112,12 @@ func TestZstdChunkedAnnotationPosition(t *testing.T) {
 			// Spoil the footer: only the annotation can find the manifest.
 			data = bytes.Clone(data)
 			copy(data[len(data)-16:], make([]byte, 8))
-			raw, err := readTOC(context.Background(), fstest.NewMemBlob(data), checksum, pos)
+			raw, err := readTOC(context.Background(), fstest.NewMemBlob(data), checksum, options{zstdPosition: pos})
 			if err != nil {
 				t.Fatalf("readTOC: %v", err)
 			}
-			if raw.digest != checksum || len(raw.toc.Entries) == 0 {
-				t.Errorf("manifest %s with %d entries", raw.digest, len(raw.toc.Entries))
+			if raw.digest != checksum || len(raw.tree.entries) <= 1 {
+				t.Errorf("manifest %s with %d entries", raw.digest, len(raw.tree.entries))
 			}
 		})
 	}
@@ -149,7 +149,7 @@ func TestZstdChunkedErrors(t *testing.T) {
 			{Offset: pos.Offset, Length: pos.Length, LengthUncompressed: maxTOCJSON + 1},
 			{Offset: pos.Offset, Length: pos.Length, LengthUncompressed: pos.LengthUncompressed + 1},
 		} {
-			if _, err := readTOC(context.Background(), fstest.NewMemBlob(data), "", &p); err == nil {
+			if _, err := readTOC(context.Background(), fstest.NewMemBlob(data), "", options{zstdPosition: &p}); err == nil {
 				t.Errorf("position %+v: no error", p)
 			}
 		}
@@ -217,14 +217,12 @@ func FuzzZstdChunkedTOC(f *testing.F) {
 	f.Add([]byte(`{"version":1,"entries":[{"type":"dir","name":"d","xattrs":{"user.a":"eA=="}},{"type":"hardlink","name":"l","linkName":"d"}]}`))
 	f.Fuzz(func(t *testing.T, js []byte) {
 		compressed := zstdEncoder.EncodeAll(js, nil)
-		raw, err := decodeZstdTOC(compressed, digest.FromBytes(compressed), 100, int64(len(js)))
+		c, log := defaults(nil, nil)
+		raw, err := decodeZstdTOC(compressed, digest.FromBytes(compressed), 100, int64(len(js)), options{log: log})
 		if err != nil {
 			return
 		}
-		c, log := defaults(nil, nil)
-		if l, err := fromRaw(raw, fstest.NewMemBlob(make([]byte, 200)), c, log); err == nil {
-			viewOf(t, l, false)
-		}
+		viewOf(t, newLayer(raw, fstest.NewMemBlob(make([]byte, 200)), c, log), false)
 	})
 }
 
@@ -262,8 +260,8 @@ func TestZstdChunkedStoredAndAnnotated(t *testing.T) {
 	}
 
 	bad := toc
-	bad.JSON = bytes.Clone(toc.JSON)
-	bad.JSON[len(bad.JSON)/2] ^= 1
+	bad.Member = bytes.Clone(toc.Member)
+	bad.Member[len(bad.Member)/2] ^= 1
 	if _, err := OpenStored(blob, bad, nil, nil); !errors.Is(err, ErrVerify) {
 		t.Errorf("OpenStored of a damaged manifest: %v, want ErrVerify", err)
 	}
@@ -325,5 +323,71 @@ func TestDecompressWholeBlob(t *testing.T) {
 		if name == "estargz" && out.Len() == 0 {
 			t.Errorf("%s: decompresses to nothing", name)
 		}
+	}
+}
+
+// TestZstdChunkedRecordAndReplay: startup profiles work on zstd:chunked
+// layers as on eStargz ones: what reads needed is recorded by each chunk's
+// exact frame extent, and replaying it on a fresh layer (empty cache) lets
+// the same reads run without a request.
+func TestZstdChunkedRecordAndReplay(t *testing.T) {
+	old := tailSize
+	tailSize = 4 << 10 // the chunks outside Open's tail are fetched
+	t.Cleanup(func() { tailSize = old })
+
+	tarBytes := fstest.SampleTar(t)
+	data, ann := fstest.ZstdChunked(t, tarBytes, fstest.ZstdChunkedOptions{ChunkSize: 1000})
+	checksum, _, _, _ := ZstdChunkedAnnotations(ann)
+	open := func() (*Layer, *fstest.MemBlob) {
+		blob := fstest.NewMemBlob(data)
+		l, err := Open(context.Background(), blob, checksum, newMemCache(), nil)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return l, blob
+	}
+	want, _ := fstest.TarView(tarBytes)
+	var files []string
+	for p, e := range want {
+		if e.Type == "reg" && e.Size > 0 {
+			files = append(files, p)
+		}
+	}
+	read := func(l *Layer) {
+		for _, p := range files {
+			e := lookup(t, l, p)
+			got := make([]byte, e.Size)
+			if _, err := l.ReadAt(context.Background(), e, got, 0); err != nil {
+				t.Fatalf("ReadAt(%s): %v", p, err)
+			}
+			if digest.FromBytes(got).Encoded() != want[p].SHA256 {
+				t.Fatalf("ReadAt(%s): content differs", p)
+			}
+		}
+	}
+
+	l, _ := open()
+	read(l)
+	rec := l.Recorded()
+	if rec == nil || rec.TOC != checksum || len(rec.Chunks) == 0 {
+		t.Fatalf("Recorded() = %+v, want chunks of TOC %s", rec, checksum)
+	}
+	rec.Blob = digest.FromBytes(data)
+
+	fresh, blob := open()
+	blob.ResetStats()
+	st, err := fresh.Replay(context.Background(), rec)
+	if err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	calls, n := blob.Stats()
+	t.Logf("%d files read; replay %+v: %d requests, %d bytes", len(files), st, calls, n)
+	if st.Fetched == 0 || calls == 0 {
+		t.Fatalf("Replay fetched nothing: %+v", st)
+	}
+	blob.ResetStats()
+	read(fresh)
+	if calls, n := blob.Stats(); calls != 0 {
+		t.Errorf("reads after the replay made %d requests (%d bytes), want none", calls, n)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -30,7 +31,11 @@ type Record struct {
 var (
 	bucketRefs   = []byte("refs")   // ref + "\x00" + lookup digest -> blob digest
 	bucketLayers = []byte("layers") // blob digest -> JSON layerRecord
-	bucketTOCs   = []byte("tocs")   // TOC digest -> gzip of the TOC JSON
+	bucketTOCs   = []byte("tocs")   // TOC digest -> the TOC's gzip member from the blob, or (older records) gzip of the TOC JSON
+	// bucketProfiles: blob digest -> profile.Marshal of the layer's startup
+	// profile. Kept apart from the layer record: a profile may come (by
+	// import) before the daemon ever opened its layer.
+	bucketProfiles = []byte("profiles")
 	// ref -> JSON Manifest: which layers a reference's manifest lists.
 	bucketManifests = []byte("manifests")
 )
@@ -45,6 +50,10 @@ type layerRecord struct {
 	// UsedAt (Unix seconds) is when the layer was last stored, reopened
 	// or found in use by Prune; 0 in records written before it existed.
 	UsedAt int64 `json:"used_at,omitempty"`
+	// TOCMember says the tocs bucket holds the compressed TOC as found in
+	// the blob (layer.TOC.Member: eStargz's gzip member, zstd:chunked's
+	// compressed manifest), not gzip of its JSON.
+	TOCMember bool `json:"toc_member,omitempty"`
 }
 
 // maxTOCJSON bounds what a damaged record can make Lookup allocate.
@@ -64,7 +73,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("opening metadata store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketManifests} {
+		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketProfiles, bucketManifests} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -88,21 +97,28 @@ func refKey(ref string, d digest.Digest) []byte {
 // Put records rec as the answer for (ref, d), where d is the digest the
 // layer was asked for (blob or TOC digest).
 func (s *Store) Put(ref string, d digest.Digest, rec Record) error {
-	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, TOCFormat: rec.TOC.Format, UsedAt: now().Unix()})
+	member := rec.TOC.Member != nil
+	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, TOCFormat: rec.TOC.Format, UsedAt: now().Unix(), TOCMember: member})
 	if err != nil {
 		return fmt.Errorf("encoding record of layer %s: %w", rec.Desc.Digest, err)
 	}
-	var z bytes.Buffer
-	zw := gzip.NewWriter(&z)
-	if _, err := zw.Write(rec.TOC.JSON); err != nil {
-		return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
-	}
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+	// The member is stored as the blob has it: already compressed, and a
+	// few bytes per entry where the JSON can be a GiB.
+	z := rec.TOC.Member
+	if !member {
+		var buf bytes.Buffer
+		zw := gzip.NewWriter(&buf)
+		if _, err := zw.Write(rec.TOC.JSON); err != nil {
+			return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+		}
+		if err := zw.Close(); err != nil {
+			return fmt.Errorf("compressing TOC %s: %w", rec.TOC.Digest, err)
+		}
+		z = buf.Bytes()
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		blob := []byte(rec.Desc.Digest.String())
-		if err := tx.Bucket(bucketTOCs).Put([]byte(rec.TOC.Digest.String()), z.Bytes()); err != nil {
+		if err := tx.Bucket(bucketTOCs).Put([]byte(rec.TOC.Digest.String()), z); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketLayers).Put(blob, lr); err != nil {
@@ -146,6 +162,9 @@ func (s *Store) Lookup(ref string, d digest.Digest) (Record, error) {
 	})
 	if err != nil {
 		return Record{}, err
+	}
+	if lr.TOCMember {
+		return Record{Desc: lr.Desc, TOC: layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, Format: lr.TOCFormat, Member: z}}, nil
 	}
 	zr, err := gzip.NewReader(bytes.NewReader(z))
 	if err != nil {
@@ -216,7 +235,7 @@ func setUsed(lb *bolt.Bucket, key, raw []byte, t int64) error {
 	return lb.Put(key, b)
 }
 
-// Prune forgets every layer not used since before cutoff: its record, its
+// Prune forgets every layer not used since before cutoff: its record, its profile, its
 // TOC and the refs that lead to it. Layers inUse (those the daemon has
 // open) count as used now. Records from before UsedAt existed start their
 // clock now rather than go at once; records that do not decode are left
@@ -255,6 +274,9 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 			if err := tb.Delete(st[1]); err != nil {
 				return err
 			}
+			if err := tx.Bucket(bucketProfiles).Delete(st[0]); err != nil {
+				return err
+			}
 			if err := lb.Delete(st[0]); err != nil {
 				return err
 			}
@@ -282,4 +304,46 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 		return 0, fmt.Errorf("pruning layer records: %w", err)
 	}
 	return len(gone), nil
+}
+
+// PutProfile stores p as the startup profile of its layer (p.Blob),
+// replacing any earlier one.
+func (s *Store) PutProfile(p *profile.Profile) error {
+	b, err := profile.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encoding profile of layer %s: %w", p.Blob, err)
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketProfiles).Put([]byte(p.Blob.String()), b)
+	})
+	if err != nil {
+		return fmt.Errorf("storing profile of layer %s: %w", p.Blob, err)
+	}
+	return nil
+}
+
+// Profile returns the startup profile stored for the layer with blob
+// digest blob, or ErrNotFound. One that does not decode is an error
+// wrapping profile.ErrInvalid.
+func (s *Store) Profile(blob digest.Digest) (*profile.Profile, error) {
+	var raw []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketProfiles).Get([]byte(blob.String()))
+		if v == nil {
+			return ErrNotFound
+		}
+		raw = append([]byte(nil), v...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	p, err := profile.Unmarshal(raw)
+	if err != nil {
+		return nil, fmt.Errorf("stored profile of layer %s: %w", blob, err)
+	}
+	if p.Blob != blob {
+		return nil, fmt.Errorf("stored profile of layer %s names layer %s: %w", blob, p.Blob, profile.ErrInvalid)
+	}
+	return p, nil
 }

@@ -195,8 +195,8 @@ func worldReadable(root *layer.Entry) bool {
 			if e.Mode&0o005 != 0o005 {
 				return false
 			}
-			for _, c := range e.Children {
-				if !walk(c) {
+			for i := range e.NumChildren() {
+				if _, c := e.ChildAt(i); !walk(c) {
 					return false
 				}
 			}

@@ -13,6 +13,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/layer"
 )
 
 // ErrDiffIDMismatch says an image's config gives a layer a diff_id that
@@ -149,7 +151,7 @@ func (p *Pool) verifyDiffID(l *Layer) {
 // uncompressedDigest is the sha256 of the decompressed blob, as its format
 // decompresses it (an eStargz blob's TOC and footer included).
 func (l *Layer) uncompressedDigest(ctx context.Context) (digest.Digest, error) {
-	zr, err := l.View.Decompress(bufio.NewReaderSize(io.NewSectionReader(blobReaderAt{ctx, l}, 0, l.Desc.Size), 1<<20))
+	zr, err := layer.Decompress(l.format, bufio.NewReaderSize(io.NewSectionReader(blobReaderAt{ctx, l}, 0, l.Desc.Size), 1<<20))
 	if err != nil {
 		return "", fmt.Errorf("decompressing blob %s: %w", l.Desc.Digest, err)
 	}

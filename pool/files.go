@@ -92,7 +92,13 @@ func (f *blobFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 // fewer bytes than len(p) only at the end of the blob.
 func (l *Layer) ReadBlob(ctx context.Context, p []byte, off int64) (int, error) {
 	l.streamOnce.Do(func() {
-		off, tail := l.View.FetchedTail()
+		// The tail fetched with the TOC, if the tree is loaded; without
+		// it the stream only fetches that last MiB again.
+		var off int64
+		var tail []byte
+		if v, err := l.View(ctx); err == nil {
+			off, tail = v.FetchedTail()
+		}
 		l.stream = newBlobStream(l.Blob, off, tail)
 	})
 	return l.stream.ReadAt(ctx, p, off)

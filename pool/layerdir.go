@@ -43,11 +43,14 @@ func (d *layerDir) OnAdd(ctx context.Context) {
 	tree, mode := d.pool.treeNode(d.layer, 2, d.log) // below <ref>/<digest>
 	diff := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 	d.AddChild("diff", diff, false)
-	info := d.NewPersistentInode(ctx, &bytesFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: true}, data: layerInfo(d.layer, d.diffID)}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	info := d.NewPersistentInode(ctx, &bytesFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: true}, data: layerInfo(ctx, d.layer, d.diffID)}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("info", info, false)
 	// The blob holds every file of the layer: the group may read it only
 	// if it may read all of them anyway.
-	blobRead := d.access.Group && worldReadable(d.layer.View.Root())
+	blobRead := false
+	if v, err := d.layer.View(ctx); err == nil {
+		blobRead = d.access.Group && worldReadable(v.Root())
+	}
 	blob := d.NewPersistentInode(ctx, &blobFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: blobRead}, layer: d.layer, log: d.log}, gofs.StableAttr{Mode: syscall.S_IFREG})
 	d.AddChild("blob", blob, false)
 }
@@ -100,7 +103,7 @@ const uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
 
 // layerInfo is l's info as seen through an image whose config gives it
 // diffID ("" if it gives none).
-func layerInfo(l *Layer, diffID digest.Digest) []byte {
+func layerInfo(ctx context.Context, l *Layer, diffID digest.Digest) []byte {
 	in := info{
 		CompressedDigest:   l.Desc.Digest.String(),
 		CompressedSize:     l.Desc.Size,
@@ -108,7 +111,7 @@ func layerInfo(l *Layer, diffID digest.Digest) []byte {
 		TOCDigest:          l.Desc.TOCDigest.String(),
 		CompressionType:    compressionGzip,
 	}
-	if l.View.Format() == layer.FormatZstdChunked {
+	if l.format == layer.FormatZstdChunked {
 		in.CompressionType = compressionZstd
 	}
 	if diffID != "" {
@@ -121,7 +124,9 @@ func layerInfo(l *Layer, diffID digest.Digest) []byte {
 			in.UncompressedSize = n
 		}
 	}
-	in.UIDs, in.GIDs = idSets(l.View.Root())
+	if v, err := l.View(ctx); err == nil {
+		in.UIDs, in.GIDs = idSets(v.Root())
+	}
 	// Only strings, numbers and slices go in: Marshal cannot fail.
 	b, _ := json.Marshal(in)
 	return append(b, '\n')
@@ -131,15 +136,13 @@ func layerInfo(l *Layer, diffID digest.Digest) []byte {
 // decide whether the layer fits a user-namespaced container.
 func idSets(root *layer.Entry) (uids, gids []uint32) {
 	u, g := map[uint32]bool{}, map[uint32]bool{}
-	seen := map[*layer.Entry]bool{}
+	// Directories have one name each, so the walk ends; a hard-linked
+	// file seen twice changes nothing.
 	var walk func(e *layer.Entry)
 	walk = func(e *layer.Entry) {
-		if seen[e] {
-			return
-		}
-		seen[e] = true
 		u[e.UID], g[e.GID] = true, true
-		for _, c := range e.Children {
+		for i := range e.NumChildren() {
+			_, c := e.ChildAt(i)
 			walk(c)
 		}
 	}

@@ -62,13 +62,19 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	if err != nil {
 		return drop(err)
 	}
-	view, err := layer.OpenStored(blob, rec.TOC, p.cache, log)
+	view, err := layer.OpenStored(blob, rec.TOC, p.cache, log, p.layerOptions()...)
+	if errors.Is(err, layer.ErrLimit) {
+		log.WithError(err).Warn("layer refused: its tree would pass a memory limit")
+		return nil
+	}
 	if err != nil {
 		return drop(err)
 	}
 	// Prefetched like a layer opened from the registry; after a restart
 	// its prioritized chunks are usually in the disk cache already.
-	l := p.adopt(&Layer{Desc: rec.Desc, Blob: blob, View: view}, nil, log)
+	l := p.newLayer(key, rec.Desc, blob, view, true, log)
+	l.prof.stored = p.storedProfile(rec.Desc.Digest, log)
+	l = p.adopt(l, nil, nil, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	p.inBackground(func() {
 		if err := p.meta.Touch(rec.Desc.Digest); err != nil {
@@ -83,14 +89,19 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 // milliseconds that the client, waiting for the layer, need not wait. A
 // failure costs only a registry round trip after the next restart, so it
 // is logged, not returned. Flush waits for the records.
-func (p *Pool) persist(key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
+func (p *Pool) persist(l *Layer, key LayerKey, desc remote.LayerDesc, toc layer.TOC, log *logrus.Entry) {
 	if p.meta == nil {
 		return
 	}
 	p.inBackground(func() {
 		if err := p.meta.Put(key.Ref, key.Digest, meta.Record{Desc: desc, TOC: toc}); err != nil {
 			log.WithError(err).Warn("storing layer record failed")
+			return
 		}
+		// Only now may the tree leave memory: it comes back from here.
+		l.tree.mu.Lock()
+		l.tree.stored = true
+		l.tree.mu.Unlock()
 	})
 }
 
@@ -120,8 +131,20 @@ func (p *Pool) inBackground(write func()) {
 }
 
 // Flush waits until the records of the layers opened so far are written
-// to the metadata store. Call it before closing the store.
-func (p *Pool) Flush() { p.persisting.Wait() }
+// to the metadata store, ending their startup windows so that what they
+// recorded is stored too. Call it before closing the store.
+func (p *Pool) Flush() {
+	for _, l := range p.Layers() {
+		l.prof.mu.Lock()
+		v := l.prof.recording
+		l.prof.mu.Unlock()
+		if v != nil {
+			v.EndRecording()
+		}
+		<-l.prof.settled
+	}
+	p.persisting.Wait()
+}
 
 // PruneMeta forgets the stored records of layers neither opened by this
 // pool nor used since maxAge ago (see meta.Store.Prune), and returns how

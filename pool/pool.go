@@ -15,8 +15,10 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -65,7 +67,10 @@ type noFormat struct {
 type Layer struct {
 	Desc remote.LayerDesc
 	Blob remote.Blob
-	View *layer.Layer
+
+	pool   *Pool
+	format string    // the view's Format, known while the tree is out of memory
+	tree   treeState // the view (see Hold, View, Tree)
 
 	uses       atomic.Int64
 	lastAccess atomic.Int64 // unix nanoseconds
@@ -74,7 +79,13 @@ type Layer struct {
 
 	streamOnce sync.Once
 	stream     *blobStream // the blob file's reads (see ReadBlob)
+
+	prof profileState
 }
+
+// Format names the layer's blob format (layer.FormatEStargz,
+// layer.FormatZstdChunked).
+func (l *Layer) Format() string { return l.format }
 
 // Uses is the reference count the containers/storage client keeps through
 // create(use) and rmdir(<digest>).
@@ -105,15 +116,23 @@ type Pool struct {
 
 	treesMount string // see SetTreesMount; "": trees are served in place
 
-	access     Access                   // see WithAccess
-	tagRecheck time.Duration            // see WithTagRecheck
-	refs       map[string]meta.Manifest // what each reference lists (see listed)
-	listing    singleflight.Group       // manifest fetches by reference
+	profileSource profile.Source                     // see WithProfileSource; nil: none
+	profiles      map[digest.Digest]*profile.Profile // profiles kept without a metadata store
+	access        Access                             // see WithAccess
+	tagRecheck    time.Duration                      // see WithTagRecheck
+	refs          map[string]meta.Manifest           // what each reference lists (see listed)
+	listing       singleflight.Group                 // manifest fetches by reference
 	// When a tag's recheck last failed (see recheckRetry).
 	recheckFailed map[string]time.Time
+
+	limits   TreeLimits // see WithTreeLimits
+	treeMu   sync.Mutex
+	treeUsed int64 // bytes of the trees in memory and being built
+	stop     context.CancelFunc
 }
 
-// New returns an empty pool.
+// New returns an empty pool. With TreeLimits.Idle set, it looks for idle
+// trees in the background until Close.
 func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	if log == nil {
 		log = logrus.NewEntry(logrus.StandardLogger())
@@ -124,6 +143,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
 		noFormat:   map[digest.Digest]noFormat{},
+		profiles:   map[digest.Digest]*profile.Profile{},
 		tagRecheck: DefaultTagRecheck,
 		refs:       map[string]meta.Manifest{},
 
@@ -131,6 +151,11 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	}
 	for _, o := range opts {
 		o(p)
+	}
+	if p.limits.Idle > 0 {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stop = cancel
+		go p.sweepIdle(ctx)
 	}
 	return p
 }
@@ -206,6 +231,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		return l, nil
 	}
 	desc, err := p.resolver.ResolveBlob(ctx, key.Ref, key.Digest)
+	if err == nil {
+		desc, err = describe(desc, key.Digest, log)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("resolving layer %s of %s: %w", key.Digest, key.Ref, err)
 	}
@@ -250,14 +278,34 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		}
 		return r.desc.DiffID, nil
 	}
+	// A stored profile replaces the prefetch of prioritized files, and
+	// with it the stream of the blob's head; without one, a published
+	// profile is looked for while the TOC is read.
+	stored := p.storedProfile(desc.Digest, log)
+	var found <-chan *profile.Profile
+	if stored == nil {
+		found = p.lookupProfile(key.Ref, desc.Digest, tocDigest, log)
+	}
 	start := time.Now()
-	viewBlob, head := p.startHead(blob, tocDigest.String())
-	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, layer.WithAnnotations(desc.Annotations))
+	viewBlob, head := blob, (*remote.Head)(nil)
+	var early *earlyRanges
+	if stored == nil {
+		viewBlob, head = p.startHead(blob, tocDigest.String())
+	} else if early = newEarlyRanges(blob, stored, p.cached); early != nil {
+		viewBlob = early
+	}
+	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, append(p.layerOptions(), layer.WithAnnotations(desc.Annotations))...)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {
 		head.Release()
+		early.Release()
 		err = fmt.Errorf("opening TOC of %s in %s: %w", desc.Digest, key.Ref, err)
+		if errors.Is(err, layer.ErrLimit) {
+			// Said once here, with the limit, for whoever wonders why this
+			// layer was pulled.
+			log.WithError(err).Warn("layer refused: its tree would pass a memory limit")
+		}
 		if errors.Is(err, layer.ErrNoFormat) {
 			p.mu.Lock()
 			p.noFormat[desc.Digest] = noFormat{err: err, at: time.Now()}
@@ -270,10 +318,16 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	if desc.DiffID, err = diffID(); err != nil {
 		head.Release()
+		early.Release()
+		_ = p.reserve(-view.TreeBytes())
 		return nil, err
 	}
-	l := p.adopt(&Layer{Desc: desc, Blob: blob, View: view}, head, log)
-	p.persist(key, desc, toc, log)
+	l := p.newLayer(key, desc, blob, view, false, log)
+	l.prof.stored, l.prof.early = stored, early
+	l = p.adopt(l, head, found, log)
+	if l.tree.view == view {
+		p.persist(l, key, desc, toc, log)
+	}
 	log.WithFields(logrus.Fields{
 		"toc_digest": desc.TOCDigest,
 		"size":       desc.Size,
@@ -288,20 +342,51 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 //
 // head is the stream of the blob's start l's view reads through, if any
 // (see startHead); the prefetch releases it when done with it.
-func (p *Pool) adopt(l *Layer, head *remote.Head, log *logrus.Entry) *Layer {
+//
+// found, if not nil, gives the answer of a profile.Source lookup, replayed
+// when it comes.
+func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile, log *logrus.Entry) *Layer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if prev, ok := p.layers[l.Desc.Digest]; ok {
 		head.Release()
+		l.prof.early.Release()
+		_ = p.reserve(-l.tree.view.TreeBytes())
 		return prev
 	}
 	p.layers[l.Desc.Digest] = l
 	if p.whole != nil {
 		// Before the layer is published: its views offer passthrough for
 		// the files whose copies exist, and ask for the rest.
-		l.View.SetWholeFiles(p.whole)
+		l.tree.view.SetWholeFiles(p.whole)
 	}
-	p.startPrefetch(l, head, log)
+	p.startPrefetch(l, head, found, log)
+	p.recordProfile(l, l.tree.view, log)
+	return l
+}
+
+// describe sets desc.TOCDigest from the annotations (remote knows nothing
+// of layer formats; layer says which annotation holds it) and checks that
+// dgst, the digest desc was resolved by, is its blob digest or that TOC
+// digest: remote finds a layer by any digest its annotations publish.
+func describe(desc remote.LayerDesc, dgst digest.Digest, log *logrus.Entry) (remote.LayerDesc, error) {
+	d, err := layer.TOCDigestFromAnnotations(desc.Annotations)
+	if err != nil {
+		log.WithField("digest", desc.Digest).WithError(err).Warn("ignoring malformed TOC digest annotation")
+		d = ""
+	}
+	desc.TOCDigest = d
+	if dgst != desc.Digest && dgst != d {
+		return remote.LayerDesc{}, fmt.Errorf("layer %s has %s in an annotation that is not its TOC digest: %w", desc.Digest, dgst, remote.ErrLayerNotFound)
+	}
+	return desc, nil
+}
+
+// newLayer makes the Layer for a view just opened (and reserved for).
+func (p *Pool) newLayer(key LayerKey, desc remote.LayerDesc, blob remote.Blob, view *layer.Layer, stored bool, log *logrus.Entry) *Layer {
+	l := &Layer{Desc: desc, Blob: blob, pool: p, format: view.Format()}
+	l.tree.view, l.tree.stored, l.tree.key, l.tree.log = view, stored, key, log
+	l.tree.lastUsed = time.Now()
 	return l
 }
 
@@ -323,4 +408,11 @@ func (p *Pool) Layers() []*Layer {
 		out = append(out, l)
 	}
 	return out
+}
+
+// cached reports whether the pool's cache holds the chunk with digest d,
+// as far as it can tell without reading it.
+func (p *Pool) cached(d digest.Digest) bool {
+	c, ok := p.cache.(cache.Peeker)
+	return ok && c.Has(d.String())
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -56,19 +57,47 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 //
 // head, if not nil, is the stream of the blob's start that the layer's view
 // reads through; it is released once the prefetch no longer needs it.
-func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
+//
+// A profile stored for the layer is replayed instead of the prefetch of
+// prioritized files (it says what this image's start reads, which the
+// builder's prioritized files only guess); one that found gives later is
+// replayed when it comes, beside whatever else runs.
+func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.Profile, log *logrus.Entry) {
 	o := p.prefetch
-	l.View.SetReadahead(o.Readahead)
-	if o.NoPrioritized && !o.Background {
+	stored := l.prof.stored
+	l.tree.mu.Lock()
+	v := l.tree.view
+	if !o.NoPrioritized || o.Background || stored != nil {
+		l.tree.pins++ // the fetching holds the tree until done
+	}
+	l.tree.mu.Unlock()
+	v.SetReadahead(o.Readahead)
+	if found != nil {
+		go func() {
+			if pr := <-found; pr != nil {
+				l.prof.mu.Lock()
+				l.prof.published = true // it came from where it is published
+				l.prof.mu.Unlock()
+				ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
+				defer cancel()
+				p.replay(ctx, l, pr, "source", log)
+			}
+		}()
+	}
+	if o.NoPrioritized && !o.Background && stored == nil {
+		l.prof.early.Release()
 		head.Release()
 		return
 	}
 	go func() {
+		defer l.Release()
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
-		if !o.NoPrioritized && len(l.View.Prioritized()) > 0 {
+		replayed := stored != nil && p.replay(ctx, l, stored, "store", log)
+		l.prof.early.Release()
+		if !replayed && !o.NoPrioritized && len(v.Prioritized()) > 0 {
 			start := time.Now()
-			st, err := l.View.Prefetch(ctx)
+			st, err := v.Prefetch(ctx)
 			if head != nil {
 				n, _ := head.Streamed()
 				log = log.WithField("early_bytes", n)
@@ -84,7 +113,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, log *logrus.Entry) {
 		head.Release()
 		if o.Background {
 			start := time.Now()
-			st, err := l.View.FetchAll(ctx)
+			st, err := v.FetchAll(ctx)
 			f := log.WithFields(logrus.Fields{"files": st.Files, "chunks": st.Chunks, "bytes": st.Bytes,
 				"elapsed": time.Since(start).Round(time.Millisecond)})
 			if err != nil {

@@ -9,8 +9,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
-
-	layerfs "github.com/poolfs/poolfs/fs"
 )
 
 // A layer's tree can live on a mount of its own, beside the pool's, that is
@@ -45,7 +43,7 @@ func (p *Pool) treeNode(l *Layer, depth int, log *logrus.Entry) (gofs.InodeEmbed
 	trees := p.treesMount
 	p.mu.Unlock()
 	if trees == "" {
-		return layerfs.NewLayerRoot(l.View, log), syscall.S_IFDIR
+		return p.treeRoot(l, log), syscall.S_IFDIR
 	}
 	// depth+1 steps up lead from the parent to the directory that holds
 	// both mounts.
@@ -92,7 +90,7 @@ func (t *Trees) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*g
 	}
 	l.touch()
 	log = log.WithFields(logrus.Fields{"ref": l.Desc.Ref, "digest": dg})
-	ch := t.NewPersistentInode(ctx, layerfs.NewLayerRoot(l.View, log), gofs.StableAttr{Mode: syscall.S_IFDIR})
+	ch := t.NewPersistentInode(ctx, t.pool.treeRoot(l, log), gofs.StableAttr{Mode: syscall.S_IFDIR})
 	t.addChild(name, ch)
 	return ch, childAttr(ctx, ch, out)
 }

@@ -205,17 +205,28 @@ func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 
 // startNearTheEnd wraps the progress of a read the stream does not serve
 // (the TOC, while the stream waits for it) so that the stream starts once
-// that read is about one round trip from done: its request then reaches the
-// registry as the read's last bytes leave, and its first bytes follow them
-// with no idle round trip between. The round trip is taken to be the time
-// to the read's first byte, the rate what came after those first bytes; a
-// guess too early only shares the link for part of a round trip. TailRead
+// that read is about one round trip from done (see NearTheEnd). TailRead
 // still starts the stream if this never does.
 func (h *Head) startNearTheEnd(n int, progress func(int)) func(int) {
 	h.mu.Lock()
 	started := h.started
 	h.mu.Unlock()
-	if started || n < minPipelined {
+	if started {
+		return progress
+	}
+	return NearTheEnd(n, progress, h.Start)
+}
+
+// NearTheEnd wraps the progress of a read of n bytes so that start is
+// called (maybe more than once) when the read is about one round trip from
+// done: a request sent then reaches the registry as the read's last bytes
+// leave, and its first bytes follow them with no idle round trip between,
+// without sharing the link with the read before. The round trip is taken
+// to be the time to the read's first byte, the rate what came after those
+// first bytes; a guess too early only shares the link for part of a round
+// trip. A read under minPipelined bytes is left alone.
+func NearTheEnd(n int, progress func(int), start func()) func(int) {
+	if n < minPipelined {
 		return progress
 	}
 	asked := time.Now()
@@ -239,7 +250,7 @@ func (h *Head) startNearTheEnd(n int, progress func(int)) func(int) {
 		// The remaining bytes at the rate seen since the first ones take
 		// no longer than a round trip: ask now.
 		if time.Duration(float64(n-got)/float64(got-atFirst)*float64(since)) <= rtt {
-			h.Start()
+			start()
 		}
 	}
 }

@@ -32,9 +32,9 @@ type fixture struct {
 	host string
 }
 
-func newFixture(t *testing.T, mw func(http.Handler) http.Handler) *fixture {
+func newFixture(t *testing.T, mw func(http.Handler) http.Handler, opts ...registry.Option) *fixture {
 	t.Helper()
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	reg := registry.New(append([]registry.Option{registry.Logger(log.New(io.Discard, "", 0))}, opts...)...)
 	push := httptest.NewServer(reg)
 	t.Cleanup(push.Close)
 	var h http.Handler = reg
@@ -202,3 +202,7 @@ func (anonKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 func isBlobGet(r *http.Request) bool {
 	return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:")
 }
+
+// TOCDigestAnnotation is eStargz's TOC digest annotation: remote passes it
+// on as any other (layer.TOCDigestFromAnnotations reads it).
+const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"

@@ -13,10 +13,13 @@ import (
 // empty (the caller's spelling and the config's diff IDs are filled in on
 // the way out).
 type imageEntry struct {
-	layers  []LayerDesc
-	config  v1.Descriptor
-	from    name.Reference // the endpoint that served the manifest, for the config
-	expires time.Time      // zero: never (digest references are immutable)
+	layers []LayerDesc
+	config v1.Descriptor
+	from   name.Reference // the endpoint that served the manifest, for the config
+	// manifest describes the image manifest itself (the platform's, for an
+	// index): the subject of artifacts attached to the image.
+	manifest v1.Descriptor
+	expires  time.Time // zero: never (digest references are immutable)
 
 	// The config's diff IDs, once fetched (guarded by Resolver.imgMu);
 	// diffIDsKnown with nil diffIDs: the image does not say.

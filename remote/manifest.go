@@ -12,8 +12,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
-
-	"github.com/poolfs/poolfs/layer"
 )
 
 // fetchImage fetches ref's manifest (walking indexes down to the
@@ -69,17 +67,34 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 			MediaType:   string(l.MediaType),
 			Annotations: l.Annotations,
 		}
-		// A client asks for a layer by its TOC digest as by its blob
-		// digest (grammar 2); which annotation holds it is the layer
-		// format's business.
-		if d, err := layer.TOCDigestFromAnnotations(l.Annotations); err != nil {
-			log.WithField("digest", ld.Digest).WithError(err).Warn("ignoring malformed TOC digest annotation")
-		} else {
-			ld.TOCDigest = d
-		}
 		layers[i] = ld
 	}
-	return &imageEntry{layers: layers, config: mf.Config, from: ref}, nil
+	self, err := manifestDescriptor(raw, mt, mf)
+	if err != nil {
+		return nil, fmt.Errorf("manifest of %s: %w", ref, err)
+	}
+	for i := range layers {
+		layers[i].Manifest = digest.Digest(self.Digest.String())
+	}
+	return &imageEntry{layers: layers, config: mf.Config, from: ref, manifest: self}, nil
+}
+
+// manifestDescriptor describes an image manifest as a subject descriptor:
+// the digest of the bytes as served (ggcr has checked a digest reference
+// against them), and a manifest media type even when the registry served
+// it as application/json.
+func manifestDescriptor(raw []byte, mt types.MediaType, mf *v1.Manifest) (v1.Descriptor, error) {
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if mt != types.DockerManifestSchema2 && mt != types.OCIManifestSchema1 {
+		mt = mf.MediaType
+		if mt == "" {
+			mt = types.OCIManifestSchema1
+		}
+	}
+	return v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: h}, nil
 }
 
 // getManifest fetches one manifest with ggcr (Accept headers, digest

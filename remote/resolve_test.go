@@ -38,20 +38,30 @@ func TestResolveLayer(t *testing.T) {
 	r, _ := newTestResolver(t, Options{})
 	ctx := context.Background()
 
+	manifestOf := func(img v1.Image) digest.Digest {
+		h, err := img.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return digest.Digest(h.String())
+	}
+	app, dockerImg := manifestOf(ti.img), manifestOf(docker)
+
 	tests := []struct {
-		name  string
-		ref   string
-		dgst  digest.Digest
-		layer v1.Layer
-		toc   digest.Digest
-		mt    string
+		name     string
+		ref      string
+		dgst     digest.Digest
+		layer    v1.Layer
+		toc      digest.Digest
+		mt       string
+		manifest digest.Digest
 	}{
-		{"tag, blob digest", tagRef, layerDigest(t, tocLayer), tocLayer, ti.toc, string(types.OCILayer)},
-		{"tag, toc digest", tagRef, ti.toc, tocLayer, ti.toc, string(types.OCILayer)},
-		{"digest ref, blob digest", digestRef, layerDigest(t, tocLayer), tocLayer, ti.toc, string(types.OCILayer)},
-		{"digest ref, toc digest", digestRef, ti.toc, tocLayer, ti.toc, string(types.OCILayer)},
-		{"layer without toc", tagRef, layerDigest(t, ti.layers[2]), ti.layers[2], "", string(types.OCILayer)},
-		{"docker media types", dockerTag, layerDigest(t, dockerLayers[1]), dockerLayers[1], "", string(types.DockerLayer)},
+		{"tag, blob digest", tagRef, layerDigest(t, tocLayer), tocLayer, ti.toc, string(types.OCILayer), app},
+		{"tag, toc digest", tagRef, ti.toc, tocLayer, ti.toc, string(types.OCILayer), app},
+		{"digest ref, blob digest", digestRef, layerDigest(t, tocLayer), tocLayer, ti.toc, string(types.OCILayer), app},
+		{"digest ref, toc digest", digestRef, ti.toc, tocLayer, ti.toc, string(types.OCILayer), app},
+		{"layer without toc", tagRef, layerDigest(t, ti.layers[2]), ti.layers[2], "", string(types.OCILayer), app},
+		{"docker media types", dockerTag, layerDigest(t, dockerLayers[1]), dockerLayers[1], "", string(types.DockerLayer), dockerImg},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -66,7 +76,7 @@ func TestResolveLayer(t *testing.T) {
 				Size:      size,
 				MediaType: tc.mt,
 				DiffID:    layerDiffID(t, tc.layer),
-				TOCDigest: tc.toc,
+				Manifest:  tc.manifest,
 			}
 			got := ld
 			got.Annotations = nil

@@ -3,6 +3,7 @@ package remote
 import (
 	"net/http"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 )
@@ -28,6 +29,11 @@ type Resolver struct {
 	imgs  map[string]*imageEntry
 	imgSF singleflight.Group
 	cfgSF singleflight.Group // config fetches, by config digest
+
+	// Registry hosts that answered the referrers API with "no such
+	// endpoint", and when (see Referrers).
+	refMu    sync.Mutex
+	noRefAPI map[string]time.Time
 }
 
 // New returns a Resolver. It does no I/O.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/metrics"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profile"
+	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -138,16 +141,17 @@ func (d *daemonFlags) capCache(disk *cache.Disk, dir string, log *logrus.Entry) 
 
 // daemonState is what the control socket and metrics look at.
 type daemonState struct {
-	mnt      string
-	trees    string // "": --in-place-trees
-	cacheDir string
-	pool     *pool.Pool
-	disk     *cache.Disk
-	mem      *cache.Memory
-	chunks   *cache.Tiered     // mem in front of disk, disk writes deferred
-	whole    *layer.WholeFiles // nil: --passthrough=false
-	resolver *remote.Resolver
-	keychain *remote.SessionKeychain
+	mnt       string
+	trees     string // "": --in-place-trees
+	cacheDir  string
+	pool      *pool.Pool
+	disk      *cache.Disk
+	mem       *cache.Memory
+	chunks    *cache.Tiered     // mem in front of disk, disk writes deferred
+	whole     *layer.WholeFiles // nil: --passthrough=false
+	resolver  *remote.Resolver
+	keychain  *remote.SessionKeychain
+	published *profilestore.Registry // profiles in registries
 }
 
 // Status implements control.Backend.
@@ -162,14 +166,25 @@ func (s *daemonState) Status() control.Status {
 			Uses:       l.Uses(),
 			LastAccess: l.LastAccess().UTC(),
 		}
+		ts := l.Tree()
+		ls.TreeLoaded, ls.TreeEntries, ls.TreeBytes, ls.TreeLoads = ts.Loaded, ts.Entries, ts.Bytes, ts.Loads
+		if ts.Loaded {
+			st.Trees.Loaded++
+		}
 		if f, ok := l.Blob.(interface{ FetchedBytes() int64 }); ok {
 			ls.FetchedBytes = f.FetchedBytes()
 		}
 		if ls.Size > 0 {
 			ls.Fetched = float64(ls.FetchedBytes) / float64(ls.Size)
 		}
+		if pi := l.Profile(); pi.Recorded > 0 || pi.Loaded || pi.Published {
+			ls.Profile = &control.ProfileStatus{Recorded: pi.Recorded, Loaded: pi.Loaded, Source: pi.Source,
+				Published: pi.Published, Chunks: pi.Chunks, Fetched: pi.Fetched, Used: pi.Used}
+		}
 		st.Layers = append(st.Layers, ls)
 	}
+	st.Trees.Bytes, st.Trees.MaxBytes = s.pool.TreeBytes()
+	st.Trees.MaxEntries = s.pool.MaxEntries()
 	sort.Slice(st.Layers, func(i, j int) bool {
 		if st.Layers[i].Ref != st.Layers[j].Ref {
 			return st.Layers[i].Ref < st.Layers[j].Ref
@@ -177,6 +192,33 @@ func (s *daemonState) Status() control.Status {
 		return st.Layers[i].Digest < st.Layers[j].Digest
 	})
 	return st
+}
+
+// Profiles implements control.ProfileBackend.
+func (s *daemonState) Profiles(ref string) profile.Set { return s.pool.Profiles(ref) }
+
+// ImportProfiles implements control.ProfileBackend.
+func (s *daemonState) ImportProfiles(set profile.Set) (int, error) { return s.pool.ImportProfiles(set) }
+
+// PushProfiles implements control.ProfileBackend: the profiles held for
+// ref's layers (what `poolfs profile export` writes) go to ref's registry
+// as an artifact of the image manifest the daemon resolved ref to, with
+// the daemon's credentials.
+func (s *daemonState) PushProfiles(ctx context.Context, ref string) (control.PushResult, error) {
+	set := s.pool.Profiles(ref)
+	if len(set.Profiles) == 0 {
+		return control.PushResult{}, fmt.Errorf("%s (the daemon must have served the image under that reference since it started): %w", ref, control.ErrNoProfiles)
+	}
+	pushed, err := s.published.Push(ctx, ref, set)
+	if err != nil {
+		return control.PushResult{}, err
+	}
+	res := control.PushResult{Repository: pushed.Repository, Subject: pushed.Subject.String(), Digest: pushed.Digest.String()}
+	for _, pr := range set.Profiles {
+		s.pool.MarkPublished(pr.Blob)
+		res.Layers = append(res.Layers, pr.Blob.String())
+	}
+	return res, nil
 }
 
 func (s *daemonState) cacheStatus() control.CacheStatus {

@@ -24,6 +24,11 @@ Usage:
                                  push SRC as eStargz to DST with the files CMD opens first
   poolfs status [--json]         show the running daemon's layers and cache
   poolfs gc [--keep SIZE]        trim the running daemon's disk cache now
+  poolfs profile export IMAGE FILE
+                                 write the running daemon's startup profiles of IMAGE's layers to FILE
+  poolfs profile import FILE     hand the profiles in FILE to the running daemon
+  poolfs profile push IMAGE      publish the running daemon's profiles of IMAGE's layers to its
+                                 registry (an OCI artifact referring to the image manifest)
   poolfs auth-helper             hand credentials from podman (JSON on stdin) to the daemon;
                                  name it in registries.conf as additional-layer-store-auth-helper
 
@@ -54,6 +59,8 @@ func main() {
 		err = status(ctx, os.Args[2:], os.Stdout)
 	case "gc":
 		err = gc(ctx, os.Args[2:], os.Stdout)
+	case "profile":
+		err = profileCmd(ctx, os.Args[2:], os.Stdout)
 	case "auth-helper":
 		err = authHelper(ctx, os.Args[2:], os.Stdin, os.Stdout)
 	case "-h", "--help", "help":

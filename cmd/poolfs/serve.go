@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -37,6 +39,10 @@ func serve(ctx context.Context, args []string) error {
 	warmHeap := fl.Int("warm-heap-mb", 64, "`MiB` of memory to fault in at startup and keep for the first lookups (0: none): a fresh process pays a page fault for every page it allocates, which on virtual machines is a large part of a cold lookup")
 	inPlaceTrees := fl.Bool("in-place-trees", false, "serve each layer's tree inside ROOT/.pool, as diff (rootfs.<ID>) itself, rather than on a second, read-only mount at ROOT/.trees that diff links to; on the read-only mount a stat of a directory already listed never goes to the daemon")
 	metaMaxAge := fl.Duration("meta-max-age", 30*24*time.Hour, "forget the stored record (descriptor and TOC, in the cache dir's meta.db) of a layer neither open nor used for `DURATION`; checked at startup and hourly; 0: keep records forever")
+	profileLookup := fl.Bool("profile-lookup", true, "when opening a layer with no startup profile, look in its registry, beside the TOC read, for one published for the image (`poolfs profile push`); one small request per image, never waited for")
+	treeEntries := fl.Int("tree-max-entries", pool.DefaultTreeLimits.MaxEntries, "refuse (ENOENT: podman pulls it) a layer whose TOC has more than `N` entries; the largest real layers have a few hundred thousand (0: no limit)")
+	treeMemory := fl.Int64("tree-memory-mb", pool.DefaultTreeLimits.MaxBytes>>20, "`MiB` that the trees of all layers in memory may take together, counting one being built; idle trees leave memory to make room, and a layer that does not fit is refused (0: no limit)")
+	treeIdle := fl.Duration("tree-idle", pool.DefaultTreeLimits.Idle, "a layer's tree that nothing uses (no use count, nothing looked up or open below it) leaves memory after `DURATION`, and comes back from meta.db on the next lookup (0: never)")
 	group := fl.String("group", "", "let the members of group `NAME|GID` reach the store (ROOT 0750 and the mounts' own directories group-readable, layer files as their modes say) and make the daemon fetch on their behalf, for rootless podman users who share it; default: root only (see docs/security.md)")
 	tagRecheck := fl.Duration("tag-recheck", pool.DefaultTagRecheck, "trust what a tag's manifest lists for `DURATION`, then fetch it again before serving another layer under the tag (a layer is served under a reference only if its manifest lists it; digest references are never rechecked)")
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
@@ -101,7 +107,22 @@ func serve(ctx context.Context, args []string) error {
 	if *tagRecheck <= 0 {
 		return fmt.Errorf("--tag-recheck: %s is not a positive duration", *tagRecheck)
 	}
-	p := pool.New(resolver, chunks, log.WithField("component", "pool"), pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck))
+	limits := pool.TreeLimits{MaxEntries: *treeEntries, MaxBytes: *treeMemory << 20, Idle: *treeIdle}
+	if os.Getenv("GOMEMLIMIT") == "" && limits.MaxBytes > 0 && *memCache > 0 {
+		// A soft limit makes the collector work harder before the heap
+		// passes what the caches and trees may take, rather than let it
+		// grow to twice the live heap while a big tree is built.
+		debug.SetMemoryLimit(*memCache<<20 + limits.MaxBytes + memorySlack)
+	}
+	// Profiles are pushed through the store whether or not the daemon
+	// looks them up.
+	published := profilestore.New(resolver, profilestore.Options{Log: log.WithField("component", "profiles")})
+	popts := []pool.Option{pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits)}
+	if *profileLookup {
+		popts = append(popts, pool.WithProfileSource(published))
+	}
+	p := pool.New(resolver, chunks, log.WithField("component", "pool"), popts...)
+	defer p.Close()
 	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
 	// a restart serves known layers without asking the registry. NewDisk
@@ -135,7 +156,7 @@ func serve(ctx context.Context, args []string) error {
 	}
 	mnt := mounts.PoolDir
 	log.WithFields(logrus.Fields{"path": mnt, "trees": mounts.TreesDir, "cache_dir": *cacheDir}).Info("serving")
-	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain}
+	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain, published: published}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
 	if err != nil {
 		_ = mounts.Unmount()
@@ -162,6 +183,11 @@ func serve(ctx context.Context, args []string) error {
 	<-done
 	return nil
 }
+
+// memorySlack is what the daemon may use besides its chunk cache and
+// trees before the collector tries harder (see debug.SetMemoryLimit):
+// buffers of reads in flight, the write-behind queue, go-fuse.
+const memorySlack = 256 << 20
 
 // logTime has milliseconds: a cold lookup and its prefetch take tens to
 // hundreds of them, and lining daemon events up with podman's and the

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -55,10 +56,14 @@ func status(ctx context.Context, args []string, out io.Writer) error {
 		return enc.Encode(st)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REFERENCE\tDIGEST\tSIZE\tFETCHED\tUSERS\tLAST ACCESS")
+	fmt.Fprintln(tw, "REFERENCE\tDIGEST\tSIZE\tFETCHED\tUSERS\tLAST ACCESS\tTREE\tPROFILE")
 	for _, l := range st.Layers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f%%\t%d\t%s\n", l.Ref, shortDigest(l.Digest), humanBytes(l.Size),
-			100*l.Fetched, l.Uses, l.LastAccess.Local().Format(time.DateTime))
+		tree := "not in memory"
+		if l.TreeLoaded {
+			tree = fmt.Sprintf("%d entries, %s", l.TreeEntries, humanBytes(l.TreeBytes))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f%%\t%d\t%s\t%s\t%s\n", l.Ref, shortDigest(l.Digest), humanBytes(l.Size),
+			100*l.Fetched, l.Uses, l.LastAccess.Local().Format(time.DateTime), tree, profileSummary(l.Profile))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -71,8 +76,12 @@ func status(ctx context.Context, args []string, out io.Writer) error {
 	if st.TreesMountpoint != "" {
 		where += " (trees on " + st.TreesMountpoint + ")"
 	}
-	_, err = fmt.Fprintf(out, "\n%d layers served from %s\ndisk cache %s: %s (%s), %d evictions, %s waiting to be written; memory cache %s\nwhole-file copies for passthrough: %d, %s (in the disk cache)\n",
-		len(st.Layers), where, st.Cache.Dir, humanBytes(st.Cache.Bytes), cap, st.Cache.Evictions, humanBytes(st.Cache.PendingBytes), humanBytes(st.Cache.MemoryBytes),
+	limit := "no limit"
+	if st.Trees.MaxBytes > 0 {
+		limit = "limit " + humanBytes(st.Trees.MaxBytes)
+	}
+	_, err = fmt.Fprintf(out, "\n%d layers served from %s\ntrees in memory: %d, %s (%s)\ndisk cache %s: %s (%s), %d evictions, %s waiting to be written; memory cache %s\nwhole-file copies for passthrough: %d, %s (in the disk cache)\n",
+		len(st.Layers), where, st.Trees.Loaded, humanBytes(st.Trees.Bytes), limit, st.Cache.Dir, humanBytes(st.Cache.Bytes), cap, st.Cache.Evictions, humanBytes(st.Cache.PendingBytes), humanBytes(st.Cache.MemoryBytes),
 		st.Cache.WholeFiles, humanBytes(st.Cache.WholeBytes))
 	return err
 }
@@ -125,6 +134,25 @@ func authHelper(ctx context.Context, args []string, in io.Reader, out io.Writer)
 	defer cancel()
 	_, err = clientFor(*sock).SetCredentials(ctx, creds)
 	return err
+}
+
+// profileSummary is a layer's profile in a few words: "recorded 312",
+// "loaded 300 from store, 280 used", "published".
+func profileSummary(p *control.ProfileStatus) string {
+	if p == nil {
+		return "-"
+	}
+	var parts []string
+	if p.Recorded > 0 {
+		parts = append(parts, fmt.Sprintf("recorded %d", p.Recorded))
+	}
+	if p.Loaded {
+		parts = append(parts, fmt.Sprintf("loaded %d from %s (%d fetched), %d used", p.Chunks, p.Source, p.Fetched, p.Used))
+	}
+	if p.Published {
+		parts = append(parts, "published")
+	}
+	return strings.Join(parts, "; ")
 }
 
 func shortDigest(d string) string {

@@ -116,6 +116,9 @@ func (b *bench) prepare(spec imageSpec) ([]*preparedWorkload, error) {
 
 	var out []*preparedWorkload
 	for i, w := range spec.workloads {
+		if !strings.Contains(w.name, b.c.workload) {
+			continue // not measured: no optimized image to build
+		}
 		files, err := rf.filesRead(w.argv)
 		if err != nil {
 			return nil, err
@@ -161,10 +164,10 @@ func openLayer(blob []byte) (*layer.Layer, error) {
 func lookupEntry(l *layer.Layer, p string) *layer.Entry {
 	e := l.Root()
 	for _, part := range strings.Split(p, "/") {
-		if e == nil || e.Children == nil {
+		if e == nil {
 			return nil
 		}
-		e = e.Children[part]
+		e = e.Child(part)
 	}
 	return e
 }
@@ -231,6 +234,18 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	lazy, opt := add("poolfs, eStargz"), add("poolfs, eStargz optimized")
 	warm := add("poolfs optimized, daemon cache warm")
 	zc := add("poolfs, zstd:chunked (no prioritized order)")
+	var profiled *caseResult
+	var prof []byte
+	if b.c.profiled {
+		// The profile comes from a cold run of the unoptimized image on
+		// another daemon with an empty cache, exported from that daemon
+		// and imported into each timed daemon before its run.
+		profiled = add("poolfs, eStargz + profile")
+		rec := &caseResult{name: "(recording run, not counted)"}
+		if err := b.runCase(p, p.lazyRef, true, b.c.daemonArg, rec, nil, &profileIO{export: &prof}); err != nil {
+			return nil, fmt.Errorf("recording the profile: %w", err)
+		}
+	}
 	var vars, lazyVars []*caseResult
 	for _, v := range b.c.variants {
 		vars = append(vars, add("poolfs optimized, "+v.name))
@@ -243,17 +258,22 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	logf("measuring %s %q: %d runs", p.image, p.w.name, b.c.runs)
 	var round []func() error
 	if !b.c.noPull {
-		round = append(round, func() error { return b.runCase(p, p.gzipRef, false, nil, pull, local) })
+		round = append(round, func() error { return b.runCase(p, p.gzipRef, false, nil, pull, local, nil) })
 	}
 	round = append(round,
-		func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil) },
-		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm) },
-		func() error { return b.runCase(p, p.zstdRef, true, b.c.daemonArg, zc, nil) })
+		func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil, nil) },
+		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm, nil) },
+		func() error { return b.runCase(p, p.zstdRef, true, b.c.daemonArg, zc, nil, nil) })
+	if profiled != nil {
+		round = append(round, func() error {
+			return b.runCase(p, p.lazyRef, true, b.c.daemonArg, profiled, nil, &profileIO{load: prof})
+		})
+	}
 	for j, v := range b.c.variants {
 		args := append(append([]string{}, b.c.daemonArg...), v.args...)
-		round = append(round, func() error { return b.runCase(p, p.optRef, true, args, vars[j], nil) })
+		round = append(round, func() error { return b.runCase(p, p.optRef, true, args, vars[j], nil, nil) })
 		if b.c.lazyVariants {
-			round = append(round, func() error { return b.runCase(p, p.lazyRef, true, args, lazyVars[j], nil) })
+			round = append(round, func() error { return b.runCase(p, p.lazyRef, true, args, lazyVars[j], nil, nil) })
 		}
 	}
 	// Each round runs every case once, in an order of its own (the same
@@ -273,10 +293,18 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	return r, nil
 }
 
+// profileIO moves a startup profile into a daemon before a run (load) or
+// out of it after the run (export), with `poolfs profile import/export`.
+type profileIO struct {
+	load   []byte
+	export *[]byte
+}
+
 // runCase runs the workload once cold: fresh podman store, and with
-// poolfs a fresh daemon with an empty cache. If local is not nil, the
-// workload runs a second time from the now local image.
-func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs []string, c, local *caseResult) error {
+// poolfs a fresh daemon with an empty cache (given the profile prof.load
+// if set). If local is not nil, the workload runs a second time from the
+// now local image.
+func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs []string, c, local *caseResult, prof *profileIO) error {
 	b.seq++
 	dir := filepath.Join(b.c.work, "runs", fmt.Sprintf("%03d", b.seq))
 	os.RemoveAll(dir)
@@ -325,6 +353,15 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if err := b.initStore(ctx, pm); err != nil {
 		return err
 	}
+	if prof != nil && prof.load != nil {
+		f := filepath.Join(dir, "profile.json")
+		if err := os.WriteFile(f, prof.load, 0o644); err != nil {
+			return err
+		}
+		if err := b.poolfsCmd(ctx, "profile", "import", "--socket", fixture.ControlSocketFor(als), f); err != nil {
+			return err
+		}
+	}
 
 	args := append([]string{"run", "--rm", "--network=none", "--tls-verify=false", ref}, p.w.argv...)
 	if b.c.podmanLog != "" {
@@ -369,6 +406,15 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if p.w.want != "" && !strings.Contains(out+stderr, p.w.want) {
 		return fmt.Errorf("%s: output %q does not contain %q", pm.CommandLine(args...), out+stderr, p.w.want)
 	}
+	if prof != nil && prof.export != nil {
+		f := filepath.Join(dir, "profile.json")
+		if err := b.poolfsCmd(ctx, "profile", "export", "--socket", fixture.ControlSocketFor(als), ref, f); err != nil {
+			return err
+		}
+		if *prof.export, err = os.ReadFile(f); err != nil {
+			return err
+		}
+	}
 	c.times = append(c.times, took)
 	c.bytes = append(c.bytes, st.BlobBytes)
 	c.requests = append(c.requests, st.Requests)
@@ -401,6 +447,16 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 		local.blobReqs = append(local.blobReqs, st.BlobGets)
 		logf("  %-34s %7.3f s", local.name, took.Seconds())
 	}
+	return nil
+}
+
+// poolfsCmd runs the poolfs binary (a client command).
+func (b *bench) poolfsCmd(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, b.c.poolfs, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("poolfs %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	logf("  poolfs %s: %s", args[0]+" "+args[1], strings.TrimSpace(string(out)))
 	return nil
 }
 

@@ -53,6 +53,7 @@ type config struct {
 	perf         bool
 	hold         bool
 	newStore     bool
+	profiled     bool
 }
 
 // variant is an extra poolfs case with other daemon flags (to measure a
@@ -99,7 +100,12 @@ func main() {
 	flag.BoolVar(&c.newStore, "new-store", false, "time cold runs on a podman store never used before (default: a store with no images, initialized by one `podman images`)")
 	flag.BoolVar(&c.hold, "hold", false, "push the images, then serve them behind the link until interrupted (for experiments by hand)")
 	flag.BoolVar(&c.noPull, "no-pull", false, "skip the full pull and local cases (no lower bound; for quick iterations)")
+	flag.BoolVar(&c.profiled, "profiled", false, "add the case of the unoptimized image with a startup profile recorded by an earlier cold run on another daemon (exported and imported with `poolfs profile`)")
+	slow := flag.Bool("slow-link", false, "emulate the slow link: 80 ms per request, 50 Mbit/s (overrides -delay and -bandwidth)")
 	flag.Parse()
+	if *slow {
+		c.delay, c.mbit = 80*time.Millisecond, 50
+	}
 	c.keep = c.keep || c.perf
 	c.images = strings.Split(images, ",")
 	c.daemonArg = strings.Fields(daemonArgs)

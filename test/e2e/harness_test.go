@@ -107,6 +107,12 @@ var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
 // test. It returns the daemon and the ALS root DIR/als.
 func startDaemon(t *testing.T, reg *fixture.Registry) (*fixture.Daemon, string) {
 	t.Helper()
+	return startDaemonWith(t, reg)
+}
+
+// startDaemonWith is startDaemon with more serve flags.
+func startDaemonWith(t *testing.T, reg *fixture.Registry, flags ...string) (*fixture.Daemon, string) {
+	t.Helper()
 	bin := poolfsBinary(t)
 	dir := tempDir(t)
 	als := filepath.Join(dir, "als")
@@ -118,6 +124,7 @@ func startDaemon(t *testing.T, reg *fixture.Registry) (*fixture.Daemon, string) 
 		LogLevel:           "debug",
 		LogFile:            filepath.Join(dir, "poolfs.log"),
 		ReadyTimeout:       20 * time.Second,
+		ExtraArgs:          flags,
 	})
 	if err != nil {
 		t.Fatalf("starting poolfs: %v", err)

@@ -99,6 +99,13 @@ func TestPodmanRunFromPool(t *testing.T) {
 			t.Errorf("layer %d: %d whole-blob GETs: podman downloaded the layer instead of using the pool", i, pb.FullBlobGets)
 		}
 	}
+	// No profile is published: the registry lookup (on by default) costs
+	// the image one referrers request, two on a registry without the
+	// referrers API like this one (the API's 404, then the referrers tag),
+	// whatever the number of layers and runs.
+	if n := st.ReferrersRequests; n < 1 || n > 2 {
+		t.Errorf("%d referrers requests for one image, want 1 or 2", n)
+	}
 	if app := layers[1]; st.PerBlob[app.Digest].Bytes > app.Size/4 {
 		t.Errorf("layer 1: %d of %d bytes fetched, though only hello.txt was read", st.PerBlob[app.Digest].Bytes, app.Size)
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -70,6 +73,7 @@ func TestDaemonServices(t *testing.T) {
 	writeFile(t, cfg, `
 log_level = "warn"   # the --log-level debug StartDaemon passes wins
 log_format = "json"
+profile_lookup = false
 [cache]
 max_size = "1MiB"
 memory_size = "1MiB"
@@ -268,6 +272,49 @@ blocked = true
 		}
 	})
 
+	t.Run("profile push", func(t *testing.T) {
+		// The start just read is the layer's profile; the daemon pushes it
+		// with the credentials the auth helper gave it, to a registry
+		// without the referrers API: the artifact, then the referrers tag.
+		// profile_lookup = false in the config file: the layers were
+		// opened without a single referrers request.
+		if n := reg.Stats().ReferrersRequests; n != 0 {
+			t.Errorf("%d referrers requests with profile_lookup = false", n)
+		}
+		_, imgDigest, err := manifestDigestOf(ctx, reg, "private/sink", "v1", user, pass)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.CommandContext(ctx, bin, "profile", "push", "--socket", sock, ref).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "pushed the profiles of 1 layers") || !strings.Contains(string(out), imgDigest) {
+			t.Fatalf("profile push: %v: %s", err, out)
+		}
+		tagPut := false
+		for _, r := range reg.Requests() {
+			if r.Method == http.MethodPut && r.Path == "/v2/private/sink/manifests/"+strings.Replace(imgDigest, ":", "-", 1) && r.Status == http.StatusCreated {
+				tagPut = true
+			}
+		}
+		if !tagPut {
+			t.Errorf("no referrers tag written for subject %s", imgDigest)
+		}
+		var st control.Status
+		out, err = exec.CommandContext(ctx, bin, "status", "--json", "--socket", sock).Output()
+		if err == nil {
+			err = json.Unmarshal(out, &st)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := byDigestOf(st, li.Digest.String()); l.Profile == nil || !l.Profile.Published {
+			t.Errorf("status after the push: %+v", l.Profile)
+		}
+		// An image the daemon has not served has nothing to push.
+		if out, err := exec.CommandContext(ctx, bin, "profile", "push", "--socket", sock, fixture.ImageRef(reg.Host, "private/none", "v1")).CombinedOutput(); err == nil {
+			t.Errorf("profile push of an image without profiles succeeded: %s", out)
+		}
+	})
+
 	t.Run("metrics", func(t *testing.T) {
 		hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", fixture.MetricsSocketFor(als))
@@ -402,4 +449,25 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// manifestDigestOf fetches repo:tag's manifest from reg with basic auth and
+// returns its media type and digest.
+func manifestDigestOf(ctx context.Context, reg *fixture.Registry, repo, tag, user, pass string) (string, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, reg.URL+"/v2/"+repo+"/manifests/"+tag, nil)
+	if err != nil {
+		return "", "", err
+	}
+	req.SetBasicAuth(user, pass)
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return "", "", fmt.Errorf("manifest of %s:%s: %s, %v", repo, tag, resp.Status, err)
+	}
+	return resp.Header.Get("Content-Type"), digest.FromBytes(body).String(), nil
 }

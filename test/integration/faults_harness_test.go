@@ -18,6 +18,8 @@ import (
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profile"
+	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
 	"github.com/poolfs/poolfs/test/fixture"
 )
@@ -40,6 +42,13 @@ type mountOpts struct {
 	// Prefetch is what the pool fetches on its own (the zero value: the
 	// prioritized files once the TOC is in, nothing else).
 	Prefetch pool.PrefetchOptions
+	// ProfileSource is asked for published startup profiles (nil: none,
+	// unless ProfileLookup).
+	ProfileSource profile.Source
+	// ProfileLookup makes the pool look for published profiles in the
+	// registry (the daemon's --profile-lookup); mounted.Published is that
+	// store either way.
+	ProfileLookup bool
 	// Root is the ALS root ("": <a fresh temp dir>/als).
 	Root string
 	// Pool is passed to pool.New (access, tag recheck).
@@ -81,7 +90,13 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	ro := o.Remote
 	ro.Insecure = append(ro.Insecure, reg.Host)
 	ro.Log = entry
-	p := pool.New(remote.New(ro), c, entry, o.Pool...)
+	resolver := remote.New(ro)
+	published := profilestore.New(resolver, profilestore.Options{Log: entry})
+	src := o.ProfileSource
+	if src == nil && o.ProfileLookup {
+		src = published
+	}
+	p := pool.New(resolver, c, entry, append([]pool.Option{pool.WithProfileSource(src)}, o.Pool...)...)
 	p.SetPrefetch(o.Prefetch)
 	if o.Meta != nil {
 		p.SetMeta(o.Meta)
@@ -91,7 +106,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 		t.Cleanup(w.Close) // after the unmount below, as in the daemon
 		p.SetWholeFiles(w)
 	}
-	m := &mounted{Pool: p, Disk: disk}
+	m := &mounted{Pool: p, Disk: disk, Published: published}
 	mounts, err := pool.Mount(root, p, pool.MountOptions{InPlaceTrees: o.InPlaceTrees, Observer: func(op string, _ time.Duration, _ fuse.Status) {
 		switch op {
 		case "read":

@@ -12,6 +12,7 @@ import (
 
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -22,8 +23,11 @@ type mounted struct {
 	TreesDir string // <ALS root>/.trees; "" when trees are in place
 	Pool     *pool.Pool
 	Disk     *cache.Disk
-	Reads    atomic.Int64 // FUSE READ requests the daemon answered
-	GetAttrs atomic.Int64 // FUSE GETATTR requests, both mounts
+	// Published finds and pushes profiles in the registry through the
+	// pool's resolver.
+	Published *profilestore.Registry
+	Reads     atomic.Int64 // FUSE READ requests the daemon answered
+	GetAttrs  atomic.Int64 // FUSE GETATTR requests, both mounts
 }
 
 func requireFUSE(t *testing.T) {

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"archive/tar"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -23,6 +24,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/test/fixture"
 )
@@ -315,14 +317,14 @@ func compressedRange(t *testing.T, m *mounted, dg digest.Digest, rel string) (in
 		if l.Desc.Digest != dg {
 			continue
 		}
-		e := l.View.Root()
+		e := layerView(t, l).Root()
 		for _, name := range strings.Split(rel, "/") {
-			e = e.Children[name]
+			e = e.Child(name)
 			if e == nil {
 				t.Fatalf("%s not in the view", rel)
 			}
 		}
-		return l.View.CompressedRange(e)
+		return layerView(t, l).CompressedRange(e)
 	}
 	t.Fatalf("layer %s not open", dg)
 	return 0, 0
@@ -638,4 +640,14 @@ func infoDiffID(t *testing.T, dir string) digest.Digest {
 		t.Errorf("info: flags.expected-layer-diffid %q, diff-digest %s", f, info.DiffDigest)
 	}
 	return info.DiffDigest
+}
+
+// layerView is the pool layer's view, loaded if it left memory.
+func layerView(t *testing.T, l *pool.Layer) *layer.Layer {
+	t.Helper()
+	v, err := l.View(context.Background())
+	if err != nil {
+		t.Fatalf("view of %s: %v", l.Desc.Digest, err)
+	}
+	return v
 }

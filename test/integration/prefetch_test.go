@@ -70,10 +70,10 @@ func TestEarlyPrefetch(t *testing.T) {
 				t.Fatal(err)
 			}
 			l := openLayer(t, m, tc.layer.Digest)
-			for _, e := range l.View.Prioritized() {
-				for !l.View.ChunksCached(e) {
+			for _, e := range layerView(t, l).Prioritized() {
+				for !layerView(t, l).ChunksCached(e) {
 					if time.Since(start) > 30*time.Second {
-						t.Fatalf("%s not prefetched after 30 s", e.Path)
+						t.Fatalf("%s not prefetched after 30 s", e.Path())
 					}
 					time.Sleep(5 * time.Millisecond)
 				}
@@ -83,7 +83,7 @@ func TestEarlyPrefetch(t *testing.T) {
 			if t.Failed() || testing.Verbose() {
 				t.Logf("requests:\n%s", reg.RequestLog())
 			}
-			prioritized := l.View.Prioritized()
+			prioritized := layerView(t, l).Prioritized()
 			var tail, probe, rest *fixture.RequestRecord
 			var others []fixture.RequestRecord
 			for i, r := range reqs {
@@ -126,12 +126,12 @@ func TestEarlyPrefetch(t *testing.T) {
 			// The prefetched files read right and from the cache.
 			reg.ResetStats()
 			for _, e := range prioritized {
-				got, err := os.ReadFile(filepath.Join(tree(t, diff), e.Path))
+				got, err := os.ReadFile(filepath.Join(tree(t, diff), e.Path()))
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !bytes.Equal(got, fstest.TarFile(t, tarBytes, e.Path)) {
-					t.Errorf("%s differs from the tar", e.Path)
+				if !bytes.Equal(got, fstest.TarFile(t, tarBytes, e.Path())) {
+					t.Errorf("%s differs from the tar", e.Path())
 				}
 			}
 			if s := reg.Stats(); s.BlobRequests != 0 {

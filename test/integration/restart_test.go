@@ -79,7 +79,7 @@ func testRestartState(t *testing.T, opts fixture.ImageOptions) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rec.TOC.JSON[len(rec.TOC.JSON)/2] ^= 1
+		rec.TOC.Member[len(rec.TOC.Member)/2] ^= 1
 		if err := store.Put(ref, li.Digest, rec); err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,229 @@
+package pool
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/profile"
+	"github.com/poolfs/poolfs/remote"
+)
+
+// earlyRanges is a remote.Blob that fetches the ranges a stored profile's
+// replay will ask for from when the layer's TOC read is about a round trip
+// from done (remote.NearTheEnd, as the head stream does), or its bytes are
+// in (TailRead), before the TOC is decoded and the replay can start: the replay's runs
+// (layer.ReplayRuns, the same plan) then find their bytes in flight, and
+// the link is not idle for the decoding and a round trip. A read inside a
+// range is served from it as its bytes arrive, each byte once (a run
+// retried after a failed verification goes to the registry); everything
+// else goes to the blob. Release drops what was not read.
+type earlyRanges struct {
+	remote.Blob
+	order []*earlyRange // in the replay's order
+
+	startOnce sync.Once
+	ctx       context.Context
+	cancel    context.CancelFunc
+	released  atomic.Bool
+	started   atomic.Bool
+}
+
+type earlyRange struct {
+	start, end int64
+
+	mu     sync.Mutex
+	buf    []byte // nil once released
+	avail  int64  // bytes of buf received
+	ended  bool   // no more bytes will arrive
+	more   chan struct{}
+	served []span // parts handed out
+}
+
+type span struct{ start, end int64 }
+
+var _ layer.TailNotifier = (*earlyRanges)(nil)
+
+// newEarlyRanges plans p's replay on blob, leaving out chunks has says are
+// cached and those in the window Open reads with the TOC; nil if nothing
+// is left to fetch.
+func newEarlyRanges(blob remote.Blob, p *profile.Profile, has func(digest.Digest) bool) *earlyRanges {
+	tailStart := layer.TailStart(blob.Size())
+	var chunks []profile.Chunk
+	for _, c := range p.Chunks {
+		if c.End <= tailStart && !has(c.Digest) {
+			chunks = append(chunks, c)
+		}
+	}
+	runs := layer.ReplayRuns(chunks)
+	if len(runs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &earlyRanges{Blob: blob, ctx: ctx, cancel: cancel}
+	for _, r := range runs {
+		e.order = append(e.order, &earlyRange{start: r[0], end: r[1], more: make(chan struct{})})
+	}
+	return e
+}
+
+// TailRead implements layer.TailNotifier: the TOC's bytes are in, the link
+// is free for the ranges.
+func (e *earlyRanges) TailRead() { e.start() }
+
+// start fetches the ranges, layer.ReplayParallel at a time, in plan order.
+func (e *earlyRanges) start() {
+	if e == nil {
+		return
+	}
+	e.startOnce.Do(func() {
+		e.started.Store(true)
+		work := make(chan *earlyRange)
+		for range layer.ReplayParallel {
+			go func() {
+				for r := range work {
+					r.fetch(e.ctx, e.Blob)
+				}
+			}()
+		}
+		go func() {
+			defer close(work)
+			for _, r := range e.order {
+				select {
+				case work <- r:
+				case <-e.ctx.Done():
+					for _, r := range e.order {
+						r.finish()
+					}
+					return
+				}
+			}
+		}()
+	})
+}
+
+func (r *earlyRange) fetch(ctx context.Context, b remote.Blob) {
+	defer r.finish()
+	r.mu.Lock()
+	if r.ended {
+		r.mu.Unlock()
+		return
+	}
+	buf := make([]byte, r.end-r.start)
+	r.buf = buf
+	r.mu.Unlock()
+	_, _ = b.ReadAtProgress(ctx, buf, r.start, func(n int) {
+		r.mu.Lock()
+		if int64(n) > r.avail {
+			r.avail = int64(n)
+			close(r.more)
+			r.more = make(chan struct{})
+		}
+		r.mu.Unlock()
+	})
+}
+
+// finish marks r as getting no more bytes.
+func (r *earlyRange) finish() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.ended {
+		r.ended = true
+		close(r.more)
+		r.more = make(chan struct{})
+	}
+}
+
+// Release stops the fetches and drops their buffers; reads from now on go
+// to the blob. A nil earlyRanges may be released.
+func (e *earlyRanges) Release() {
+	if e == nil {
+		return
+	}
+	e.released.Store(true)
+	e.cancel()
+	for _, r := range e.order {
+		r.mu.Lock()
+		r.buf = nil
+		r.mu.Unlock()
+		r.finish()
+	}
+}
+
+func (e *earlyRanges) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	return e.ReadAtProgress(ctx, p, off, nil)
+}
+
+// ReadAtProgress serves [off, off+len(p)) from the range holding it, if
+// one does and has not served any of it before, waiting for its bytes;
+// what the range does not deliver comes from the blob.
+func (e *earlyRanges) ReadAtProgress(ctx context.Context, p []byte, off int64, progress func(n int)) (int, error) {
+	r := e.claim(off, int64(len(p)))
+	if r == nil {
+		// The TOC's read, for one: the ranges start when it is about a
+		// round trip from done.
+		if !e.started.Load() {
+			progress = remote.NearTheEnd(len(p), progress, e.start)
+		}
+		return e.Blob.ReadAtProgress(ctx, p, off, progress)
+	}
+	e.start()
+	if progress == nil {
+		progress = func(int) {}
+	}
+	filled := 0
+	for filled < len(p) {
+		r.mu.Lock()
+		avail, ended, more, buf := r.avail, r.ended, r.more, r.buf
+		r.mu.Unlock()
+		if to := min(r.start+avail, off+int64(len(p))); buf != nil && to > off+int64(filled) {
+			filled += copy(p[filled:], buf[off-r.start+int64(filled):to-r.start])
+			progress(filled)
+			continue
+		}
+		if ended {
+			break // released, failed or short: the blob serves the rest
+		}
+		select {
+		case <-more:
+		case <-ctx.Done():
+			return filled, ctx.Err()
+		}
+	}
+	if filled == len(p) {
+		return filled, nil
+	}
+	n, err := e.Blob.ReadAtProgress(ctx, p[filled:], off+int64(filled), func(m int) { progress(filled + m) })
+	return filled + n, err
+}
+
+// claim finds a range holding all of [off, off+n) none of which it served
+// yet, and marks that part served.
+func (e *earlyRanges) claim(off, n int64) *earlyRange {
+	if e == nil || n <= 0 || e.released.Load() {
+		return nil
+	}
+	for _, r := range e.order {
+		if off < r.start || off+n > r.end {
+			continue
+		}
+		r.mu.Lock()
+		ok := !(r.ended && r.buf == nil)
+		for _, s := range r.served {
+			if off < s.end && s.start < off+n {
+				ok = false
+			}
+		}
+		if ok {
+			r.served = append(r.served, span{off, off + n})
+		}
+		r.mu.Unlock()
+		if ok {
+			return r
+		}
+	}
+	return nil
+}

@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/poolfs/poolfs/test/fixture"
+)
+
+// Profiles shared through the registry (profilestore): pushed by one
+// daemon, found by another when it opens the layer, without the lookup
+// ever holding up the open.
+
+// TestPublishedProfileRoundTrip: a start recorded on one pool is pushed as
+// an artifact of the image, and a fresh pool with an empty cache finds it
+// in the registry and replays it (status: loaded from the source,
+// published), through the referrers API and through the referrers tag of
+// a registry without it.
+func TestPublishedProfileRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []fixture.RegistryOption
+	}{
+		{"referrers API", []fixture.RegistryOption{fixture.WithReferrersAPI()}},
+		{"referrers tag", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := fixture.StartRegistry(t, tc.opts...)
+			ref, layers := pushImage(t, reg, "test/published", [][]byte{layerTar(41, 60)}, fixture.ImageOptions{ChunkSize: 64 << 10})
+			li := layers[0]
+			diff := func(m *mounted) string { return filepath.Join(m.grammar2(ref, li.Digest.String()), "diff") }
+
+			rec := mountPoolOpts(t, reg, mountOpts{Quiet: true})
+			readProfileFiles(t, diff(rec))
+			set := rec.Pool.Profiles(ref)
+			if len(set.Profiles) != 1 || len(set.Profiles[0].Chunks) == 0 {
+				t.Fatalf("recorded %d profiles", len(set.Profiles))
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := rec.Published.Push(ctx, ref, set); err != nil {
+				t.Fatal(err)
+			}
+
+			reg.ResetStats()
+			m := mountPoolOpts(t, reg, mountOpts{Quiet: true, ProfileLookup: true})
+			if _, err := os.Stat(diff(m)); err != nil {
+				t.Fatal(err)
+			}
+			pi := waitReplayed(t, m.Pool)
+			if pi.Source != "source" || !pi.Published || pi.Chunks != len(set.Profiles[0].Chunks) {
+				t.Errorf("replayed %+v, want the %d chunks of the pushed profile, from the registry, published", pi, len(set.Profiles[0].Chunks))
+			}
+			readProfileFiles(t, diff(m))
+			if n := reg.Stats().ReferrersRequests; n < 1 || n > 2 {
+				t.Errorf("%d referrers requests\n%s", n, reg.RequestLog())
+			}
+		})
+	}
+}
+
+// TestProfileLookupNeverDelaysOpen: a registry that answers the referrers
+// request slowly (5 s) or with errors does not hold up the layer: the
+// lookup is made (once per image, however many layers), and the layers
+// open and serve their files before the slow answer comes. With the lookup
+// off, no referrers request is made at all.
+func TestProfileLookupNeverDelaysOpen(t *testing.T) {
+	tars := [][]byte{layerTar(43, 20), layerTar(44, 20)}
+	for _, tc := range []struct {
+		name   string
+		lookup bool
+		slow   bool // else: 500
+		want   int64
+	}{
+		{"slow registry", true, true, 1},
+		{"failing registry", true, false, 1},
+		{"lookup off", false, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := fixture.StartRegistry(t, fixture.WithReferrersAPI())
+			ref, layers := pushImage(t, reg, "test/lookup", tars, fixture.ImageOptions{ChunkSize: 64 << 10})
+			release := make(chan struct{})
+			var asked, answered atomic.Int32
+			reg.SetMiddleware(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+					if !strings.Contains(req.URL.Path, "/referrers/") {
+						next.ServeHTTP(w, req)
+						return
+					}
+					asked.Add(1)
+					defer answered.Add(1)
+					if !tc.slow {
+						http.Error(w, "broken", http.StatusInternalServerError)
+						return
+					}
+					select {
+					case <-release:
+					case <-time.After(5 * time.Second):
+					case <-req.Context().Done():
+					}
+					next.ServeHTTP(w, req)
+				})
+			})
+			t.Cleanup(func() { close(release) })
+			reg.ResetStats()
+
+			m := mountPoolOpts(t, reg, mountOpts{Quiet: true, ProfileLookup: tc.lookup})
+			for i, l := range layers {
+				diff := filepath.Join(m.grammar2(ref, l.Digest.String()), "diff")
+				names, err := os.ReadDir(filepath.Join(diff, "d"))
+				if err != nil {
+					t.Fatalf("layer %d: %v", i, err)
+				}
+				if _, err := os.ReadFile(filepath.Join(diff, "d", names[0].Name())); err != nil {
+					t.Fatalf("layer %d: %v", i, err)
+				}
+			}
+			if tc.slow && answered.Load() != 0 {
+				t.Errorf("the slow referrers request was answered before the layers were served: the open waited for it")
+			}
+			// The lookup runs beside the open; give it time to arrive.
+			deadline := time.Now().Add(10 * time.Second)
+			for int64(asked.Load()) < tc.want && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond) // a second request, if there were one, would come now
+			if n := reg.Stats().ReferrersRequests; n != tc.want {
+				t.Errorf("%d referrers requests for an image of %d layers, want %d\n%s", n, len(layers), tc.want, reg.RequestLog())
+			}
+			for _, l := range m.Pool.Layers() {
+				if pi := l.Profile(); pi.Loaded || pi.Published {
+					t.Errorf("layer %s: profile %+v without any published", l.Desc.Digest, pi)
+				}
+			}
+		})
+	}
+}
