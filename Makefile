@@ -7,12 +7,15 @@ MODULE := github.com/poolfs/poolfs
 
 # Packages tested with the race detector; everything else (test/e2e, cmd,
 # test/fixture, ...) is tested without it.
-RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|profilestore|control|metrics)(/|$$)
+RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|profilestore|imagestore|control|metrics)(/|$$)
 RACE_TIMEOUT ?= 15m
 # Integration tests also run under the race detector: only the concurrency
 # ones, as the whole package takes minutes with -race.
 RACE_INTEGRATION := ^(TestManyReadersManyLayers|TestTreesComeAndGoUnderReads)$$
 TEST_TIMEOUT ?= 20m
+# The tree memory measurements skip under the race detector (its
+# bookkeeping skews the heap); they run here without it.
+NORACE_LAYER := ^TestTreeBytes
 # Extra flags for go test, e.g. make test GOTEST_FLAGS=-v
 GOTEST_FLAGS ?=
 
@@ -46,6 +49,8 @@ test: deps
 		echo "== go test $$(echo $$rest | tr '\n' ' ')"; \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) $$rest || status=1; \
 	fi; \
+	echo "== go test -run '$(NORACE_LAYER)' ./layer"; \
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) -run '$(NORACE_LAYER)' ./layer || status=1; \
 	echo "== go test -race -run '$(RACE_INTEGRATION)' ./test/integration"; \
 	$(GO) test -race -count=1 -timeout $(RACE_TIMEOUT) $(GOTEST_FLAGS) -run '$(RACE_INTEGRATION)' ./test/integration || status=1; \
 	$(MAKE) --no-print-directory fuzz || status=1; \

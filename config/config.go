@@ -34,7 +34,10 @@ type File struct {
 	MetricsAddress     *string   `toml:"metrics_address"`
 	Group              *string   `toml:"group"`
 	TagRecheck         *Duration `toml:"tag_recheck"`
-	Cache              struct {
+	ImageStore         struct {
+		Pinned []string `toml:"pinned"`
+	} `toml:"image_store"`
+	Cache struct {
 		Dir        *string `toml:"dir"`
 		MaxSize    *Size   `toml:"max_size"`
 		MemorySize *Size   `toml:"memory_size"`
@@ -194,6 +197,9 @@ func (f *File) Settings() []Setting {
 	str("group", "group", f.Group)
 	if f.TagRecheck != nil {
 		out = append(out, Setting{Key: "tag_recheck", Flag: "tag-recheck", Values: []string{f.TagRecheck.D.String()}})
+	}
+	if f.ImageStore.Pinned != nil {
+		out = append(out, Setting{Key: "image_store.pinned", Flag: "pin-image", Values: f.ImageStore.Pinned})
 	}
 	str("cache.dir", "cache-dir", f.Cache.Dir)
 	if f.Cache.MaxSize != nil {

@@ -126,6 +126,7 @@ func Listen(path string, b Backend, log *logrus.Entry) (*Server, error) {
 	if pb, ok := b.(ProfileBackend); ok {
 		handleProfiles(mux, pb, log)
 	}
+	handleImages(mux, b, log)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { s.done <- s.srv.Serve(s.ln) }()
 	return s, nil

@@ -28,6 +28,10 @@ import (
 // FilePassthroughFder (fileHandle always does). The second rule is kept
 // here: passthrough is offered only while no cached-mode handle of the
 // node is open.
+//
+// On a mount that serves free opens (ServeOptions.FreeOpens) none of this
+// runs: Open and Release never come, and every read the page cache misses
+// comes to Read without a handle.
 type fileNode struct {
 	node
 

@@ -17,13 +17,37 @@ import (
 // ENOENT. This wrapper sends an ENOENT lookup that carries an entry timeout
 // as the cacheable form. Buffers are zeroed per request, so only lookups
 // that set a timeout on purpose are affected.
+//
+// FLUSH is answered with ENOSYS (see noFlush).
 func NewNodeFS(root gofs.InodeEmbedder, opts *gofs.Options) fuse.RawFileSystem {
-	return negativeEntries{cachedListings{gofs.NewNodeFS(root, opts)}}
+	return noFlush{negativeEntries{cachedListings{gofs.NewNodeFS(root, opts)}}}
 }
 
-// Mount is go-fuse's fs.Mount with the file system from NewNodeFS.
-func Mount(dir string, root gofs.InodeEmbedder, opts *gofs.Options) (*fuse.Server, error) {
-	return serve(dir, NewNodeFS(root, opts), opts)
+// ServeOptions are poolfs's choices for one mount beside go-fuse's.
+type ServeOptions struct {
+	// Observer is told about every operation (nil: nobody).
+	Observer OpObserver
+	// FreeOpens makes the kernel open files without asking the daemon
+	// (see freeOpens): the mount must be read-only, and gets no
+	// passthrough.
+	FreeOpens bool
+}
+
+// NewNodeFSWith is NewNodeFS served as o says.
+func NewNodeFSWith(root gofs.InodeEmbedder, opts *gofs.Options, o ServeOptions) fuse.RawFileSystem {
+	raw := NewNodeFS(root, opts)
+	if o.FreeOpens {
+		raw = freeOpens{raw}
+	}
+	if o.Observer != nil {
+		raw = observed{raw, o.Observer}
+	}
+	return raw
+}
+
+// Mount is go-fuse's fs.Mount with the file system from NewNodeFSWith.
+func Mount(dir string, root gofs.InodeEmbedder, opts *gofs.Options, o ServeOptions) (*fuse.Server, error) {
+	return serve(dir, NewNodeFSWith(root, opts, o), opts)
 }
 
 // serve mounts raw at dir and serves it until unmounted.

@@ -3,25 +3,15 @@ package fs
 import (
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // OpObserver is told about every FUSE operation of the kinds a layer store
-// sees (lookups, attributes, opens, reads, directory listings, xattrs,
-// readlink, statfs and the create/rmdir of the use protocol): its name, how
-// long poolfs took to answer, and the answer. It must not block; metrics
-// are its use.
+// sees (lookups, attributes, opens, flushes, releases, reads, directory
+// listings, xattrs, readlink, statfs and the create/rmdir of the use
+// protocol): its name, how long poolfs took to answer, and the answer. It
+// must not block; metrics are its use.
 type OpObserver func(op string, took time.Duration, st fuse.Status)
-
-// MountObserved is Mount with every operation reported to obs (nil: like
-// Mount).
-func MountObserved(dir string, root gofs.InodeEmbedder, opts *gofs.Options, obs OpObserver) (*fuse.Server, error) {
-	if obs == nil {
-		return Mount(dir, root, opts)
-	}
-	return serve(dir, observed{NewNodeFS(root, opts), obs}, opts)
-}
 
 // observed wraps a RawFileSystem, timing the operations it overrides; the
 // rest pass straight through the embedded value.
@@ -48,6 +38,18 @@ func (o observed) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.
 func (o observed) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	t := time.Now()
 	return o.done("open", t, o.RawFileSystem.Open(cancel, in, out))
+}
+
+func (o observed) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	t := time.Now()
+	return o.done("flush", t, o.RawFileSystem.Flush(cancel, in))
+}
+
+// Release has no answer; it is reported as OK.
+func (o observed) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	t := time.Now()
+	o.RawFileSystem.Release(cancel, in)
+	o.done("release", t, fuse.OK)
 }
 
 func (o observed) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {

@@ -246,7 +246,19 @@ func typeBits(t layer.EntryType) uint32 {
 // totals counts the bytes of regular files (each inode once) and the
 // inodes of the view.
 func totals(root *layer.Entry) (bytes, files uint64) {
-	linked := map[uint32]bool{} // hard-linked entries counted so far
+	eachEntry(root, func(e *layer.Entry) {
+		files++
+		if e.Type == layer.TypeReg && e.Size > 0 {
+			bytes += uint64(e.Size)
+		}
+	})
+	return bytes, files
+}
+
+// eachEntry calls fn once for every entry of the view rooted at root, root
+// included; a hard-linked entry is visited once.
+func eachEntry(root *layer.Entry, fn func(e *layer.Entry)) {
+	linked := map[uint32]bool{} // hard-linked entries visited so far
 	stack := []*layer.Entry{root}
 	for len(stack) > 0 {
 		e := stack[len(stack)-1]
@@ -257,14 +269,10 @@ func totals(root *layer.Entry) (bytes, files uint64) {
 			}
 			linked[e.ID()] = true
 		}
-		files++
-		if e.Type == layer.TypeReg && e.Size > 0 {
-			bytes += uint64(e.Size)
-		}
+		fn(e)
 		for i := range e.NumChildren() {
 			_, c := e.ChildAt(i)
 			stack = append(stack, c)
 		}
 	}
-	return bytes, files
 }

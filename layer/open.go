@@ -25,9 +25,6 @@ type Layer struct {
 	// chunk that fails verification is refetched from the registry).
 	tail      []byte
 	tailStart int64
-	// fetchedTail is tail with the TOC and footer after it (see
-	// FetchedTail); nil when tail is.
-	fetchedTail []byte
 
 	mu       sync.Mutex
 	inflight map[chunkKey]*flight // chunks being fetched, for singleflight
@@ -107,17 +104,16 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
 	}
 	log.WithFields(logrus.Fields{"entries": len(raw.tree.entries), "tree_bytes": raw.tree.bytes, "format": f}).Debug("opened layer")
 	return &Layer{
-		format:      f,
-		blob:        blob,
-		cache:       c,
-		log:         log,
-		tree:        raw.tree,
-		tocDigest:   raw.digest,
-		inflight:    map[chunkKey]*flight{},
-		rec:         newRecorder(),
-		tail:        raw.chunkTail,
-		tailStart:   raw.chunkTailStart,
-		fetchedTail: raw.fetchedTail,
+		format:    f,
+		blob:      blob,
+		cache:     c,
+		log:       log,
+		tree:      raw.tree,
+		tocDigest: raw.digest,
+		inflight:  map[chunkKey]*flight{},
+		rec:       newRecorder(),
+		tail:      raw.chunkTail,
+		tailStart: raw.chunkTailStart,
 	}
 }
 
@@ -127,11 +123,11 @@ func (l *Layer) Format() string { return l.format.String() }
 // Decompress is the package's Decompress in this layer's format.
 func (l *Layer) Decompress(blob io.Reader) (io.ReadCloser, error) { return l.format.decompress(blob) }
 
-// FetchedTail returns the blob's bytes [off, size) that Open fetched with
-// the TOC, byte for byte as they came (nil if it kept none), so that a
-// reader of the whole blob need not fetch them again. For a small layer
-// that is all of it. Callers must not modify them.
-func (l *Layer) FetchedTail() (off int64, b []byte) { return l.tailStart, l.fetchedTail }
+// FetchedTail returns the blob's bytes [off, off+len(b)) that Open
+// fetched with the TOC and keeps for the chunks in them (nil if none), so
+// that a reader of the whole blob need not fetch them again; the TOC and
+// footer after them are not kept. Callers must not modify them.
+func (l *Layer) FetchedTail() (off int64, b []byte) { return l.tailStart, l.tail }
 
 // Root returns the root directory of the view.
 func (l *Layer) Root() *Entry { return l.tree.root() }

@@ -39,9 +39,6 @@ type rawTOC struct {
 	// data already paid for, which for small layers is the whole layer.
 	chunkTail      []byte
 	chunkTailStart int64
-	// fetchedTail is the whole tail as fetched, TOC and footer included,
-	// when chunkTail holds on to its memory anyway ([chunkTailStart, size)).
-	fetchedTail []byte
 }
 
 // readTOC fetches the blob's tail (one ReadAt), finds the footer of one of
@@ -122,11 +119,10 @@ func fetchTOC(ctx context.Context, blob BlobReader, f format, r tocRange, want d
 	raw.member = compressed // its own allocation, not the tail's
 	if raw.tocOffset > tailStart && len(tail) > 0 {
 		raw.chunkTailStart = tailStart
-		// The whole tail stays (at most tailSize bytes, and only while the
-		// tree is in memory): its chunks serve reads, and the blob file
-		// serves all of it, TOC and footer included, without a refetch.
-		raw.chunkTail = tail[:raw.tocOffset-tailStart]
-		raw.fetchedTail = tail
+		// Copied so that the layer does not keep the TOC's bytes, which
+		// can be most of the tail, beside the tree: a reader of the blob
+		// file fetches those again (see FetchedTail).
+		raw.chunkTail = append([]byte(nil), tail[:raw.tocOffset-tailStart]...)
 	}
 	return raw, nil
 }

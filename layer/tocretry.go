@@ -27,7 +27,7 @@ func (e *noFooterError) Unwrap() error { return e.err }
 // readTOCVerified is readTOC, fetched again (up to verifyAttempts in all)
 // when the bytes that arrived do not make a valid TOC: a footer, gzip
 // stream, JSON or TOC digest spoiled in transit must not fail the layer, and
-// above all must not make the pool remember it as "not eStargz" forever.
+// above all must not make the pool remember it as in no format it serves forever.
 // A blob with no footer of any format costs one small tail read when no
 // TOC digest is expected (nothing claimed it is served lazily), and
 // verifyAttempts tail reads when one is.

@@ -187,6 +187,9 @@ func (w *WholeFiles) work() {
 	}
 }
 
+// MinSize is the size from which files get copies.
+func (w *WholeFiles) MinSize() int64 { return w.o.MinSize }
+
 // readSeen records a read through a layer (see WholeOptions.Quiet).
 func (w *WholeFiles) readSeen(at time.Time) { w.lastRead.Store(at.UnixNano()) }
 

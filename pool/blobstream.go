@@ -75,13 +75,14 @@ type segment struct {
 
 func (g *segment) end() int64 { return g.off + int64(len(g.buf)) }
 
-// newBlobStream reads b; tail, if not nil, is b's bytes [tailOff, size)
-// as the layer already has them (layer.FetchedTail): they are served as a
-// segment that never goes, and runs stop where they start.
-func newBlobStream(b remote.Blob, tailOff int64, tail []byte) *blobStream {
+// newBlobStream reads b; known, if not nil, is b's bytes [knownOff,
+// knownOff+len(known)) as the layer already has them (layer.FetchedTail):
+// they are served as a segment that never goes, and runs stop where they
+// start.
+func newBlobStream(b remote.Blob, knownOff int64, known []byte) *blobStream {
 	s := &blobStream{blob: b, size: b.Size()}
-	if len(tail) > 0 && tailOff >= 0 && tailOff+int64(len(tail)) == s.size {
-		s.segs = append(s.segs, &segment{off: tailOff, buf: tail, known: true, avail: len(tail), done: true, next: true, more: make(chan struct{})})
+	if end := knownOff + int64(len(known)); len(known) > 0 && knownOff >= 0 && end <= s.size {
+		s.segs = append(s.segs, &segment{off: knownOff, buf: known, known: true, avail: len(known), done: true, next: end == s.size, more: make(chan struct{})})
 	}
 	return s
 }

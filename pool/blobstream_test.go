@@ -238,3 +238,18 @@ func TestBlobStreamServesTheKnownTail(t *testing.T) {
 		t.Error("a read in the known tail fetched bytes")
 	}
 }
+
+// The layer keeps the chunk bytes of its tail, not the TOC and footer
+// after them: those are fetched, once, by a reader of the whole blob.
+func TestBlobStreamKnownBytesBeforeTheEnd(t *testing.T) {
+	data := pattern(3 << 20)
+	b := newMemBlob(data)
+	knownOff, knownEnd := int64(len(data)-1<<20), int64(len(data)-300<<10)
+	s := newBlobStream(b, knownOff, data[knownOff:knownEnd])
+	if got := readLikeKernel(t, s, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("wrong bytes")
+	}
+	if served, want := b.served.Load(), int64(len(data))-(knownEnd-knownOff); served != want {
+		t.Errorf("the blob served %d bytes, want the %d not known", served, want)
+	}
+}

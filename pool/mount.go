@@ -59,7 +59,9 @@ func Mount(root string, p *Pool, o MountOptions) (*Mounts, error) {
 		// A read-only superblock is the point of this mount: see trees.go.
 		opts.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 		opts.FsName = "poolfs-trees"
-		srv, err := layerfs.MountObserved(m.TreesDir, NewTrees(p), opts, o.Observer)
+		// Opens cost nothing there: layers that would rather have
+		// passthrough are served in place instead (see treeNode).
+		srv, err := layerfs.Mount(m.TreesDir, NewTrees(p), opts, layerfs.ServeOptions{Observer: o.Observer, FreeOpens: true})
 		if err != nil {
 			return nil, fmt.Errorf("mounting layer trees at %s: %w", m.TreesDir, err)
 		}
@@ -70,7 +72,7 @@ func Mount(root string, p *Pool, o MountOptions) (*Mounts, error) {
 		m.unmountTrees()
 		return nil, err
 	}
-	srv, err := layerfs.MountObserved(m.PoolDir, NewRoot(p), layerfs.Options(), o.Observer)
+	srv, err := layerfs.Mount(m.PoolDir, NewRoot(p), layerfs.Options(), layerfs.ServeOptions{Observer: o.Observer})
 	if err != nil {
 		m.unmountTrees()
 		return nil, fmt.Errorf("mounting pool at %s: %w", m.PoolDir, err)

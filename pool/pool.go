@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/poolfs/poolfs/cache"
+	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/profile"
@@ -76,6 +77,11 @@ type Layer struct {
 	lastAccess atomic.Int64 // unix nanoseconds
 
 	diff diffIDs // what image configs say of the uncompressed digest (see DiffIDFor)
+
+	// prefersOpens: the tree is served in place even beside a trees
+	// mount, so that its large files can have passthrough (see treeNode).
+	// Set before the layer is published.
+	prefersOpens bool
 
 	streamOnce sync.Once
 	stream     *blobStream // the blob file's reads (see ReadBlob)
@@ -359,6 +365,7 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile,
 		// Before the layer is published: its views offer passthrough for
 		// the files whose copies exist, and ask for the rest.
 		l.tree.view.SetWholeFiles(p.whole)
+		l.prefersOpens = layerfs.PrefersOpens(l.tree.view.Root(), p.whole.MinSize())
 	}
 	p.startPrefetch(l, head, found, log)
 	p.recordProfile(l, l.tree.view, log)

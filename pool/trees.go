@@ -24,11 +24,20 @@ import (
 // ErrNotOpen says a trees-mount path names a layer no pool path has opened.
 var ErrNotOpen = errors.New("layer not opened through the pool")
 
+// The trees mount also opens files without a round trip to the daemon
+// (layerfs.ServeOptions.FreeOpens): a file the kernel holds in its page
+// cache is opened and read as on a local disk. On that connection no open
+// can get passthrough, though, so a layer whose bytes are mostly in large
+// files, read faster through passthrough once cached, is served in place
+// on the pool's mount instead, where every open reaches the daemon
+// (layerfs.PrefersOpens weighs the two).
+
 // SetTreesMount makes the layers' trees symlinks, from diff (grammar 2) and
 // rootfs.<ID> (grammar 1), to <name>/<blob digest>, where name is a mount
 // beside the pool's (in the same directory) serving NewTrees. The links are
 // relative, so they resolve wherever the two mounts are seen from. Call it
-// before the pool serves lookups; without it trees are served in place.
+// before the pool serves lookups; without it trees are served in place, as
+// are those of layers that prefer opens (see above).
 func (p *Pool) SetTreesMount(name string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -42,6 +51,10 @@ func (p *Pool) treeNode(l *Layer, depth int, log *logrus.Entry) (gofs.InodeEmbed
 	p.mu.Lock()
 	trees := p.treesMount
 	p.mu.Unlock()
+	if trees != "" && l.prefersOpens {
+		log.Debug("serving the tree in place, where its large files can have passthrough")
+		trees = ""
+	}
 	if trees == "" {
 		return p.treeRoot(l, log), syscall.S_IFDIR
 	}

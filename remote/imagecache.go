@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -16,10 +17,17 @@ type imageEntry struct {
 	layers []LayerDesc
 	config v1.Descriptor
 	from   name.Reference // the endpoint that served the manifest, for the config
-	// manifest describes the image manifest itself (the platform's, for an
+	// subject describes the image manifest itself (the platform's, for an
 	// index): the subject of artifacts attached to the image.
-	manifest v1.Descriptor
-	expires  time.Time // zero: never (digest references are immutable)
+	subject v1.Descriptor
+	expires time.Time // zero: never (digest references are immutable)
+
+	// The platform image's manifest as served, and the index the
+	// reference named if it named one (nil otherwise): the image store
+	// keeps both, as containers/image does.
+	manifest  []byte
+	mediaType types.MediaType
+	index     []byte
 
 	// The config's diff IDs, once fetched (guarded by Resolver.imgMu);
 	// diffIDsKnown with nil diffIDs: the image does not say.

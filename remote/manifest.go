@@ -26,6 +26,7 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 	if err != nil {
 		return nil, err
 	}
+	var index []byte // the index ref named, if it named one
 	for depth := 0; ; depth++ {
 		kind := manifestKind(mt, raw)
 		if kind == kindImage {
@@ -46,6 +47,7 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 			return nil, fmt.Errorf("index of %s has no image for platform %s", ref, r.s.platform.String())
 		}
 		log.WithField("manifest", child.Digest.String()).Debug("index resolved to platform image")
+		index = raw
 		raw, mt, err = r.getManifest(ctx, repo.Digest(child.Digest.String()), log)
 		if err != nil {
 			return nil, err
@@ -76,7 +78,7 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 	for i := range layers {
 		layers[i].Manifest = digest.Digest(self.Digest.String())
 	}
-	return &imageEntry{layers: layers, config: mf.Config, from: ref, manifest: self}, nil
+	return &imageEntry{layers: layers, config: mf.Config, from: ref, subject: self, manifest: raw, mediaType: mt, index: index}, nil
 }
 
 // manifestDescriptor describes an image manifest as a subject descriptor:
@@ -132,6 +134,29 @@ func (r *Resolver) getManifest(ctx context.Context, ref name.Reference, log *log
 // diffIDs fetches and parses the image config for rootfs.diff_ids. A config
 // that is not an image config (artifacts) yields nil: diff IDs unknown.
 func (r *Resolver) diffIDs(ctx context.Context, ref name.Reference, cfg v1.Descriptor, log *logrus.Entry) ([]v1.Hash, error) {
+	raw, err := r.configBytes(ctx, ref, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return parseDiffIDs(raw, digest.Digest(cfg.Digest.String()), log), nil
+}
+
+// parseDiffIDs reads rootfs.diff_ids from a config; nil if it is not an
+// image config.
+func parseDiffIDs(raw []byte, dgst digest.Digest, log *logrus.Entry) []v1.Hash {
+	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	if err != nil {
+		log.WithField("digest", dgst).WithError(err).Warn("config is not an image config; diff IDs unknown")
+		return nil
+	}
+	if cf.RootFS.DiffIDs == nil {
+		return []v1.Hash{}
+	}
+	return cf.RootFS.DiffIDs
+}
+
+// configBytes fetches the config blob cfg describes and verifies it.
+func (r *Resolver) configBytes(ctx context.Context, ref name.Reference, cfg v1.Descriptor, log *logrus.Entry) ([]byte, error) {
 	if err := checkConfig(ref, cfg); err != nil {
 		return nil, err
 	}
@@ -139,36 +164,28 @@ func (r *Resolver) diffIDs(ctx context.Context, ref name.Reference, cfg v1.Descr
 	// OCI allows the config to be embedded in the manifest; use it if it
 	// checks out, saving a round trip.
 	raw := cfg.Data
-	if int64(len(raw)) != cfg.Size || !verified(dgst, raw) {
-		b, err := r.newBlob(ref.String(), dgst, cfg.Size, ref.Context())
-		if err != nil {
-			return nil, err
-		}
-		raw = make([]byte, cfg.Size)
-		// A config spoiled in transit is fetched again: the transport
-		// retries only cover errors it can see, not wrong bytes.
-		for attempt := 1; ; attempt++ {
-			if _, err := b.readFull(ctx, raw, 0, func(int) {}); err != nil {
-				return nil, fmt.Errorf("fetch config: %w", err)
-			}
-			if verified(dgst, raw) {
-				break
-			}
-			if attempt >= configAttempts {
-				return nil, fmt.Errorf("config %s of %s: content does not match digest (%d attempts)", dgst, ref, attempt)
-			}
-			log.WithFields(logrus.Fields{"digest": dgst, "attempt": attempt}).Warn("config does not match its digest; fetching it again")
-		}
+	if int64(len(raw)) == cfg.Size && verified(dgst, raw) {
+		return raw, nil
 	}
-	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
+	b, err := r.newBlob(ref.String(), dgst, cfg.Size, ref.Context())
 	if err != nil {
-		log.WithField("digest", dgst).WithError(err).Warn("config is not an image config; diff IDs unknown")
-		return nil, nil
+		return nil, err
 	}
-	if cf.RootFS.DiffIDs == nil {
-		return []v1.Hash{}, nil
+	raw = make([]byte, cfg.Size)
+	// A config spoiled in transit is fetched again: the transport
+	// retries only cover errors it can see, not wrong bytes.
+	for attempt := 1; ; attempt++ {
+		if _, err := b.readFull(ctx, raw, 0, func(int) {}); err != nil {
+			return nil, fmt.Errorf("fetch config: %w", err)
+		}
+		if verified(dgst, raw) {
+			return raw, nil
+		}
+		if attempt >= configAttempts {
+			return nil, fmt.Errorf("config %s of %s: content does not match digest (%d attempts)", dgst, ref, attempt)
+		}
+		log.WithFields(logrus.Fields{"digest": dgst, "attempt": attempt}).Warn("config does not match its digest; fetching it again")
 	}
-	return cf.RootFS.DiffIDs, nil
 }
 
 // checkConfig refuses a manifest whose config descriptor cannot be

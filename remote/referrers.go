@@ -119,9 +119,9 @@ func (r *Resolver) PushArtifact(ctx context.Context, ref string, a Artifact) (Pu
 		return Pushed{}, fmt.Errorf("push artifact: %w", err)
 	}
 	repo := eps[len(eps)-1].Context()
-	log := r.s.log.WithFields(logrus.Fields{"ref": ref, "repository": repo.Name(), "subject": img.manifest.Digest.String()})
+	log := r.s.log.WithFields(logrus.Fields{"ref": ref, "repository": repo.Name(), "subject": img.subject.Digest.String()})
 
-	subject := img.manifest
+	subject := img.subject
 	raw, blobs, err := a.manifest(subject)
 	if err != nil {
 		return Pushed{}, fmt.Errorf("push artifact to %s: %w", repo, err)

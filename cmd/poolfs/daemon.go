@@ -14,6 +14,7 @@ import (
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/config"
 	"github.com/poolfs/poolfs/control"
+	"github.com/poolfs/poolfs/imagestore"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/metrics"
 	"github.com/poolfs/poolfs/pool"
@@ -152,6 +153,7 @@ type daemonState struct {
 	resolver  *remote.Resolver
 	keychain  *remote.SessionKeychain
 	published *profilestore.Registry // profiles in registries
+	images    *imagestore.Daemon
 }
 
 // Status implements control.Backend.

@@ -22,6 +22,9 @@ Usage:
                                  look a layer up through the pool and link ROOT/<ID> to it
   poolfs optimize SRC DST -- CMD...
                                  push SRC as eStargz to DST with the files CMD opens first
+  poolfs image add|rm|ls|sync IMAGE...
+                                 keep images in the image store at ROOT/images, which podman
+                                 runs without pulling (additionalimagestores in storage.conf)
   poolfs status [--json]         show the running daemon's layers and cache
   poolfs gc [--keep SIZE]        trim the running daemon's disk cache now
   poolfs profile export IMAGE FILE
@@ -55,6 +58,8 @@ func main() {
 		err = link(ctx, os.Args[2:], os.Stdout)
 	case "optimize":
 		err = optimize(ctx, os.Args[2:])
+	case "image":
+		err = image(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	case "status":
 		err = status(ctx, os.Args[2:], os.Stdout)
 	case "gc":

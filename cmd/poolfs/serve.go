@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/cache"
+	"github.com/poolfs/poolfs/imagestore"
 	"github.com/poolfs/poolfs/internal/heapwarm"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
@@ -24,7 +25,8 @@ import (
 
 func serve(ctx context.Context, args []string) error {
 	fl := flag.NewFlagSet("serve", flag.ContinueOnError)
-	var insecure listFlag
+	var insecure, pinned listFlag
+	fl.Var(&pinned, "pin-image", "image `REFERENCE` kept in the image store at ROOT/"+imagestore.DirName+" (repeatable): added at startup if missing, its tag followed by `poolfs image sync`")
 	fl.Var(&insecure, "insecure-registry", "registry `HOST[:PORT]` reached over plain HTTP (repeatable; loopback registries always are)")
 	cacheDir := fl.String("cache-dir", "/var/lib/poolfs/cache", "`DIR` for the on-disk chunk cache")
 	memCache := fl.Int64("memory-cache-mb", 512, "`MiB` of verified chunks kept in memory")
@@ -108,6 +110,19 @@ func serve(ctx context.Context, args []string) error {
 		return fmt.Errorf("--tag-recheck: %s is not a positive duration", *tagRecheck)
 	}
 	limits := pool.TreeLimits{MaxEntries: *treeEntries, MaxBytes: *treeMemory << 20, Idle: *treeIdle}
+	// The image store's layers keep their trees in memory (counted in
+	// --tree-memory-mb): a tree that left comes back on podman's lookup,
+	// but after a read of meta.db the start of a container from the store
+	// would pay.
+	// ROOT first, with its access mode: the store is inside it.
+	if err := pool.PrepareRoot(root, access, log.WithField("component", "pool")); err != nil {
+		return err
+	}
+	store, err := imagestore.OpenStore(root, log.WithField("component", "imagestore"))
+	if err != nil {
+		return err
+	}
+	limits.Keep = func(l *pool.Layer) bool { return store.Keeps(l.Desc.Digest) }
 	if os.Getenv("GOMEMLIMIT") == "" && limits.MaxBytes > 0 && *memCache > 0 {
 		// A soft limit makes the collector work harder before the heap
 		// passes what the caches and trees may take, rather than let it
@@ -156,13 +171,16 @@ func serve(ctx context.Context, args []string) error {
 	}
 	mnt := mounts.PoolDir
 	log.WithFields(logrus.Fields{"path": mnt, "trees": mounts.TreesDir, "cache_dir": *cacheDir}).Info("serving")
-	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain, published: published}
+	images := imagestore.NewDaemon(store, imagestore.Options{Pool: p, Resolver: resolver})
+	state := &daemonState{mnt: mnt, trees: mounts.TreesDir, cacheDir: *cacheDir, pool: p, disk: disk, mem: mem, chunks: chunks, whole: whole, resolver: resolver, keychain: rs.keychain, published: published, images: images}
 	stopServices, err := dflags.startServices(state, log) // control socket, metrics, sd_notify READY=1
 	if err != nil {
 		_ = mounts.Unmount()
 		return err
 	}
 	defer stopServices()
+	stopImages := keepImages(ctx, images, pinned, log.WithField("component", "imagestore"))
+	defer stopImages()
 
 	done := make(chan struct{})
 	go func() {
@@ -234,6 +252,39 @@ func pruneMetaEvery(ctx context.Context, interval time.Duration, p *pool.Pool, m
 			case <-ctx.Done():
 				return
 			case <-t.C:
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// keepImages opens the image store's layers through the pool (after a
+// restart, from the metadata store) and adds the pinned images the store
+// lacks, in the background: podman may use the store meanwhile, and a
+// layer it reaches first is opened on its lookup. A pinned image that
+// cannot be added now (registry down) is logged; the store keeps what it
+// had. The returned stop waits for the work to end.
+func keepImages(ctx context.Context, images *imagestore.Daemon, pinned []string, log *logrus.Entry) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		images.OpenLayers(ctx)
+		have := map[string]bool{}
+		for _, im := range images.List() {
+			for _, n := range im.Names {
+				have[n] = true
+			}
+		}
+		for _, ref := range pinned {
+			if n, err := imagestore.StorageName(ref); err == nil && have[n] {
+				continue
+			}
+			if _, err := images.Add(ctx, ref, nil); err != nil {
+				log.WithField("ref", ref).WithError(err).Warn("adding a pinned image failed")
 			}
 		}
 	}()

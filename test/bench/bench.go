@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -246,6 +249,8 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 			return nil, fmt.Errorf("recording the profile: %w", err)
 		}
 	}
+	isLazy, isOpt := add("image store, eStargz"), add("image store, eStargz optimized")
+	isWarm := add("image store optimized, daemon cache warm")
 	var vars, lazyVars []*caseResult
 	for _, v := range b.c.variants {
 		vars = append(vars, add("poolfs optimized, "+v.name))
@@ -263,7 +268,9 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	round = append(round,
 		func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil, nil) },
 		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm, nil) },
-		func() error { return b.runCase(p, p.zstdRef, true, b.c.daemonArg, zc, nil, nil) })
+		func() error { return b.runCase(p, p.zstdRef, true, b.c.daemonArg, zc, nil, nil) },
+		func() error { return b.runImageStoreCase(p, p.lazyRef, b.c.daemonArg, isLazy, nil) },
+		func() error { return b.runImageStoreCase(p, p.optRef, b.c.daemonArg, isOpt, isWarm) })
 	if profiled != nil {
 		round = append(round, func() error {
 			return b.runCase(p, p.lazyRef, true, b.c.daemonArg, profiled, nil, &profileIO{load: prof})
@@ -300,6 +307,20 @@ type profileIO struct {
 	export *[]byte
 }
 
+// startDaemon starts poolfs serve on dir/store with its cache in
+// dir/cache.
+func (b *bench) startDaemon(dir string, daemonArgs []string, logName string) (*fixture.Daemon, error) {
+	return fixture.StartDaemon(fixture.DaemonOptions{
+		Binary:             b.c.poolfs,
+		Root:               filepath.Join(dir, "store"),
+		CacheDir:           filepath.Join(dir, "cache"),
+		InsecureRegistries: []string{b.reg.Host},
+		LogLevel:           "info",
+		LogFile:            filepath.Join(dir, logName),
+		ExtraArgs:          daemonArgs,
+	})
+}
+
 // runCase runs the workload once cold: fresh podman store, and with
 // poolfs a fresh daemon with an empty cache (given the profile prof.load
 // if set). If local is not nil, the workload runs a second time from the
@@ -323,16 +344,7 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if pool {
 		als = filepath.Join(dir, "store")
 		var err error
-		d, err = fixture.StartDaemon(fixture.DaemonOptions{
-			Binary:             b.c.poolfs,
-			Root:               als,
-			CacheDir:           filepath.Join(dir, "cache"),
-			InsecureRegistries: []string{b.reg.Host},
-			LogLevel:           "info",
-			LogFile:            filepath.Join(dir, "poolfs.log"),
-			ExtraArgs:          daemonArgs,
-		})
-		if err != nil {
+		if d, err = b.startDaemon(dir, daemonArgs, "poolfs.log"); err != nil {
 			return err
 		}
 		defer func() {
@@ -364,6 +376,52 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	}
 
 	args := append([]string{"run", "--rm", "--network=none", "--tls-verify=false", ref}, p.w.argv...)
+	if err := b.timedRun(ctx, pm, d, dir, p, args, c); err != nil {
+		return err
+	}
+	if prof != nil && prof.export != nil {
+		f := filepath.Join(dir, "profile.json")
+		if err := b.poolfsCmd(ctx, "profile", "export", "--socket", fixture.ControlSocketFor(als), ref, f); err != nil {
+			return err
+		}
+		if *prof.export, err = os.ReadFile(f); err != nil {
+			return err
+		}
+	}
+	if local != nil {
+		// Without poolfs: the image is now in the store. With poolfs: a
+		// fresh podman store on the same daemon, whose cache is now warm.
+		if pool {
+			if pm, err = fixture.NewPodman(filepath.Join(dir, "podman2"), fixture.PodmanOptions{
+				RepoRoot: b.repo, ALS: als, InsecureRegistries: []string{b.reg.Host},
+			}); err != nil {
+				return err
+			}
+			defer pm.Cleanup()
+			if err := b.initStore(ctx, pm); err != nil {
+				return err
+			}
+		}
+		b.reg.ResetStats()
+		t0 := time.Now()
+		if _, _, err := pm.Run(ctx, args...); err != nil {
+			return err
+		}
+		took := time.Since(t0)
+		st := b.reg.Stats()
+		local.times = append(local.times, took)
+		local.bytes = append(local.bytes, st.BlobBytes)
+		local.requests = append(local.requests, st.Requests)
+		local.blobReqs = append(local.blobReqs, st.BlobGets)
+		logf("  %-34s %7.3f s", local.name, took.Seconds())
+	}
+	return nil
+}
+
+// timedRun runs podman with args once (the workload), checks its output
+// and records time, registry bytes and requests in c. d is the daemon
+// serving the run, if any (its CPU and page faults are logged).
+func (b *bench) timedRun(ctx context.Context, pm *fixture.Podman, d *fixture.Daemon, dir string, p *preparedWorkload, args []string, c *caseResult) error {
 	if b.c.podmanLog != "" {
 		args = append([]string{"--log-level=" + b.c.podmanLog}, args...)
 	}
@@ -406,47 +464,11 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if p.w.want != "" && !strings.Contains(out+stderr, p.w.want) {
 		return fmt.Errorf("%s: output %q does not contain %q", pm.CommandLine(args...), out+stderr, p.w.want)
 	}
-	if prof != nil && prof.export != nil {
-		f := filepath.Join(dir, "profile.json")
-		if err := b.poolfsCmd(ctx, "profile", "export", "--socket", fixture.ControlSocketFor(als), ref, f); err != nil {
-			return err
-		}
-		if *prof.export, err = os.ReadFile(f); err != nil {
-			return err
-		}
-	}
 	c.times = append(c.times, took)
 	c.bytes = append(c.bytes, st.BlobBytes)
 	c.requests = append(c.requests, st.Requests)
 	c.blobReqs = append(c.blobReqs, st.BlobGets)
 	logf("  %-34s %7.3f s  %8.2f MB  %3d requests (%d blob GETs)%s", c.name, took.Seconds(), mb(st.BlobBytes), st.Requests, st.BlobGets, daemonCost)
-	if local != nil {
-		// Without poolfs: the image is now in the store. With poolfs: a
-		// fresh podman store on the same daemon, whose cache is now warm.
-		if pool {
-			if pm, err = fixture.NewPodman(filepath.Join(dir, "podman2"), fixture.PodmanOptions{
-				RepoRoot: b.repo, ALS: als, InsecureRegistries: []string{b.reg.Host},
-			}); err != nil {
-				return err
-			}
-			defer pm.Cleanup()
-			if err := b.initStore(ctx, pm); err != nil {
-				return err
-			}
-		}
-		b.reg.ResetStats()
-		t0 := time.Now()
-		if _, _, err := pm.Run(ctx, args...); err != nil {
-			return err
-		}
-		took := time.Since(t0)
-		st := b.reg.Stats()
-		local.times = append(local.times, took)
-		local.bytes = append(local.bytes, st.BlobBytes)
-		local.requests = append(local.requests, st.Requests)
-		local.blobReqs = append(local.blobReqs, st.BlobGets)
-		logf("  %-34s %7.3f s", local.name, took.Seconds())
-	}
 	return nil
 }
 
@@ -458,6 +480,81 @@ func (b *bench) poolfsCmd(ctx context.Context, args ...string) error {
 	}
 	logf("  poolfs %s: %s", args[0]+" "+args[1], strings.TrimSpace(string(out)))
 	return nil
+}
+
+// runImageStoreCase runs the workload once from the daemon's image store
+// with a cold daemon cache: `poolfs image add` on a first daemon (as an
+// operator does ahead of time), then a second daemon on the same ROOT
+// with the chunks removed from its cache (what a node has after a reboot
+// with a cleared cache: the image records and the layers' TOCs, no file
+// data). With warm set, the workload runs again on the same daemon from
+// another fresh podman store.
+func (b *bench) runImageStoreCase(p *preparedWorkload, ref string, daemonArgs []string, c, warm *caseResult) error {
+	b.seq++
+	dir := filepath.Join(b.c.work, "runs", fmt.Sprintf("%03d", b.seq))
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if !b.c.keep {
+		b.runDirs = append(b.runDirs, dir)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
+	defer cancel()
+	als := filepath.Join(dir, "store")
+	d, err := b.startDaemon(dir, daemonArgs, "poolfs.add.log")
+	if err != nil {
+		return err
+	}
+	_, err = control.NewClient(fixture.ControlSocketFor(als)).AddImages(ctx, []string{ref}, nil)
+	if stopErr := d.Stop(); err == nil {
+		err = stopErr
+	}
+	if err != nil {
+		return fmt.Errorf("image add %s: %w", ref, err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "cache", "chunks")); err != nil {
+		return err
+	}
+	newPodman := func(name string) (*fixture.Podman, error) {
+		pm, err := fixture.NewPodman(filepath.Join(dir, name), fixture.PodmanOptions{
+			RepoRoot: b.repo, ALS: als, ImageStore: filepath.Join(als, "images"), InsecureRegistries: []string{b.reg.Host},
+		})
+		if err != nil {
+			return nil, err
+		}
+		return pm, b.initStore(ctx, pm)
+	}
+	// The podman store is made before the daemon starts again, so that
+	// the run begins as soon as the daemon serves: the prefetch it starts
+	// for the store's layers then races the container, as the layer
+	// store's does from podman's lookup.
+	pm, err := newPodman("podman")
+	if err != nil {
+		return err
+	}
+	defer pm.Cleanup()
+	if d, err = b.startDaemon(dir, daemonArgs, "poolfs.log"); err != nil {
+		return err
+	}
+	defer func() {
+		if err := d.Stop(); err != nil {
+			logf("stopping poolfs: %v", err)
+		}
+	}()
+	args := append([]string{"run", "--rm", "--network=none", "--pull=never", ref}, p.w.argv...)
+	if err := b.timedRun(ctx, pm, d, dir, p, args, c); err != nil {
+		return err
+	}
+	if warm == nil {
+		return nil
+	}
+	pm2, err := newPodman("podman2")
+	if err != nil {
+		return err
+	}
+	defer pm2.Cleanup()
+	return b.timedRun(ctx, pm2, d, dir, p, args, warm)
 }
 
 // initStore makes a fresh podman store look like the store of a machine
@@ -485,6 +582,11 @@ type fsResult struct {
 	inPlace1, inPlace2      []time.Duration // the same walks with --in-place-trees
 	diskWalk1, diskWalk2    []time.Duration
 	mountEntries, diskCount int
+	// tar of the python tree: page cache dropped, then warm
+	mountTar, mountTarWarm []time.Duration
+	diskTar, diskTarWarm   []time.Duration
+	tarOps, warmTarOps     map[string]int64 // daemon requests during the last mount reads
+	walkOps                map[string]int64 // and during the last second walk
 }
 
 func dropCaches() error {
@@ -508,16 +610,26 @@ func readAll(p string) (time.Duration, int64, error) {
 }
 
 // walkTwice drops the kernel's caches and walks root twice: the first
-// walk and the second, with everything the first one cached.
-func walkTwice(root string) (first, second time.Duration, entries int, err error) {
+// walk and the second, with everything the first one cached. If sock is
+// not "", it also returns the FUSE requests the daemon serving its
+// metrics there answered during the second walk.
+func walkTwice(root, sock string) (first, second time.Duration, entries int, ops map[string]int64, err error) {
 	if err := dropCaches(); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, nil, err
 	}
 	if first, entries, err = walk(root); err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, nil, err
+	}
+	var before map[string]int64
+	if sock != "" {
+		before, _ = fuseOps(sock)
 	}
 	second, _, err = walk(root)
-	return first, second, entries, err
+	if sock != "" {
+		after, _ := fuseOps(sock)
+		ops = opsDelta(before, after)
+	}
+	return first, second, entries, ops, err
 }
 
 // walk stats every entry under root. A root that is a link (a pool diff,
@@ -563,10 +675,9 @@ func (b *bench) measureFS() (*fsResult, error) {
 	defer os.Remove(diskBig)
 	data, bigTar = nil, nil
 
-	pyRef := fixture.ImageRef(b.reg.Host, "bench/python", "estargz")
-	pyDigest := ""
-	if body, _, _, err := fixture.FetchManifest(b.ctx, pyRef); err == nil {
-		pyDigest = layerDigestOf(body)
+	pyRef, pyDigest, err := b.pythonImage()
+	if err != nil {
+		return nil, err
 	}
 
 	dir := filepath.Join(b.c.work, "runs", "fs")
@@ -574,10 +685,11 @@ func (b *bench) measureFS() (*fsResult, error) {
 	if !b.c.keep {
 		defer os.RemoveAll(dir)
 	}
+	metricsSock := filepath.Join(dir, "metrics.sock")
 	d, err := fixture.StartDaemon(fixture.DaemonOptions{
 		Binary: b.c.poolfs, Root: filepath.Join(dir, "store"), CacheDir: filepath.Join(dir, "cache"),
 		InsecureRegistries: []string{b.reg.Host}, LogLevel: "info", LogFile: filepath.Join(dir, "poolfs.log"),
-		ExtraArgs: b.c.daemonArg,
+		ExtraArgs: append(slices.Clone(b.c.daemonArg), "--metrics-address", "unix:"+metricsSock),
 	})
 	if err != nil {
 		return nil, err
@@ -613,13 +725,13 @@ func (b *bench) measureFS() (*fsResult, error) {
 		logf("  warm read %d MiB: mount %.3f s, disk %.3f s", b.c.bigMiB, t.Seconds(), t2.Seconds())
 	}
 
-	if pyDigest != "" {
+	{
 		// A second daemon serves the trees in place, on the writable pool
 		// mount, to show what the read-only trees mount buys.
 		dIn, err := fixture.StartDaemon(fixture.DaemonOptions{
 			Binary: b.c.poolfs, Root: filepath.Join(dir, "store-in-place"), CacheDir: filepath.Join(dir, "cache-in-place"),
 			InsecureRegistries: []string{b.reg.Host}, LogLevel: "info", LogFile: filepath.Join(dir, "poolfs-in-place.log"),
-			ExtraArgs: append(slices.Clone(b.c.daemonArg), "--in-place-trees"),
+			ExtraArgs: append(slices.Clone(b.c.daemonArg), "--in-place-trees", "--metrics-address", "unix:"+filepath.Join(dir, "metrics-in-place.sock")),
 		})
 		if err != nil {
 			return nil, err
@@ -629,11 +741,11 @@ func (b *bench) measureFS() (*fsResult, error) {
 		inPlacePy := filepath.Join(dIn.Mountpoint, base64.StdEncoding.EncodeToString([]byte(pyRef)), pyDigest, "diff")
 		diskPy := filepath.Join(b.c.work, "python.rootfs")
 		for i := 0; i < b.c.fsRuns; i++ {
-			t1, t2, n1, err := walkTwice(mountPy)
+			t1, t2, n1, ops, err := walkTwice(mountPy, metricsSock)
 			if err != nil {
 				return nil, err
 			}
-			t5, t6, n5, err := walkTwice(inPlacePy)
+			t5, t6, n5, _, err := walkTwice(inPlacePy, "")
 			if err != nil {
 				return nil, err
 			}
@@ -641,18 +753,142 @@ func (b *bench) measureFS() (*fsResult, error) {
 				return nil, fmt.Errorf("walks saw %d entries on the trees mount and %d in place", n1, n5)
 			}
 			r.inPlace1, r.inPlace2 = append(r.inPlace1, t5), append(r.inPlace2, t6)
-			t3, t4, n3, err := walkTwice(diskPy)
+			t3, t4, n3, _, err := walkTwice(diskPy, "")
 			if err != nil {
 				return nil, err
 			}
 			r.mountWalk1, r.mountWalk2 = append(r.mountWalk1, t1), append(r.mountWalk2, t2)
 			r.diskWalk1, r.diskWalk2 = append(r.diskWalk1, t3), append(r.diskWalk2, t4)
-			r.mountEntries, r.diskCount = n1, n3
-			logf("  metadata walk: mount %d entries %.3f s then %.3f s (trees in place: %.3f s then %.3f s); disk %d entries %.3f s then %.3f s",
-				n1, t1.Seconds(), t2.Seconds(), t5.Seconds(), t6.Seconds(), n3, t3.Seconds(), t4.Seconds())
+			r.mountEntries, r.diskCount, r.walkOps = n1, n3, ops
+			logf("  metadata walk: mount %d entries %.3f s then %.3f s (daemon requests %v; trees in place: %.3f s then %.3f s); disk %d entries %.3f s then %.3f s",
+				n1, t1.Seconds(), t2.Seconds(), ops, t5.Seconds(), t6.Seconds(), n3, t3.Seconds(), t4.Seconds())
+		}
+
+		// The whole tree read as tar reads it, once the daemon's cache
+		// holds every chunk: the first read fills it.
+		if _, err := tarTree(mountPy); err != nil {
+			return nil, err
+		}
+		for i := 0; i < b.c.fsRuns; i++ {
+			if err := dropCaches(); err != nil {
+				return nil, err
+			}
+			before, _ := fuseOps(metricsSock)
+			t1, err := tarTree(mountPy)
+			if err != nil {
+				return nil, err
+			}
+			after, _ := fuseOps(metricsSock)
+			r.tarOps = opsDelta(before, after)
+			before = after
+			t2, err := tarTree(mountPy)
+			if err != nil {
+				return nil, err
+			}
+			after, _ = fuseOps(metricsSock)
+			if err := dropCaches(); err != nil {
+				return nil, err
+			}
+			t3, err := tarTree(diskPy)
+			if err != nil {
+				return nil, err
+			}
+			t4, err := tarTree(diskPy)
+			if err != nil {
+				return nil, err
+			}
+			r.mountTar, r.mountTarWarm = append(r.mountTar, t1), append(r.mountTarWarm, t2)
+			r.diskTar, r.diskTarWarm = append(r.diskTar, t3), append(r.diskTarWarm, t4)
+			r.warmTarOps = opsDelta(before, after)
+			logf("  tree read (tar): mount %.3f s (daemon requests %v), warm %.3f s (%v); disk %.3f s, warm %.3f s",
+				t1.Seconds(), r.tarOps, t2.Seconds(), r.warmTarOps, t3.Seconds(), t4.Seconds())
 		}
 	}
 	return r, nil
+}
+
+// pythonImage returns the python image's eStargz reference and layer
+// digest, pushing the image first if no workload run did (-images none).
+func (b *bench) pythonImage() (ref, layerDigest string, err error) {
+	ref = fixture.ImageRef(b.reg.Host, "bench/python", "estargz")
+	if body, _, _, err := fixture.FetchManifest(b.ctx, ref); err == nil {
+		if d := layerDigestOf(body); d != "" {
+			return ref, d, nil
+		}
+	}
+	var spec imageSpec
+	for _, s := range specs {
+		if s.name == "python" {
+			spec = s
+		}
+	}
+	rf, err := buildRootfs(b.c.work, spec.name, spec.packages)
+	if err != nil {
+		return "", "", err
+	}
+	img, err := fixture.BuildImage([][]byte{rf.tar}, fixture.ImageOptions{Cmd: []string{"/bin/sh"}})
+	if err != nil {
+		return "", "", err
+	}
+	if err := img.Push(b.ctx, ref); err != nil {
+		return "", "", err
+	}
+	return ref, img.Layers[0].Info.Digest.String(), nil
+}
+
+// tarTree times `tar -C dir -cf - . | cat`: every entry's metadata and
+// every file's bytes, read as an image build or a copy reads a tree.
+func tarTree(dir string) (time.Duration, error) {
+	t0 := time.Now()
+	out, err := exec.Command("sh", "-c", `tar -C "$1" -cf - . | cat >/dev/null`, "sh", dir).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("tar of %s: %w: %s", dir, err, out)
+	}
+	return time.Since(t0), nil
+}
+
+// fuseOps reads the daemon's count of answered FUSE requests by operation
+// from its metrics socket.
+func fuseOps(sock string) (map[string]int64, error) {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := c.Get("http://poolfs/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	ops := map[string]int64{}
+	const prefix = `poolfs_fuse_op_duration_seconds_count{op="`
+	for _, line := range strings.Split(string(body), "\n") {
+		rest, ok := strings.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		op, n, ok := strings.Cut(rest, `"} `)
+		if v, err := strconv.ParseInt(strings.TrimSpace(n), 10, 64); ok && err == nil {
+			ops[op] = v
+		}
+	}
+	return ops, nil
+}
+
+// opsDelta is after minus before, leaving out operations that did not
+// happen.
+func opsDelta(before, after map[string]int64) map[string]int64 {
+	d := map[string]int64{}
+	for op, n := range after {
+		if n -= before[op]; n > 0 {
+			d[op] = n
+		}
+	}
+	return d
 }
 
 // wholeCopyTimeout bounds the wait for the daemon's whole-file copy of the

@@ -150,7 +150,7 @@ var specs = []imageSpec{
 }
 
 func run(c config) error {
-	start := time.Now()
+	start, startLoad := time.Now(), loadAverage()
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("run as root (debootstrap, podman with its own --root, FUSE, drop_caches)")
 	}
@@ -237,7 +237,7 @@ func run(c config) error {
 		}
 		printFS(os.Stdout, fsr)
 	}
-	rep := report{c: c, workloads: results, fs: fsr, took: time.Since(start), date: time.Now().UTC()}
+	rep := report{c: c, workloads: results, fs: fsr, took: time.Since(start), date: time.Now().UTC(), load: [2]string{startLoad, loadAverage()}}
 	if c.out != "" {
 		out := c.out
 		if !filepath.IsAbs(out) {

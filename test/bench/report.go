@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -39,6 +40,12 @@ func writeWorkload(w io.Writer, c config, r *workloadResult) {
 			medianInt(cr.requests), medianInt(cr.blobReqs), secondsList(cr.times))
 	}
 	fmt.Fprintln(w)
+	is, ls := r.byName["image store, eStargz optimized"], r.byName["poolfs, eStargz optimized"]
+	isWarm, local := r.byName["image store optimized, daemon cache warm"], r.byName["local (image already pulled)"]
+	if len(is.times) > 0 && len(ls.times) > 0 && len(isWarm.times) > 0 && len(local.times) > 0 {
+		fmt.Fprintf(w, "Image store (optimized): cold %.2fx the layer store's cold run, warm %.2fx the locally stored image.\n\n",
+			ratio(median(is.times), median(ls.times)), ratio(median(isWarm.times), median(local.times)))
+	}
 }
 
 func printFS(w io.Writer, r *fsResult) {
@@ -66,7 +73,20 @@ func writeFS(w io.Writer, r *fsResult) {
 			fmt.Fprintf(w, "| `--in-place-trees`: second | %.3f s | %.3f s | %.2fx disk time |\n", i2.Seconds(), d2.Seconds(), ratio(i2, d2))
 		}
 	}
+	if len(r.mountTar) > 0 {
+		m1, m2, d1, d2 := median(r.mountTar), median(r.mountTarWarm), median(r.diskTar), median(r.diskTarWarm)
+		fmt.Fprintf(w, "| whole-tree read of the python root (`tar -cf - . \\| cat`), page cache dropped | %.3f s | %.3f s | %.0f%% |\n",
+			m1.Seconds(), d1.Seconds(), 100*d1.Seconds()/m1.Seconds())
+		fmt.Fprintf(w, "| whole-tree read, page cache warm (second read) | %.3f s | %.3f s | %.0f%% |\n",
+			m2.Seconds(), d2.Seconds(), 100*d2.Seconds()/m2.Seconds())
+	}
 	fmt.Fprintln(w)
+	if len(r.mountTar) > 0 {
+		fmt.Fprintf(w, "The tree read runs once the daemon's cache holds every chunk of the layer (an untimed first read fills it); "+
+			"the python layer's tree is on the read-only trees mount, where the kernel opens files without asking the daemon. "+
+			"Requests the daemon answered during the last read with the page cache dropped: %s; during the last warm read: %s; during the last second walk: %s.\n\n",
+			opsString(r.tarOps), opsString(r.warmTarOps), opsString(r.walkOps))
+	}
 	// What "warm" means for the read: the daemon's cache holds the file,
 	// its whole-file copy included, so reads can take FUSE passthrough.
 	if r.whole {
@@ -87,6 +107,7 @@ type report struct {
 	fs        *fsResult
 	took      time.Duration
 	date      time.Time
+	load      [2]string // load averages when the run started and ended
 }
 
 func (rep report) write(path string) error {
@@ -95,7 +116,8 @@ func (rep report) write(path string) error {
 	fmt.Fprintln(&b, "# Benchmarks")
 	fmt.Fprintln(&b)
 	fmt.Fprintf(&b, "Written by `make bench` (`go run ./test/bench`) on %s; the run took %v.\n\n", rep.date.Format("2006-01-02 15:04 MST"), rep.took.Round(time.Second))
-	fmt.Fprintf(&b, "Machine: %s.\n\n", machine())
+	fmt.Fprintf(&b, "Machine: %s; load average (1, 5, 15 min) %s when the run started, %s when it ended "+
+		"(other work on the machine spreads the times).\n\n", machine(), rep.load[0], rep.load[1])
 	fmt.Fprintf(&b, "Link: %v per request, %g Mbit/s shared by all responses (in-process registry on 127.0.0.1 behind a user-space delay and token bucket). "+
 		"%d cold run(s) per case, in rounds that run every case once in a shuffled order; medians shown (all runs in the last column, in the order they ran, seconds). Flags: `%s`.\n\n",
 		c.delay, c.mbit, c.runs, strings.Join(os.Args[1:], " "))
@@ -109,6 +131,9 @@ func (rep report) write(path string) error {
 		"*Needed* bytes are the compressed ranges of those files in the eStargz layer. Times are `podman run --rm --network=none IMAGE WORKLOAD`, pull included. "+
 		"*Daemon cache warm* is a second run on another such store against the same daemon, whose cache now holds what the first run read: "+
 		"the floor poolfs could reach with no network at all, i.e. the cost of pulling into a store without the image (the registry round trips and bookkeeping of the pull), which the lower bound (image already local) does not pay. "+
+		"*Image store* cases run the image from the daemon's image store (docs/image-store.md), with no pull: `poolfs image add` on a first daemon, "+
+		"then, cold, a daemon started again on the same ROOT with the chunks removed from its cache (it keeps the image records and the layers' TOCs) and the run begun as soon as it serves, "+
+		"its startup prefetch of the store's layers racing the container; *daemon cache warm* is a second run on the same daemon from another fresh podman store. "+
 		"The ratios compare cases measured side by side in this run.")
 	fmt.Fprintln(&b)
 	for _, r := range rep.workloads {
@@ -135,6 +160,15 @@ func machine() string {
 	return fmt.Sprintf("%d CPUs (nproc), %s memory, Linux %s", runtime.NumCPU(), mem, kernel)
 }
 
+// loadAverage returns the first three fields of /proc/loadavg.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
+}
+
 func utsString(b []int8) string {
 	var s []byte
 	for _, c := range b {
@@ -144,6 +178,19 @@ func utsString(b []int8) string {
 		s = append(s, byte(c))
 	}
 	return string(s)
+}
+
+// opsString lists FUSE request counts by operation, in a stable order.
+func opsString(ops map[string]int64) string {
+	if len(ops) == 0 {
+		return "none"
+	}
+	var s []string
+	for op, n := range ops {
+		s = append(s, fmt.Sprintf("%d %s", n, op))
+	}
+	sort.Strings(s)
+	return strings.Join(s, ", ")
 }
 
 func ratio(a, b time.Duration) float64 {

@@ -23,7 +23,7 @@ const fuseSuperMagic = 0x65735546
 // startDaemonIn is startDaemon on a given directory (ALS root DIR/als, cache
 // DIR/cache), so that a second daemon can take over the first one's state.
 // With stop set, the daemon is stopped at cleanup like startDaemon's.
-func startDaemonIn(t *testing.T, reg *fixture.Registry, dir, logName string, stop bool) *fixture.Daemon {
+func startDaemonIn(t *testing.T, reg *fixture.Registry, dir, logName string, stop bool, extraArgs ...string) *fixture.Daemon {
 	t.Helper()
 	d, err := fixture.StartDaemon(fixture.DaemonOptions{
 		Binary:             poolfsBinary(t),
@@ -33,6 +33,7 @@ func startDaemonIn(t *testing.T, reg *fixture.Registry, dir, logName string, sto
 		LogLevel:           "debug",
 		LogFile:            filepath.Join(dir, logName),
 		ReadyTimeout:       20 * time.Second,
+		ExtraArgs:          extraArgs,
 	})
 	if err != nil {
 		t.Fatalf("starting poolfs: %v", err)
@@ -70,6 +71,41 @@ func waitNoPendingWrites(ctx context.Context, t *testing.T, als string) {
 			t.Fatalf("%d bytes still waiting for the disk after %s", st.Cache.PendingBytes, time.Since(start))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// killDaemon kills d with SIGKILL and waits until it has exited.
+func killDaemon(t *testing.T, d *fixture.Daemon) {
+	t.Helper()
+	if err := syscall.Kill(d.Pid(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !d.Exited(); {
+		if time.Now().After(deadline) {
+			t.Fatal("daemon still running 10s after SIGKILL")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitLive waits until a live daemon answers in the pool mount pool after
+// a restart begun at start. StartDaemon returns once .pool is a FUSE
+// mount, which the dead one also is, and for a moment .pool is the plain
+// directory under it: wait until a live FUSE file system answers there.
+func waitLive(t *testing.T, pool string, start time.Time) {
+	t.Helper()
+	probe := filepath.Join(pool, "probe")
+	for {
+		var sfs syscall.Statfs_t
+		serr := syscall.Statfs(pool, &sfs)
+		_, err := os.Stat(probe)
+		if serr == nil && sfs.Type == fuseSuperMagic && errors.Is(err, syscall.ENOENT) {
+			return // a live daemon answering
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("the restarted daemon does not answer in %s: %v", pool, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -144,15 +180,7 @@ func testRestartAfterKill(t *testing.T, opts fixture.ImageOptions) {
 	// none are pending: what the test checks is that what the disk cache
 	// holds survives the kill.
 	waitNoPendingWrites(ctx, t, als)
-	if err := syscall.Kill(d1.Pid(), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(10 * time.Second); !d1.Exited(); {
-		if time.Now().After(deadline) {
-			t.Fatal("daemon still running 10s after SIGKILL")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	killDaemon(t, d1)
 	// A name never looked up must reach the daemon (cached entries of
 	// the old mount would not).
 	probe := filepath.Join(pool, "probe")
@@ -163,21 +191,7 @@ func testRestartAfterKill(t *testing.T, opts fixture.ImageOptions) {
 	reg.ResetStats()
 	start := time.Now()
 	startDaemonIn(t, reg, dir, "poolfs.2.log", true)
-	// StartDaemon returns once .pool is a FUSE mount, which the dead one
-	// also is, and for a moment .pool is the plain directory under it:
-	// wait until a live FUSE file system answers there.
-	for {
-		var sfs syscall.Statfs_t
-		serr := syscall.Statfs(pool, &sfs)
-		_, err := os.Stat(probe)
-		if serr == nil && sfs.Type == fuseSuperMagic && errors.Is(err, syscall.ENOENT) {
-			break // a live daemon answering
-		}
-		if time.Since(start) > 20*time.Second {
-			t.Fatalf("the restarted daemon does not answer in %s: %v", pool, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitLive(t, pool, start)
 	for _, f := range files {
 		b, err := os.ReadFile(filepath.Join(dataDir, f))
 		if err != nil {

@@ -113,6 +113,8 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 			m.Reads.Add(1)
 		case "getattr":
 			m.GetAttrs.Add(1)
+		case "open":
+			m.Opens.Add(1)
 		}
 	}})
 	if err != nil {

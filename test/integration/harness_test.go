@@ -28,6 +28,7 @@ type mounted struct {
 	Published *profilestore.Registry
 	Reads     atomic.Int64 // FUSE READ requests the daemon answered
 	GetAttrs  atomic.Int64 // FUSE GETATTR requests, both mounts
+	Opens     atomic.Int64 // FUSE OPEN requests, both mounts
 }
 
 func requireFUSE(t *testing.T) {

@@ -123,3 +123,54 @@ func testPassthroughThroughPool(t *testing.T, opts fixture.ImageOptions) {
 		compareTree(t, diff(m), tarBytes)
 	})
 }
+
+// A layer of many small files is served on the trees mount, where the
+// kernel opens files without asking the daemon: once its files are cached,
+// reading them all again costs the daemon no request. A layer of one large
+// file is served in place instead, where its opens reach the daemon and so
+// can get passthrough; with passthrough off, it goes to the trees mount
+// too.
+func TestTreePlacement(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	smallTar := layerTar(3, 30)
+	bigTar := fixture.BuildTar([]fixture.TarEntry{{Name: "big.bin", Mode: 0o644, Content: fixture.RandomBytes(13, 2<<20)}})
+	smallRef, smallLayers := pushImage(t, reg, "test/placement-small", [][]byte{smallTar}, fixture.ImageOptions{})
+	bigRef, bigLayers := pushImage(t, reg, "test/placement-big", [][]byte{bigTar}, fixture.ImageOptions{})
+	for _, tt := range []struct {
+		name        string
+		passthrough bool
+		ref         string
+		layer       fixture.LayerInfo
+		tar         []byte
+		onTrees     bool
+	}{
+		{"small files", true, smallRef, smallLayers[0], smallTar, true},
+		{"one large file", true, bigRef, bigLayers[0], bigTar, false},
+		{"one large file, passthrough off", false, bigRef, bigLayers[0], bigTar, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := mountPoolOpts(t, reg, mountOpts{Passthrough: tt.passthrough, Quiet: true})
+			diff := filepath.Join(m.grammar2(tt.ref, tt.layer.Digest.String()), "diff")
+			fi, err := os.Lstat(diff)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if onTrees := fi.Mode()&os.ModeSymlink != 0; onTrees != tt.onTrees {
+				t.Fatalf("diff is a link to the trees mount: %v, want %v", onTrees, tt.onTrees)
+			}
+			compareTree(t, diff, tt.tar) // reads every file: all cached now
+			if !tt.onTrees {
+				return // opens reach the daemon; TestPassthroughThroughPool reads through them
+			}
+			compareTree(t, diff, tt.tar)
+			opens, reads := m.Opens.Load(), m.Reads.Load()
+			compareTree(t, diff, tt.tar)
+			if n, r := m.Opens.Load()-opens, m.Reads.Load()-reads; n != 0 || r != 0 {
+				t.Errorf("reading the cached tree again: %d OPEN and %d READ requests, want none", n, r)
+			}
+			if n := m.Opens.Load(); n > 1 {
+				t.Errorf("%d OPEN requests in all, want one: the kernel stops at the first one's ENOSYS", n)
+			}
+		})
+	}
+}
