@@ -238,9 +238,9 @@ type zstdEntry struct {
 // known, as for a stored manifest; then up to maxTOCJSON). It is where a
 // manifest of any bytes goes (FuzzZstdChunkedTOC).
 //
-// Unlike eStargz's, the JSON is decoded whole before the tree is built
-// (the entries limit and memory accounting apply as the entries go to the
-// builder); maxTOCJSON bounds it.
+// Unlike eStargz's, the JSON is decoded whole before the tree is built:
+// maxTOCJSON bounds it, and it counts against o's memory limit while held
+// (the entries limit applies as the entries go to the builder).
 func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompressed int64, o options) (*rawTOC, error) {
 	if lengthUncompressed > maxTOCJSON || lengthUncompressed > int64(len(compressed))*maxZstdRatio+1024 {
 		return nil, fmt.Errorf("zstd:chunked manifest claims %d bytes from %d compressed bytes", lengthUncompressed, len(compressed))
@@ -257,6 +257,15 @@ func decodeZstdTOC(compressed []byte, d digest.Digest, frameStart, lengthUncompr
 	}
 	if lengthUncompressed >= 0 && int64(len(js)) != lengthUncompressed {
 		return nil, fmt.Errorf("zstd:chunked manifest %s decompresses to %d bytes, its position says %d", d, len(js), lengthUncompressed)
+	}
+	// The JSON and the entries decoded from it are held whole while the
+	// tree is built: they count against the memory limit meanwhile (the
+	// entries take about twice the JSON).
+	if hold := 3 * int64(len(js)); o.limits.Reserve != nil {
+		if err := o.limits.Reserve(hold); err != nil {
+			return nil, fmt.Errorf("zstd:chunked manifest %s of %d bytes: %w", d, len(js), err)
+		}
+		defer func() { _ = o.limits.Reserve(-hold) }()
 	}
 	var toc zstdTOC
 	if err := jsonv2.Unmarshal(js, &toc, jsonv1.DefaultOptionsV1()); err != nil {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -389,5 +391,58 @@ func TestZstdChunkedRecordAndReplay(t *testing.T) {
 	read(fresh)
 	if calls, n := blob.Stats(); calls != 0 {
 		t.Errorf("reads after the replay made %d requests (%d bytes), want none", calls, n)
+	}
+}
+
+// TestZstdChunkedLimits: the tree limits refuse a zstd:chunked layer as
+// they do an eStargz one; its manifest, held whole while the tree is built,
+// counts too; a refusal gives every byte back.
+func TestZstdChunkedLimits(t *testing.T) {
+	tarBytes := fstest.SampleTar(t)
+	data, ann := fstest.ZstdChunked(t, tarBytes, fstest.ZstdChunkedOptions{})
+	checksum, pos, _, _ := ZstdChunkedAnnotations(ann)
+	plain, err := Open(context.Background(), fstest.NewMemBlob(data), checksum, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, held := plain.TreeBytes(), 3*pos.LengthUncompressed
+	for _, tt := range []struct {
+		name     string
+		entries  int
+		maxBytes int64
+		ok       bool
+	}{
+		{"no limits", 0, 0, true},
+		{"entries", 3, 0, false},
+		{"memory", 0, 1 << 10, false},
+		{"memory for the tree, not the manifest beside it", 0, tree + held/2, false},
+		{"memory for both", 0, tree + held, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var reserved atomic.Int64
+			lim := Limits{MaxEntries: tt.entries, Reserve: func(n int64) error {
+				if n > 0 && tt.maxBytes > 0 && reserved.Load()+n > tt.maxBytes {
+					return fmt.Errorf("%w: test limit", ErrLimit)
+				}
+				reserved.Add(n)
+				return nil
+			}}
+			l, err := Open(context.Background(), fstest.NewMemBlob(data), checksum, nil, nil, WithLimits(lim))
+			if tt.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if reserved.Load() != l.TreeBytes() {
+					t.Errorf("reserved %d, tree takes %d", reserved.Load(), l.TreeBytes())
+				}
+				return
+			}
+			if !errors.Is(err, ErrLimit) {
+				t.Fatalf("Open: %v, want ErrLimit", err)
+			}
+			if reserved.Load() != 0 {
+				t.Errorf("%d bytes still reserved after the refusal", reserved.Load())
+			}
+		})
 	}
 }
