@@ -171,33 +171,15 @@ func (e *earlyRanges) ReadAtProgress(ctx context.Context, p []byte, off int64, p
 		return e.Blob.ReadAtProgress(ctx, p, off, progress)
 	}
 	e.start()
-	if progress == nil {
-		progress = func(int) {}
-	}
-	filled := 0
-	for filled < len(p) {
+	return remote.FillThenRead(ctx, e.Blob, p, off, progress, func(filled int) ([]byte, bool, <-chan struct{}) {
 		r.mu.Lock()
-		avail, ended, more, buf := r.avail, r.ended, r.more, r.buf
-		r.mu.Unlock()
-		if to := min(r.start+avail, off+int64(len(p))); buf != nil && to > off+int64(filled) {
-			filled += copy(p[filled:], buf[off-r.start+int64(filled):to-r.start])
-			progress(filled)
-			continue
+		defer r.mu.Unlock()
+		pos := off + int64(filled)
+		if to := min(r.start+r.avail, off+int64(len(p))); r.buf != nil && to > pos {
+			return r.buf[pos-r.start : to-r.start], false, nil
 		}
-		if ended {
-			break // released, failed or short: the blob serves the rest
-		}
-		select {
-		case <-more:
-		case <-ctx.Done():
-			return filled, ctx.Err()
-		}
-	}
-	if filled == len(p) {
-		return filled, nil
-	}
-	n, err := e.Blob.ReadAtProgress(ctx, p[filled:], off+int64(filled), func(m int) { progress(filled + m) })
-	return filled + n, err
+		return nil, r.ended, r.more // ended: released, failed or short; the blob serves the rest
+	})
 }
 
 // claim finds a range holding all of [off, off+n) none of which it served

@@ -171,36 +171,18 @@ func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 	if stop <= off {
 		return h.b.ReadAtProgress(ctx, p, off, h.startNearTheEnd(len(p), progress))
 	}
-	if progress == nil {
-		progress = func(int) {}
-	}
-	filled := 0
-	for off+int64(filled) < stop {
+	return FillThenRead(ctx, h.b, p, off, progress, func(filled int) ([]byte, bool, <-chan struct{}) {
 		h.mu.Lock()
-		avail, ended, more, buf := h.avail, h.ended, h.more, h.buf
-		h.mu.Unlock()
-		if buf == nil {
-			break // released: the blob serves the rest
+		defer h.mu.Unlock()
+		pos := off + int64(filled)
+		if h.buf == nil || pos >= stop {
+			return nil, true, nil // released, or past what was claimed: the blob serves the rest
 		}
-		if to := min(avail, stop); to > off+int64(filled) {
-			filled += copy(p[filled:], buf[off+int64(filled):to])
-			progress(filled)
-			continue
+		if to := min(h.avail, stop); to > pos {
+			return h.buf[pos:to], false, nil
 		}
-		if ended {
-			break // the stream stopped short; the blob serves the rest
-		}
-		select {
-		case <-more:
-		case <-ctx.Done():
-			return filled, ctx.Err()
-		}
-	}
-	if filled == len(p) {
-		return filled, nil
-	}
-	n, err := h.b.ReadAtProgress(ctx, p[filled:], off+int64(filled), func(m int) { progress(filled + m) })
-	return filled + n, err
+		return nil, h.ended, h.more
+	})
 }
 
 // startNearTheEnd wraps the progress of a read the stream does not serve

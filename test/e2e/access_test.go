@@ -35,29 +35,7 @@ func TestServeGroup(t *testing.T) {
 	member := fixture.NewUser(t, tag+"m", group)
 	other := fixture.NewUser(t, tag+"o")
 
-	dir := tempDir(t)
-	for _, d := range []string{filepath.Dir(dir), dir} { // so that users reach ROOT
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	als := filepath.Join(dir, "als")
-	d, err := fixture.StartDaemon(fixture.DaemonOptions{
-		Binary: poolfsBinary(t), Root: als, CacheDir: filepath.Join(dir, "cache"),
-		InsecureRegistries: []string{reg.Host}, LogFile: filepath.Join(dir, "poolfs.log"),
-		ExtraArgs: []string{"--group", group},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Stop(); err != nil {
-			t.Errorf("stopping poolfs: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("poolfs log:\n%s", d.LogTail(32<<10))
-		}
-	})
+	_, als := startGroupDaemon(t, reg, group)
 
 	var st syscall.Stat_t
 	if err := syscall.Stat(als, &st); err != nil || st.Mode&0o777 != 0o750 || st.Gid != gid {
@@ -77,4 +55,34 @@ func TestServeGroup(t *testing.T) {
 	if n := reg.Stats().Requests; n == 0 {
 		t.Error("the member's lookup did not open the layer")
 	}
+}
+
+// startGroupDaemon runs `poolfs serve --group group` on ROOT dir/als, in a
+// temp dir that other users may reach, and returns dir and ROOT.
+func startGroupDaemon(t *testing.T, reg *fixture.Registry, group string) (dir, als string) {
+	t.Helper()
+	dir = tempDir(t)
+	for _, d := range []string{filepath.Dir(dir), dir} { // so that users reach ROOT
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	als = filepath.Join(dir, "als")
+	d, err := fixture.StartDaemon(fixture.DaemonOptions{
+		Binary: poolfsBinary(t), Root: als, CacheDir: filepath.Join(dir, "cache"),
+		InsecureRegistries: []string{reg.Host}, LogFile: filepath.Join(dir, "poolfs.log"),
+		ExtraArgs: []string{"--group", group},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Stop(); err != nil {
+			t.Errorf("stopping poolfs: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("poolfs log:\n%s", d.LogTail(32<<10))
+		}
+	})
+	return dir, als
 }

@@ -218,9 +218,11 @@ func TestIdleTreesLeaveMemory(t *testing.T) {
 	if n := reg.Stats().Requests; n != 0 {
 		t.Errorf("%d registry requests to serve the layers again:\n%s", n, reg.RequestLog())
 	}
+	// Each came back from meta.db at least once; on a loaded machine the
+	// first ones may have left again (1 s idle) before the status is read.
 	st = status(ctx, t, als)
 	for _, l := range st.Layers {
-		if !l.TreeLoaded || l.TreeLoads != 1 || l.TreeEntries != entries+1 {
+		if l.TreeLoads < 1 || (l.TreeLoaded && l.TreeEntries != entries+1) {
 			t.Errorf("layer %s: loaded %v, loads %d, entries %d", l.Digest, l.TreeLoaded, l.TreeLoads, l.TreeEntries)
 		}
 	}

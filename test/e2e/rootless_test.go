@@ -47,29 +47,7 @@ func TestRootlessMember(t *testing.T) {
 	fixture.NewGroup(t, group)
 	member := fixture.NewUser(t, tag+"m", group)
 
-	dir := tempDir(t)
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	als := filepath.Join(dir, "als")
-	d, err := fixture.StartDaemon(fixture.DaemonOptions{
-		Binary: poolfsBinary(t), Root: als, CacheDir: filepath.Join(dir, "cache"),
-		InsecureRegistries: []string{reg.Host}, LogFile: filepath.Join(dir, "poolfs.log"),
-		ExtraArgs: []string{"--group", group},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := d.Stop(); err != nil {
-			t.Errorf("stopping poolfs: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("poolfs log:\n%s", d.LogTail(32<<10))
-		}
-	})
+	dir, als := startGroupDaemon(t, reg, group)
 	pdir := filepath.Join(dir, "podman")
 	pm, err := fixture.NewPodman(pdir, fixture.PodmanOptions{ALS: als, InsecureRegistries: []string{reg.Host}})
 	if err != nil {

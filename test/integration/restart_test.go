@@ -89,7 +89,9 @@ func testRestartState(t *testing.T, opts fixture.ImageOptions) {
 		if st := reg.Stats(); st.ManifestRequests == 0 {
 			t.Error("a damaged record was used instead of asking the registry")
 		}
-		// The registry's answer replaced the damaged record.
+		// The registry's answer replaced the damaged record (written in
+		// the background: Flush waits for it).
+		m.Pool.Flush()
 		if rec, err := store.Lookup(ref, li.Digest); err != nil || string(rec.TOC.Digest) != string(li.TOCDigest) {
 			t.Errorf("record after recovery: %v, %v", rec.TOC.Digest, err)
 		}
