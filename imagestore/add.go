@@ -74,8 +74,8 @@ type Progress struct {
 const lookups = 4
 
 // Add resolves ref, looks each of its layers up through the pool and puts
-// the image in the store under ref's name. Every layer must be eStargz:
-// the pool serves nothing else. progress (may be nil) is called as layers
+// the image in the store under ref's name. Every layer must be in a format
+// the pool serves lazily (eStargz, zstd:chunked): it serves nothing else. progress (may be nil) is called as layers
 // are resolved.
 func (d *Daemon) Add(ctx context.Context, ref string, progress func(Progress)) (Image, error) {
 	img, err := d.resolver.ResolveImage(ctx, ref)
@@ -95,6 +95,7 @@ func (d *Daemon) add(ctx context.Context, img remote.Image, progress func(Progre
 	}
 	report(0)
 	sizes := make([]int64, len(img.Layers))
+	formats := make([]string, len(img.Layers))
 	errs := make([]error, len(img.Layers))
 	var (
 		mu   sync.Mutex
@@ -105,17 +106,18 @@ func (d *Daemon) add(ctx context.Context, img remote.Image, progress func(Progre
 	for i, ld := range img.Layers {
 		g.Go(func() error {
 			l, err := d.pool.Get(gctx, pool.LayerKey{Ref: ld.Ref, Digest: ld.Digest})
-			if errors.Is(err, layer.ErrNotEStargz) {
+			if errors.Is(err, layer.ErrNoFormat) {
 				// The details (which footer failed how) are in the
 				// daemon's log; the user needs the layer.
-				errs[i] = fmt.Errorf("layer %d (%s) of %s is not eStargz; the image store serves eStargz layers only (convert the image, e.g. with poolfs optimize): %w",
-					i+1, ld.Digest, img.Name, layer.ErrNotEStargz)
+				errs[i] = fmt.Errorf("layer %d (%s) of %s is not eStargz or zstd:chunked, the only formats the image store serves (convert the image, e.g. with poolfs optimize): %w",
+					i+1, ld.Digest, img.Name, layer.ErrNoFormat)
 				return errs[i]
 			}
 			if err != nil {
 				errs[i] = fmt.Errorf("looking layer %d (%s) of %s up through the pool: %w", i+1, ld.Digest, img.Name, err)
 				return errs[i]
 			}
+			formats[i] = l.Format()
 			if sizes[i], err = uncompressedSize(gctx, l); err != nil {
 				errs[i] = fmt.Errorf("layer %d (%s) of %s: sizing its tree: %w", i+1, ld.Digest, img.Name, err)
 				return errs[i]
@@ -137,7 +139,7 @@ func (d *Daemon) add(ctx context.Context, img remote.Image, progress func(Progre
 		}
 		return Image{}, err
 	}
-	im, err := d.newImage(img, sizes)
+	im, err := d.newImage(img, sizes, formats)
 	if err != nil {
 		return Image{}, err
 	}
@@ -188,7 +190,7 @@ func uncompressedSize(ctx context.Context, l *pool.Layer) (int64, error) {
 }
 
 // newImage builds the records of img as containers/image would on a pull.
-func (d *Daemon) newImage(img remote.Image, sizes []int64) (newImage, error) {
+func (d *Daemon) newImage(img remote.Image, sizes []int64, formats []string) (newImage, error) {
 	storeName, err := StorageName(img.Name)
 	if err != nil {
 		return newImage{}, err
@@ -209,7 +211,7 @@ func (d *Daemon) newImage(img remote.Image, sizes []int64) (newImage, error) {
 			CompressedSize:     ld.Size,
 			UncompressedDigest: ld.DiffID,
 			UncompressedSize:   sizes[i],
-			CompressionType:    compressionGzip,
+			CompressionType:    compressionOf(formats[i]),
 			Flags:              map[string]any{flagRef: ld.Ref},
 		})
 		im.targets = append(im.targets, diffTarget(d.poolDir, ld.Ref, ld.Digest))

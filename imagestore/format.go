@@ -8,6 +8,8 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/layer"
 )
 
 // The layout below is what containers/storage 1.43 (podman 4.3.1) reads
@@ -78,8 +80,21 @@ const (
 	flagDigested = "poolfs.digested"
 )
 
-// compressionGzip is containers/storage's archive.Gzip.
-const compressionGzip = 2
+// compressionGzip and compressionZstd are containers/storage's
+// archive.Gzip and archive.Zstd.
+const (
+	compressionGzip = 2
+	compressionZstd = 4
+)
+
+// compressionOf is the compression a layer of format (layer.Layer.Format)
+// is recorded with.
+func compressionOf(format string) int {
+	if format == layer.FormatZstdChunked {
+		return compressionZstd
+	}
+	return compressionGzip
+}
 
 // Big-data keys containers/image (5.23) writes on commit and reads back.
 const manifestKey = "manifest"

@@ -235,8 +235,8 @@ func TestAddRefusesGzip(t *testing.T) {
 	root := t.TempDir()
 	d := newDaemon(t, reg, root)
 	_, err := d.Add(ctx, ref, nil)
-	if !errors.Is(err, layer.ErrNotEStargz) || !strings.Contains(err.Error(), "layer 1 ("+layers[0].Digest.String()+")") {
-		t.Fatalf("Add of a gzip image: %v; want ErrNotEStargz naming layer 1", err)
+	if !errors.Is(err, layer.ErrNoFormat) || !strings.Contains(err.Error(), "layer 1 ("+layers[0].Digest.String()+")") {
+		t.Fatalf("Add of a gzip image: %v; want ErrNoFormat naming layer 1", err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "images", "overlay-images", "images.json")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("images.json written after a refused add (%v)", err)

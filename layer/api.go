@@ -1,4 +1,5 @@
-// Package layer turns one eStargz blob into the layer view poolfs shows:
+// Package layer turns one eStargz or zstd:chunked blob (format.go) into the
+// layer view poolfs shows:
 // a tree of entries exactly as the layer tar holds them (whiteouts in
 // overlay form, landmarks hidden) and verified reads of file contents.
 package layer
@@ -8,9 +9,10 @@ import (
 	"errors"
 )
 
-// ErrNotEStargz says the blob has no eStargz footer/TOC: the layer cannot be
-// served lazily and the caller should answer ENOENT so podman pulls it.
-var ErrNotEStargz = errors.New("blob is not eStargz")
+// ErrNoFormat says the blob ends in the footer of no format served lazily
+// (eStargz, zstd:chunked): the caller should answer ENOENT so podman
+// pulls the layer.
+var ErrNoFormat = errors.New("blob is in no lazily served format")
 
 // ErrVerify says bytes from the registry did not match their digest.
 var ErrVerify = errors.New("digest verification failed")

@@ -69,6 +69,14 @@ func (f *fileChunks) span() (start, end int64) {
 // each file exactly once.
 type chunkIndexer struct {
 	tocOffset int64
+	// maxRatio is how far the format's compression can expand: chunks
+	// that claim more are rejected.
+	maxRatio int64
+	// exactEnds is set for formats whose TOC gives each file's end offset
+	// (zstd:chunked): every chunk is whole frames of its own, the file's
+	// last chunk ends exactly there, and nothing between data is fetched.
+	// Otherwise a chunk runs to the next data (or the TOC).
+	exactEnds bool
 	files     []pendingFile
 	parts     []rawPart // every entry that carries data, in TOC (and blob) order
 	cur       int       // index in files of the file whose chunks may follow; -1: none
@@ -82,6 +90,7 @@ type pendingFile struct {
 	name     string
 	size     int64
 	digest   string
+	end      int64 // the end offset of its data, if the format gives it (exactEnds)
 	first, n int
 }
 
@@ -90,7 +99,9 @@ type rawPart struct {
 	digest                                string
 }
 
-func (c *chunkIndexer) add(i int, te *estargz.TOCEntry, b *builder) error {
+// add takes the next TOC entry; end is the end offset of a "reg" entry's
+// data when the format gives it (exactEnds), else 0.
+func (c *chunkIndexer) add(i int, te *estargz.TOCEntry, end int64, b *builder) error {
 	switch te.Type {
 	case "reg":
 		c.cur = -1
@@ -100,7 +111,7 @@ func (c *chunkIndexer) add(i int, te *estargz.TOCEntry, b *builder) error {
 		if te.Size == 0 {
 			return nil // empty files have no data and their offset means nothing
 		}
-		c.files = append(c.files, pendingFile{tocIdx: i, rec: len(b.recs), name: te.Name, size: te.Size, digest: te.Digest, first: len(c.parts)})
+		c.files = append(c.files, pendingFile{tocIdx: i, rec: len(b.recs), name: te.Name, size: te.Size, digest: te.Digest, end: end, first: len(c.parts)})
 		c.cur = len(c.files) - 1
 	case "chunk":
 		if c.cur < 0 {
@@ -120,6 +131,9 @@ func (c *chunkIndexer) add(i int, te *estargz.TOCEntry, b *builder) error {
 	if te.InnerOffset < 0 {
 		return fmt.Errorf("entry %d (%q): negative inner offset %d", i, te.Name, te.InnerOffset)
 	}
+	if c.exactEnds && te.InnerOffset != 0 {
+		return fmt.Errorf("entry %d (%q): inner offset %d in a format whose chunks are whole frames", i, te.Name, te.InnerOffset)
+	}
 	if n := len(c.parts); n > 0 {
 		last := c.parts[n-1]
 		if te.Offset < last.offset || (te.Offset == last.offset && te.InnerOffset <= last.inner) {
@@ -134,7 +148,9 @@ func (c *chunkIndexer) add(i int, te *estargz.TOCEntry, b *builder) error {
 
 // finish resolves every file's chunks once all entries are in: a chunk's
 // compressed bytes run to the next member that holds data (or the TOC);
-// any tar headers in between are fetched and ignored.
+// any tar headers in between are fetched and ignored. With exactEnds a
+// file's last chunk ends at the file's end offset instead, which must not
+// run into the next data.
 func (c *chunkIndexer) finish(b *builder) error {
 	ends := make([]int64, len(c.parts))
 	for k := len(c.parts) - 1; k >= 0; k-- {
@@ -149,6 +165,14 @@ func (c *chunkIndexer) finish(b *builder) error {
 	}
 	c.chunks = make([]chunk, 0, len(c.parts))
 	for _, f := range c.files {
+		if c.exactEnds {
+			last := f.first + f.n - 1
+			if f.end <= c.parts[last].offset || f.end > ends[last] {
+				return fmt.Errorf("entry %d (%q): data ends at %d, not after its last chunk at %d and by the next data at %d",
+					f.tocIdx, f.name, f.end, c.parts[last].offset, ends[last])
+			}
+			ends[last] = f.end
+		}
 		first := len(c.chunks)
 		fileDigest, err := c.addFile(f, ends, b)
 		if err != nil {
@@ -192,7 +216,7 @@ func (c *chunkIndexer) addFile(f pendingFile, ends []int64, b *builder) (digest.
 			return "", fmt.Errorf("chunk at %d of size %d overruns the %d byte file", p.chunkOffset, p.chunkSize, f.size)
 		}
 		ch := chunk{fileOff: p.chunkOffset, size: size, blobOff: p.offset, blobEnd: ends[k], inner: p.inner}
-		if ch.inner+ch.size > (ch.blobEnd-ch.blobOff)*maxDeflateRatio+1024 {
+		if ch.inner+ch.size > (ch.blobEnd-ch.blobOff)*c.maxRatio+1024 {
 			return "", fmt.Errorf("chunk at %d claims %d bytes from %d compressed bytes", p.chunkOffset, ch.inner+ch.size, ch.blobEnd-ch.blobOff)
 		}
 		if p.digest != "" {

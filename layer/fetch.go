@@ -1,13 +1,10 @@
 package layer
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"sort"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/sirupsen/logrus"
 )
 
@@ -62,7 +59,7 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, del
 				for done < len(r.chunks) && r.chunks[done].blobEnd-r.start <= filled {
 					c := r.chunks[done]
 					done++
-					data, err := decodeChunk(c, buf[c.blobOff-r.start:c.blobEnd-r.start])
+					data, err := l.format.decodeChunk(c, buf[c.blobOff-r.start:c.blobEnd-r.start])
 					if err != nil {
 						verifyFailures.Add(1)
 						l.log.WithFields(logrus.Fields{"path": path, "digest": c.digest, "blob_offset": c.blobOff, "attempt": attempt}).
@@ -153,22 +150,11 @@ func coalesce(chunks []*chunk) []run {
 	return runs
 }
 
-// decodeChunk decompresses c from its compressed range and checks it
-// against its digest. Corrupt compressed data is a verification failure
-// like a digest mismatch: both mean the bytes are not what the TOC says.
-func decodeChunk(c *chunk, compressed []byte) ([]byte, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(compressed))
-	if err != nil {
-		return nil, fmt.Errorf("chunk %s at blob offset %d: gzip header: %v: %w", c.digest, c.blobOff, err, ErrVerify)
-	}
-	if c.inner > 0 {
-		if _, err := io.CopyN(io.Discard, zr, c.inner); err != nil {
-			return nil, fmt.Errorf("chunk %s at blob offset %d: skipping %d bytes: %v: %w", c.digest, c.blobOff, c.inner, err, ErrVerify)
-		}
-	}
-	data := make([]byte, c.size)
-	if _, err := io.ReadFull(zr, data); err != nil {
-		return nil, fmt.Errorf("chunk %s at blob offset %d: decompressing: %v: %w", c.digest, c.blobOff, err, ErrVerify)
+// checkChunk is the check every format's decodeChunk ends with: the
+// decompressed bytes are c's size and hash to c's digest.
+func checkChunk(c *chunk, data []byte) ([]byte, error) {
+	if int64(len(data)) != c.size {
+		return nil, fmt.Errorf("chunk %s at blob offset %d decompresses to %d bytes, want %d: %w", c.digest, c.blobOff, len(data), c.size, ErrVerify)
 	}
 	if got := c.digest.Algorithm().FromBytes(data); got != c.digest {
 		return nil, fmt.Errorf("chunk at blob offset %d hashes to %s, want %s: %w", c.blobOff, got, c.digest, ErrVerify)

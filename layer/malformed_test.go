@@ -1,6 +1,8 @@
 package layer
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -195,8 +197,8 @@ func TestMalformedTOC(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Open: %v; want an error mentioning %q", err, tt.want)
 			}
-			if errors.Is(err, ErrNotEStargz) || errors.Is(err, ErrVerify) {
-				t.Errorf("Open: %v; a malformed TOC is neither ErrNotEStargz nor ErrVerify", err)
+			if errors.Is(err, ErrNoFormat) || errors.Is(err, ErrVerify) {
+				t.Errorf("Open: %v; a malformed TOC is neither ErrNoFormat nor ErrVerify", err)
 			}
 		})
 	}
@@ -329,6 +331,16 @@ func FuzzOpen(f *testing.F) {
 	f.Add(sampleTOC)
 	small, _ := fstest.EStargz(f, fstest.SampleTar(f))
 	f.Add(small[len(small)-300:])
+	// Whole zstd:chunked blobs of a one-file tar, of both generations.
+	var oneFile bytes.Buffer
+	tw := tar.NewWriter(&oneFile)
+	_ = tw.WriteHeader(&tar.Header{Name: "a", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3})
+	_, _ = tw.Write([]byte("abc"))
+	_ = tw.Close()
+	for _, legacy := range []bool{false, true} {
+		z, _ := fstest.ZstdChunked(f, oneFile.Bytes(), fstest.ZstdChunkedOptions{Legacy: legacy})
+		f.Add(z)
+	}
 	for _, seed := range hostileTOCSeeds {
 		f.Add([]byte(seed))
 	}

@@ -2,6 +2,7 @@ package layer
 
 import (
 	"context"
+	"io"
 	"sync"
 	"sync/atomic"
 
@@ -9,9 +10,10 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Layer is one opened eStargz blob: its view and the means to read file
-// contents from it. It is safe for concurrent use.
+// Layer is one opened blob (eStargz or zstd:chunked): its view and the
+// means to read file contents from it. It is safe for concurrent use.
 type Layer struct {
+	format    format
 	blob      BlobReader
 	cache     Cache
 	log       *logrus.Entry
@@ -45,13 +47,27 @@ type Layer struct {
 type Option func(*options)
 
 type options struct {
-	limits Limits
-	log    *logrus.Entry
+	limits       Limits
+	log          *logrus.Entry
+	zstdPosition *ManifestPosition
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
 // over a limit fails to open with an error that wraps ErrLimit.
 func WithLimits(l Limits) Option { return func(o *options) { o.limits = l } }
+
+// WithAnnotations passes the layer's annotations from the image manifest:
+// a zstd:chunked layer's manifest position there is used instead of the
+// footer, and the manifest is fetched with one exact request. (The TOC
+// digest to verify against is Open's argument: which annotation the
+// client's lookup is trusted through is the caller's decision.)
+func WithAnnotations(ann map[string]string) Option {
+	return func(o *options) {
+		if _, pos, ok, err := ZstdChunkedAnnotations(ann); ok && err == nil {
+			o.zstdPosition = pos
+		}
+	}
+}
 
 func newOptions(log *logrus.Entry, opts []Option) options {
 	o := options{log: log}
@@ -61,15 +77,19 @@ func newOptions(log *logrus.Entry, opts []Option) options {
 	return o
 }
 
-// Open reads the eStargz footer and TOC from blob and builds the view.
+// Open reads the footer and TOC of an eStargz or zstd:chunked blob and
+// builds the view.
 //
 // The last min(size, 1 MiB) of the blob is fetched in one ReadAt so the
 // footer and usually the whole TOC arrive in one round trip; only if the
 // TOC starts before that window is a second ReadAt made for the rest.
-// If tocDigest is not "", the TOC JSON must hash to it (else ErrVerify);
-// if it is "", the TOC is trusted as read. Chunk contents are always
-// verified against the TOC's digests when read. A blob without an eStargz
-// footer gives ErrNotEStargz. c may be nil (no caching); log may be nil.
+// If tocDigest is "", nothing says the blob is in a lazily served format,
+// and the window is 64 KiB. If tocDigest is not "", the TOC must hash to
+// it (else ErrVerify): eStargz's TOC JSON, zstd:chunked's compressed
+// manifest; if it is "", the TOC is trusted as read. Chunk contents are
+// always verified against the TOC's digests when read. A blob without the
+// footer of either format gives ErrNoFormat. c may be nil (no caching);
+// log may be nil.
 func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache, log *logrus.Entry, opts ...Option) (*Layer, error) {
 	l, _, err := OpenWithTOC(ctx, blob, tocDigest, c, log, opts...)
 	return l, err
@@ -78,8 +98,13 @@ func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache
 // newLayer makes the Layer for a built tree, however it was obtained.
 func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
 	log = log.WithField("toc_digest", raw.digest)
-	log.WithFields(logrus.Fields{"entries": len(raw.tree.entries), "tree_bytes": raw.tree.bytes}).Debug("opened eStargz layer")
+	f := raw.format
+	if f == nil {
+		f = estargzFormat{}
+	}
+	log.WithFields(logrus.Fields{"entries": len(raw.tree.entries), "tree_bytes": raw.tree.bytes, "format": f}).Debug("opened layer")
 	return &Layer{
+		format:    f,
 		blob:      blob,
 		cache:     c,
 		log:       log,
@@ -91,6 +116,12 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
 		tailStart: raw.chunkTailStart,
 	}
 }
+
+// Format names the blob's format: FormatEStargz or FormatZstdChunked.
+func (l *Layer) Format() string { return l.format.String() }
+
+// Decompress is the package's Decompress in this layer's format.
+func (l *Layer) Decompress(blob io.Reader) (io.ReadCloser, error) { return l.format.decompress(blob) }
 
 // FetchedTail returns the blob's bytes [off, off+len(b)) that Open
 // fetched with the TOC and keeps for the chunks in them (nil if none), so
@@ -108,7 +139,8 @@ func (l *Layer) Entries() int { return len(l.tree.entries) }
 // for them through Limits.Reserve).
 func (l *Layer) TreeBytes() int64 { return l.tree.bytes }
 
-// TOCDigest returns the sha256 of the TOC JSON as read from the blob.
+// TOCDigest returns the TOC digest as read from the blob (eStargz: the
+// sha256 of the TOC JSON; zstd:chunked: of the compressed manifest).
 func (l *Layer) TOCDigest() digest.Digest { return l.tocDigest }
 
 // Prioritized lists the regular files that come before the

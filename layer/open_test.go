@@ -191,13 +191,13 @@ func TestOpenErrors(t *testing.T) {
 		want error
 	}{
 		{"wrong TOC digest", data, digest.FromString("not the TOC"), ErrVerify},
-		{"plain gzip layer", plainGzip.Bytes(), "", ErrNotEStargz},
-		{"plain gzip layer with TOC digest", plainGzip.Bytes(), toc, ErrNotEStargz},
-		{"uncompressed tar", sampleTar, "", ErrNotEStargz},
-		{"empty tar", emptyTar.Bytes(), "", ErrNotEStargz},
-		{"tiny blob", []byte("hello"), "", ErrNotEStargz},
-		{"empty blob", nil, "", ErrNotEStargz},
-		{"truncated blob", data[:len(data)-10], "", ErrNotEStargz},
+		{"plain gzip layer", plainGzip.Bytes(), "", ErrNoFormat},
+		{"plain gzip layer with TOC digest", plainGzip.Bytes(), toc, ErrNoFormat},
+		{"uncompressed tar", sampleTar, "", ErrNoFormat},
+		{"empty tar", emptyTar.Bytes(), "", ErrNoFormat},
+		{"tiny blob", []byte("hello"), "", ErrNoFormat},
+		{"empty blob", nil, "", ErrNoFormat},
+		{"truncated blob", data[:len(data)-10], "", ErrNoFormat},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

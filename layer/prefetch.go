@@ -249,8 +249,13 @@ func (l *Layer) PrioritizedHead() int64 {
 // SaysNoPrefetch reports whether a blob whose first bytes are head starts
 // with the .no.prefetch.landmark entry, which eStargz builders write first
 // when no files were prioritized: a stream of the blob's head would fetch
-// nothing Prefetch wants. A head too short to tell, or not gzip, says no.
+// nothing Prefetch wants. So does a zstd:chunked blob (a zstd frame
+// first): the format has no prioritized files. A head too short to tell,
+// or of neither format, says no.
 func SaysNoPrefetch(head []byte) bool {
+	if bytes.HasPrefix(head, zstdFrameMagic) {
+		return true
+	}
 	zr, err := gzip.NewReader(bytes.NewReader(head))
 	if err != nil {
 		return false

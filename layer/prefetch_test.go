@@ -93,6 +93,7 @@ func TestSaysNoPrefetch(t *testing.T) {
 	tarBytes := fstest.SampleTar(t)
 	plain, _ := fstest.EStargz(t, tarBytes)
 	optimized, _ := fstest.EStargz(t, tarBytes, estargz.WithPrioritizedFiles([]string{"etc/passwd"}))
+	zstdChunked, _ := fstest.ZstdChunked(t, tarBytes, fstest.ZstdChunkedOptions{})
 	tests := []struct {
 		name string
 		head []byte
@@ -101,6 +102,7 @@ func TestSaysNoPrefetch(t *testing.T) {
 		{"unoptimized eStargz", plain[:4096], true},
 		{"unoptimized, just its first member", plain[:200], true},
 		{"optimized eStargz", optimized[:4096], false},
+		{"zstd:chunked (no prioritized files)", zstdChunked[:4096], true},
 		{"too short to tell", plain[:20], false},
 		{"not gzip", []byte("\x00\x01 not a gzip stream at all"), false},
 		{"nothing", nil, false},

@@ -1,17 +1,11 @@
 package layer
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 
-	"github.com/klauspost/compress/gzip"
-
-	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -19,6 +13,11 @@ import (
 // footer plus, for all but huge layers, the whole compressed TOC. A
 // variable so tests can place chunks outside the window.
 var tailSize int64 = 1 << 20
+
+// probeSize is the tail window when no TOC digest is expected: enough for
+// any footer and the TOCs of small layers, small enough that recognising a
+// layer no format serves costs one small request.
+var probeSize int64 = 64 << 10
 
 const (
 	// maxTOCCompressed and maxTOCJSON bound what a blob can make us
@@ -31,9 +30,10 @@ const (
 // rawTOC is the TOC as found in the blob, and the tree built from it.
 type rawTOC struct {
 	tree      *tree
-	digest    digest.Digest // sha256 of the JSON bytes
-	tocOffset int64         // where the TOC's gzip member starts: the end of the last chunk
-	member    []byte        // the TOC's gzip member as in the blob, for OpenWithTOC's callers to store
+	digest    digest.Digest // the TOC digest (see format.decodeTOC)
+	tocOffset int64         // where the TOC starts: the end of the last chunk
+	member    []byte        // the compressed TOC as in the blob, for OpenWithTOC's callers to store
+	format    format
 
 	// chunkTail is the part of the fetched tail before the TOC: chunk
 	// data already paid for, which for small layers is the whole layer.
@@ -41,142 +41,90 @@ type rawTOC struct {
 	chunkTailStart int64
 }
 
-// readTOC fetches the blob's tail (one ReadAt), finds the footer and
-// builds the tree from the TOC. A second ReadAt happens only when the
-// compressed TOC starts before the tail window.
+// readTOC fetches the blob's tail (one ReadAt), finds the footer of one of
+// the formats and builds the tree from the TOC. A second ReadAt happens
+// only when the compressed TOC starts before the tail window. With the
+// position of a zstd:chunked manifest (from the annotation, o.zstdPosition),
+// only the manifest is fetched.
 func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, o options) (*rawTOC, error) {
 	size := blob.Size()
-	if size < legacyFooterSize {
-		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNotEStargz)
+	if o.zstdPosition != nil {
+		r, err := o.zstdPosition.tocRange(size)
+		if err != nil {
+			return nil, err
+		}
+		return fetchTOC(ctx, blob, zstdChunked{}, r, want, nil, size, o)
 	}
-	tailLen := min(size, tailSize)
+	if size < minFooterSize {
+		return nil, fmt.Errorf("blob of %d bytes is too small for a footer: %w", size, ErrNoFormat)
+	}
+	window := tailSize
+	if want == "" {
+		// Nothing says the blob is in a format served lazily: most such
+		// blobs are plain gzip layers, and telling so must stay cheap.
+		window = min(window, probeSize)
+	}
+	tailLen := min(size, window)
 	tailStart := size - tailLen
 	tail := make([]byte, tailLen)
 	if err := readFull(ctx, blob, tail, tailStart); err != nil {
 		return nil, &fetchError{fmt.Errorf("reading the last %d bytes of the blob: %w", tailLen, err)}
 	}
-
-	tocOffset, footerSize, err := parseFooter(tail)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotEStargz, err)
-	}
-	tocEnd := size - footerSize
-	if tocOffset < 0 || tocOffset > tocEnd {
-		return nil, fmt.Errorf("footer puts the TOC at %d, outside the blob's [0, %d)", tocOffset, tocEnd)
-	}
-	if tocEnd-tocOffset > maxTOCCompressed {
-		return nil, fmt.Errorf("compressed TOC of %d bytes exceeds the %d byte limit", tocEnd-tocOffset, maxTOCCompressed)
-	}
-
-	var compressed []byte
-	if tocOffset >= tailStart {
-		compressed = tail[tocOffset-tailStart : tocEnd-tailStart]
-	} else {
-		// The TOC is bigger than the tail window: fetch only what is missing.
-		compressed = make([]byte, tocEnd-tocOffset)
-		head := compressed[:tailStart-tocOffset]
-		if err := readFull(ctx, blob, head, tocOffset); err != nil {
-			return nil, &fetchError{fmt.Errorf("reading the first %d bytes of the TOC at %d: %w", len(head), tocOffset, err)}
+	var errs []error
+	for _, f := range formats {
+		r, ok, err := f.locateTOC(tail, size)
+		if !ok {
+			errs = append(errs, err)
+			continue
 		}
-		copy(compressed[len(head):], tail[:tocEnd-tailStart])
+		if err != nil {
+			return nil, fmt.Errorf("%s footer: %w", f, err)
+		}
+		return fetchTOC(ctx, blob, f, r, want, tail, tailStart, o)
+	}
+	return nil, &noFooterError{fmt.Errorf("%w: %w", ErrNoFormat, errors.Join(errs...))}
+}
+
+// fetchTOC fetches the compressed TOC r of a blob in format f, taking what
+// it can from tail (the blob's bytes from tailStart on), and builds the
+// tree from it; the part of tail before the TOC is kept as chunk data.
+func fetchTOC(ctx context.Context, blob BlobReader, f format, r tocRange, want digest.Digest, tail []byte, tailStart int64, o options) (*rawTOC, error) {
+	if r.start < 0 || r.end < r.start || r.end > blob.Size() {
+		return nil, fmt.Errorf("%s footer puts the TOC at [%d, %d), outside the %d byte blob", f, r.start, r.end, blob.Size())
+	}
+	if r.end-r.start > maxTOCCompressed || r.uncompressed > maxTOCJSON {
+		return nil, fmt.Errorf("compressed TOC of %d bytes (%d uncompressed) exceeds the %d (%d) byte limit",
+			r.end-r.start, r.uncompressed, maxTOCCompressed, maxTOCJSON)
+	}
+	compressed := make([]byte, r.end-r.start)
+	if r.start < tailStart {
+		// Not all in the tail window: fetch only what is missing.
+		head := compressed[:min(r.end, tailStart)-r.start]
+		if err := readFull(ctx, blob, head, r.start); err != nil {
+			return nil, &fetchError{fmt.Errorf("reading %d bytes of the TOC at %d: %w", len(head), r.start, err)}
+		}
+	}
+	if r.end > tailStart {
+		from := max(r.start, tailStart)
+		copy(compressed[from-r.start:], tail[from-tailStart:r.end-tailStart])
 	}
 	if n, ok := blob.(TailNotifier); ok {
 		n.TailRead()
 	}
-
-	t, got, err := buildFromMember(compressed, want, tocOffset, o)
+	raw, err := f.decodeTOC(compressed, r, want, o)
 	if err != nil {
 		return nil, err
 	}
-	raw := &rawTOC{tree: t, digest: got, tocOffset: tocOffset, member: append([]byte(nil), compressed...), chunkTailStart: tailStart}
-	if tocOffset > tailStart {
+	raw.format = f
+	raw.member = compressed // its own allocation, not the tail's
+	if raw.tocOffset > tailStart && len(tail) > 0 {
+		raw.chunkTailStart = tailStart
 		// Copied so that the layer does not keep the TOC's bytes, which
 		// can be most of the tail, beside the tree: a reader of the blob
 		// file fetches those again (see FetchedTail).
-		raw.chunkTail = append([]byte(nil), tail[:tocOffset-tailStart]...)
+		raw.chunkTail = append([]byte(nil), tail[:raw.tocOffset-tailStart]...)
 	}
 	return raw, nil
-}
-
-// buildFromMember builds the tree from the TOC's gzip+tar member (as
-// estargz's GzipDecompressor reads it: one gzip member holding one tar
-// entry named stargz.index.json), checking that the JSON hashes to want
-// (if not ""), and returns it with the JSON's digest. The JSON streams
-// from the decompressor through the hash into the decoder and is never
-// held whole: a few MiB of compressed TOC can hold a GiB of it.
-func buildFromMember(compressed []byte, want digest.Digest, tocOffset int64, o options) (*tree, digest.Digest, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(compressed))
-	if err != nil {
-		return nil, "", fmt.Errorf("opening TOC: malformed gzip header: %w", err)
-	}
-	defer zr.Close()
-	zr.Multistream(false)
-	tr := tar.NewReader(zr)
-	h, err := tr.Next()
-	if err != nil {
-		return nil, "", fmt.Errorf("opening TOC: no tar header in its gzip stream: %w", err)
-	}
-	if h.Name != estargz.TOCTarName {
-		return nil, "", fmt.Errorf("opening TOC: tar entry is named %q, not %q", h.Name, estargz.TOCTarName)
-	}
-	if h.Size > maxTOCJSON {
-		return nil, "", fmt.Errorf("TOC JSON of %d bytes exceeds the %d byte limit", h.Size, maxTOCJSON)
-	}
-	if h.Size > int64(len(compressed))*maxDeflateRatio {
-		// Checked before reading: a header may claim any size.
-		return nil, "", fmt.Errorf("TOC tar entry claims %d bytes, more than %d compressed bytes can hold", h.Size, len(compressed))
-	}
-	return buildFromJSON(tr, h.Size, want, tocOffset, o)
-}
-
-// buildFromJSON builds the tree from size bytes of TOC JSON read from r.
-func buildFromJSON(r io.Reader, size int64, want digest.Digest, tocOffset int64, o options) (*tree, digest.Digest, error) {
-	hash := sha256.New()
-	in := &countingReader{r: io.TeeReader(io.LimitReader(r, size), hash)}
-	b := newBuilder(tocOffset, o.limits, o.log)
-	defer b.release(0)
-	_, decErr := streamTOC(in, b.add, nil)
-	if errors.Is(decErr, ErrLimit) {
-		return nil, "", decErr // final whatever the digest says, and not worth reading the rest for
-	}
-	// The digest covers every byte, whatever the decoder made of them.
-	if _, err := io.Copy(io.Discard, in); err != nil {
-		return nil, "", fmt.Errorf("decompressing TOC: %w", err)
-	}
-	if in.n != size {
-		return nil, "", fmt.Errorf("decompressing TOC: %d of %d bytes: %w", in.n, size, io.ErrUnexpectedEOF)
-	}
-	got := digest.NewDigest(digest.SHA256, hash)
-	if want != "" && got != want {
-		return nil, "", fmt.Errorf("TOC JSON digest is %s, want %s: %w", got, want, ErrVerify)
-	}
-	if decErr != nil {
-		return nil, "", fmt.Errorf("TOC %s: %w", got, decErr)
-	}
-	t, err := b.finish()
-	if err != nil {
-		return nil, "", fmt.Errorf("TOC %s: %w", got, err)
-	}
-	// The build's own reservations become the tree's.
-	if t.bytes > b.reserved {
-		if err := b.reserve(t.bytes - b.reserved); err != nil {
-			return nil, "", fmt.Errorf("TOC %s: %w", got, err)
-		}
-	}
-	b.release(t.bytes)
-	b.reserved = 0 // kept by the tree now: the deferred release leaves it
-	return t, got, nil
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // readFull fills p from blob at off. BlobReader returns io.EOF only when

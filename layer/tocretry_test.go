@@ -45,7 +45,7 @@ func TestTOCSpoiledInTransitIsRefetched(t *testing.T) {
 	}{
 		{"footer spoiled once", 30, 1, nil, 2},
 		{"footer spoiled twice", 30, 2, nil, 3},
-		{"footer always spoiled", 30, 100, ErrNotEStargz, verifyAttempts},
+		{"footer always spoiled", 30, 100, ErrNoFormat, verifyAttempts},
 		{"TOC spoiled twice", 51 + 40, 2, nil, 3},
 		{"TOC always spoiled", 51 + 40, 100, ErrVerify, verifyAttempts},
 	}

@@ -104,7 +104,9 @@ type whiteout struct {
 	i         int
 }
 
-func newBuilder(tocOffset int64, limits Limits, log *logrus.Entry) *builder {
+// newBuilder starts a tree whose data ends at tocOffset; maxRatio is how far
+// the format's compression can expand (see chunkIndexer).
+func newBuilder(tocOffset, maxRatio int64, limits Limits, log *logrus.Entry) *builder {
 	if log == nil {
 		_, log = defaults(nil, nil)
 	}
@@ -114,7 +116,7 @@ func newBuilder(tocOffset int64, limits Limits, log *logrus.Entry) *builder {
 		last:     map[string]int{},
 		errs:     map[int]recErrs{},
 		interned: map[digest.Digest]digest.Digest{},
-		chunks:   chunkIndexer{tocOffset: tocOffset, cur: -1},
+		chunks:   chunkIndexer{tocOffset: tocOffset, maxRatio: maxRatio, cur: -1},
 	}
 }
 
@@ -142,7 +144,11 @@ func (b *builder) release(keep int64) {
 const reserveEvery = 1 << 20
 
 // add takes the next TOC entry.
-func (b *builder) add(te *estargz.TOCEntry) error {
+func (b *builder) add(te *estargz.TOCEntry) error { return b.addEnding(te, 0) }
+
+// addEnding is add with the end offset of a regular file's data, for
+// formats that give it (chunkIndexer.exactEnds).
+func (b *builder) addEnding(te *estargz.TOCEntry, end int64) error {
 	i := b.n
 	b.n++
 	if b.limits.MaxEntries > 0 && b.n > b.limits.MaxEntries {
@@ -160,7 +166,7 @@ func (b *builder) add(te *estargz.TOCEntry) error {
 		}
 		b.pending = 0
 	}
-	if err := b.chunks.add(i, te, b); err != nil {
+	if err := b.chunks.add(i, te, end, b); err != nil {
 		return err
 	}
 	if te.Type == "chunk" {
@@ -226,6 +232,23 @@ func setMeta(r *rec, te *estargz.TOCEntry) error {
 		r.xattrs = te.Xattrs // te is the decoder's fresh value, ours to keep
 	}
 	return nil
+}
+
+// build is finish for a build that succeeded: what the build reserved
+// becomes the tree's (b's deferred release then leaves it).
+func (b *builder) build() (*tree, error) {
+	t, err := b.finish()
+	if err != nil {
+		return nil, err
+	}
+	if t.bytes > b.reserved {
+		if err := b.reserve(t.bytes - b.reserved); err != nil {
+			return nil, err
+		}
+	}
+	b.release(t.bytes)
+	b.reserved = 0 // kept by the tree now
+	return t, nil
 }
 
 // finish builds the tree once every TOC entry is in.

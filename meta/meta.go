@@ -46,11 +46,13 @@ type layerRecord struct {
 	Desc      remote.LayerDesc `json:"desc"`
 	TOCDigest digest.Digest    `json:"toc_digest"`
 	TOCOffset int64            `json:"toc_offset"`
+	TOCFormat string           `json:"toc_format,omitempty"` // layer.TOC.Format; "" (eStargz) in older records
 	// UsedAt (Unix seconds) is when the layer was last stored, reopened
 	// or found in use by Prune; 0 in records written before it existed.
 	UsedAt int64 `json:"used_at,omitempty"`
-	// TOCMember says the tocs bucket holds the TOC's gzip member as found
-	// in the blob (layer.TOC.Member), not gzip of its JSON.
+	// TOCMember says the tocs bucket holds the compressed TOC as found in
+	// the blob (layer.TOC.Member: eStargz's gzip member, zstd:chunked's
+	// compressed manifest), not gzip of its JSON.
 	TOCMember bool `json:"toc_member,omitempty"`
 }
 
@@ -96,7 +98,7 @@ func refKey(ref string, d digest.Digest) []byte {
 // layer was asked for (blob or TOC digest).
 func (s *Store) Put(ref string, d digest.Digest, rec Record) error {
 	member := rec.TOC.Member != nil
-	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, UsedAt: now().Unix(), TOCMember: member})
+	lr, err := json.Marshal(layerRecord{Desc: rec.Desc, TOCDigest: rec.TOC.Digest, TOCOffset: rec.TOC.Offset, TOCFormat: rec.TOC.Format, UsedAt: now().Unix(), TOCMember: member})
 	if err != nil {
 		return fmt.Errorf("encoding record of layer %s: %w", rec.Desc.Digest, err)
 	}
@@ -162,7 +164,7 @@ func (s *Store) Lookup(ref string, d digest.Digest) (Record, error) {
 		return Record{}, err
 	}
 	if lr.TOCMember {
-		return Record{Desc: lr.Desc, TOC: layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, Member: z}}, nil
+		return Record{Desc: lr.Desc, TOC: layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, Format: lr.TOCFormat, Member: z}}, nil
 	}
 	zr, err := gzip.NewReader(bytes.NewReader(z))
 	if err != nil {
@@ -174,7 +176,7 @@ func (s *Store) Lookup(ref string, d digest.Digest) (Record, error) {
 	}
 	return Record{
 		Desc: lr.Desc,
-		TOC:  layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, JSON: tocJSON},
+		TOC:  layer.TOC{Digest: lr.TOCDigest, Offset: lr.TOCOffset, Format: lr.TOCFormat, JSON: tocJSON},
 	}, nil
 }
 

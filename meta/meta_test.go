@@ -203,26 +203,28 @@ func TestPrune(t *testing.T) {
 	}
 }
 
-// A TOC given as its gzip member (what layer.OpenWithTOC returns) is
-// stored and returned byte for byte, as a member again; the JSON form of
-// older records still reads back as JSON.
+// A TOC given as its compressed member (what layer.OpenWithTOC returns) is
+// stored and returned byte for byte, as a member again, with its format.
 func TestStoreTOCMember(t *testing.T) {
 	s, err := Open(filepath.Join(t.TempDir(), "meta.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	member := []byte("\x1f\x8b any bytes: the store does not look inside")
-	d := digest.FromString("toc")
-	rec := Record{Desc: remote.LayerDesc{Ref: "r/a:1", Digest: digest.FromString("blob")}, TOC: layer.TOC{Digest: d, Offset: 7, Member: member}}
-	if err := s.Put("r/a:1", rec.Desc.Digest, rec); err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Lookup("r/a:1", rec.Desc.Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got.TOC, rec.TOC) {
-		t.Errorf("TOC %+v, want %+v", got.TOC, rec.TOC)
+	for _, format := range []string{"", layer.FormatZstdChunked} {
+		member := []byte("\x1f\x8b any bytes: the store does not look inside " + format)
+		d := digest.FromString("toc " + format)
+		blob := digest.FromString("blob " + format)
+		rec := Record{Desc: remote.LayerDesc{Ref: "r/a:1", Digest: blob}, TOC: layer.TOC{Digest: d, Offset: 7, Format: format, Member: member}}
+		if err := s.Put("r/a:1", rec.Desc.Digest, rec); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Lookup("r/a:1", rec.Desc.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got.TOC, rec.TOC) {
+			t.Errorf("format %q: TOC %+v, want %+v", format, got.TOC, rec.TOC)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package pool
 
 import (
 	"bufio"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -14,6 +13,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/layer"
 )
 
 // ErrDiffIDMismatch says an image's config gives a layer a diff_id that
@@ -147,14 +148,14 @@ func (p *Pool) verifyDiffID(l *Layer) {
 	log.WithField("diff_id", d).Info("layer diff_id verified")
 }
 
-// uncompressedDigest is the sha256 of the decompressed blob: an eStargz
-// blob is a series of gzip members, TOC and footer included, and its
-// diff_id covers all of them.
+// uncompressedDigest is the sha256 of the decompressed blob, as its format
+// decompresses it (an eStargz blob's TOC and footer included).
 func (l *Layer) uncompressedDigest(ctx context.Context) (digest.Digest, error) {
-	zr, err := gzip.NewReader(bufio.NewReaderSize(io.NewSectionReader(blobReaderAt{ctx, l}, 0, l.Desc.Size), 1<<20))
+	zr, err := layer.Decompress(l.format, bufio.NewReaderSize(io.NewSectionReader(blobReaderAt{ctx, l}, 0, l.Desc.Size), 1<<20))
 	if err != nil {
 		return "", fmt.Errorf("decompressing blob %s: %w", l.Desc.Digest, err)
 	}
+	defer zr.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, zr); err != nil {
 		return "", fmt.Errorf("decompressing blob %s: %w", l.Desc.Digest, err)

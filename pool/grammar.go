@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/layer"
 )
 
 // Annotation keys of grammar 1 (the pool) that poolfs needs.
@@ -166,12 +168,16 @@ func KeyFromAnnotations(ann map[string]string) (LayerKey, error) {
 		return LayerKey{}, err
 	}
 	key := LayerKey{Ref: ref, Digest: dg}
-	if t, ok := ann[TOCDigestAnnotation]; ok {
-		td, err := ParseDigest(t)
-		if err != nil {
+	// eStargz's TOC digest or zstd:chunked's manifest checksum: whichever
+	// the client passed on from the manifest, the layer is verified by it.
+	td, err := layer.TOCDigestFromAnnotations(ann)
+	if err != nil {
+		return LayerKey{}, fmt.Errorf("%w: %w", ErrGrammar, err)
+	}
+	if td != "" {
+		if key.TOCDigest, err = ParseDigest(td.String()); err != nil {
 			return LayerKey{}, err
 		}
-		key.TOCDigest = td
 	}
 	return key, nil
 }

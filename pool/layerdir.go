@@ -90,8 +90,12 @@ type info struct {
 	Flags              map[string]any `json:"flags,omitempty"`
 }
 
-// compressionGzip is containers/storage's archive.Gzip.
-const compressionGzip = 2
+// compressionGzip and compressionZstd are containers/storage's
+// archive.Gzip and archive.Zstd.
+const (
+	compressionGzip = 2
+	compressionZstd = 4
+)
 
 // uncompressedSizeAnnotation is what stargz converters record the tar size
 // in; without it the size is left out, as containers/storage allows.
@@ -106,6 +110,9 @@ func layerInfo(ctx context.Context, l *Layer, diffID digest.Digest) []byte {
 		UncompressedDigest: diffID.String(),
 		TOCDigest:          l.Desc.TOCDigest.String(),
 		CompressionType:    compressionGzip,
+	}
+	if l.format == layer.FormatZstdChunked {
+		in.CompressionType = compressionZstd
 	}
 	if diffID != "" {
 		// Newer clients look here when they cannot trust diff-digest.

@@ -236,7 +236,7 @@ func (p *Pool) reload(ctx context.Context, l *Layer) (*layer.Layer, error) {
 			log.WithError(err).Warn("stored TOC unusable; reading the TOC from the registry")
 		}
 	}
-	v, err := layer.Open(ctx, l.Blob, l.Desc.TOCDigest, p.cache, log, p.layerOptions()...)
+	v, err := layer.Open(ctx, l.Blob, l.Desc.TOCDigest, p.cache, log, append(p.layerOptions(), layer.WithAnnotations(l.Desc.Annotations))...)
 	if err != nil {
 		return nil, fmt.Errorf("loading the tree of layer %s again: %w", l.Desc.Digest, err)
 	}

@@ -1,6 +1,6 @@
 // Package pool decodes the additional-layer-store path grammars into layer
 // requests and keeps each resolved layer (its registry descriptor, blob
-// access and eStargz view) for as long as the daemon runs.
+// access and eStargz or zstd:chunked view) for as long as the daemon runs.
 package pool
 
 import (
@@ -49,27 +49,29 @@ type Cache interface {
 // waiting for the same result, and an interrupted `stat` must not poison it.
 const openTimeout = 2 * time.Minute
 
-// notEStargzTTL is how long "this blob is not eStargz" is believed. The
+// noFormatTTL is how long "this blob is in no lazily served format" is
+// believed. The
 // answer depends only on the blob's content, but it is reached from bytes
 // that came over the network: layer.Open already refetches a footer that
 // does not parse, and the TTL bounds the harm if a footer arrived spoiled on
 // every attempt. Podman asks once per pull, so re-checking is cheap.
-const notEStargzTTL = 10 * time.Minute
+const noFormatTTL = 10 * time.Minute
 
-// notEStargz is a remembered ErrNotEStargz answer.
-type notEStargz struct {
+// noFormat is a remembered ErrNoFormat answer.
+type noFormat struct {
 	err error
 	at  time.Time
 }
 
-// Layer is one eStargz layer the pool serves, shared by every path that
+// Layer is one lazily served layer (eStargz, zstd:chunked) the pool serves, shared by every path that
 // names it (both grammars, blob or TOC digest, any annotation order).
 type Layer struct {
 	Desc remote.LayerDesc
 	Blob remote.Blob
 
-	pool *Pool
-	tree treeState // the view (see Hold, View, Tree)
+	pool   *Pool
+	format string    // the view's Format, known while the tree is out of memory
+	tree   treeState // the view (see Hold, View, Tree)
 
 	uses       atomic.Int64
 	lastAccess atomic.Int64 // unix nanoseconds
@@ -87,6 +89,10 @@ type Layer struct {
 	prof profileState
 }
 
+// Format names the layer's blob format (layer.FormatEStargz,
+// layer.FormatZstdChunked).
+func (l *Layer) Format() string { return l.format }
+
 // Uses is the reference count the containers/storage client keeps through
 // create(use) and rmdir(<digest>).
 func (l *Layer) Uses() int64 { return l.uses.Load() }
@@ -102,10 +108,10 @@ type Pool struct {
 	cache    Cache
 	log      *logrus.Entry
 
-	mu         sync.Mutex
-	layers     map[digest.Digest]*Layer     // by compressed blob digest
-	notEStargz map[digest.Digest]notEStargz // content never changes, so neither does this answer (but see notEStargzTTL)
-	opening    singleflight.Group
+	mu       sync.Mutex
+	layers   map[digest.Digest]*Layer   // by compressed blob digest
+	noFormat map[digest.Digest]noFormat // content never changes, so neither does this answer (but see noFormatTTL)
+	opening  singleflight.Group
 
 	meta       *meta.Store    // nil: nothing persists across restarts (see SetMeta)
 	persisting sync.WaitGroup // records being written (see persist, Flush)
@@ -142,7 +148,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		cache:      c,
 		log:        log,
 		layers:     map[digest.Digest]*Layer{},
-		notEStargz: map[digest.Digest]notEStargz{},
+		noFormat:   map[digest.Digest]noFormat{},
 		profiles:   map[digest.Digest]*profile.Profile{},
 		tagRecheck: DefaultTagRecheck,
 		refs:       map[string]meta.Manifest{},
@@ -161,7 +167,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 }
 
 // Get returns the layer that key names, resolving the reference and opening
-// the eStargz TOC on first use. ctx is the FUSE request's, if any: its
+// its TOC on first use. ctx is the FUSE request's, if any: its
 // caller must be one Access lets make the daemon fetch (ErrAccess).
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 	if err := p.access.check(ctx); err != nil {
@@ -231,6 +237,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		return l, nil
 	}
 	desc, err := p.resolver.ResolveBlob(ctx, key.Ref, key.Digest)
+	if err == nil {
+		desc, err = describe(desc, key.Digest, log)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("resolving layer %s of %s: %w", key.Digest, key.Ref, err)
 	}
@@ -247,9 +256,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 		return l, nil
 	}
 	p.mu.Lock()
-	ne, known := p.notEStargz[desc.Digest]
+	ne, known := p.noFormat[desc.Digest]
 	p.mu.Unlock()
-	if known && time.Since(ne.at) < notEStargzTTL {
+	if known && time.Since(ne.at) < noFormatTTL {
 		return nil, ne.err
 	}
 
@@ -291,21 +300,21 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	} else if early = newEarlyRanges(blob, stored, p.cached); early != nil {
 		viewBlob = early
 	}
-	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, p.layerOptions()...)
+	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, append(p.layerOptions(), layer.WithAnnotations(desc.Annotations))...)
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {
 		head.Release()
 		early.Release()
-		err = fmt.Errorf("opening eStargz TOC of %s in %s: %w", desc.Digest, key.Ref, err)
+		err = fmt.Errorf("opening TOC of %s in %s: %w", desc.Digest, key.Ref, err)
 		if errors.Is(err, layer.ErrLimit) {
 			// Said once here, with the limit, for whoever wonders why this
 			// layer was pulled.
 			log.WithError(err).Warn("layer refused: its tree would pass a memory limit")
 		}
-		if errors.Is(err, layer.ErrNotEStargz) {
+		if errors.Is(err, layer.ErrNoFormat) {
 			p.mu.Lock()
-			p.notEStargz[desc.Digest] = notEStargz{err: err, at: time.Now()}
+			p.noFormat[desc.Digest] = noFormat{err: err, at: time.Now()}
 			p.mu.Unlock()
 		}
 		return nil, err
@@ -363,9 +372,26 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile,
 	return l
 }
 
+// describe sets desc.TOCDigest from the annotations (remote knows nothing
+// of layer formats; layer says which annotation holds it) and checks that
+// dgst, the digest desc was resolved by, is its blob digest or that TOC
+// digest: remote finds a layer by any digest its annotations publish.
+func describe(desc remote.LayerDesc, dgst digest.Digest, log *logrus.Entry) (remote.LayerDesc, error) {
+	d, err := layer.TOCDigestFromAnnotations(desc.Annotations)
+	if err != nil {
+		log.WithField("digest", desc.Digest).WithError(err).Warn("ignoring malformed TOC digest annotation")
+		d = ""
+	}
+	desc.TOCDigest = d
+	if dgst != desc.Digest && dgst != d {
+		return remote.LayerDesc{}, fmt.Errorf("layer %s has %s in an annotation that is not its TOC digest: %w", desc.Digest, dgst, remote.ErrLayerNotFound)
+	}
+	return desc, nil
+}
+
 // newLayer makes the Layer for a view just opened (and reserved for).
 func (p *Pool) newLayer(key LayerKey, desc remote.LayerDesc, blob remote.Blob, view *layer.Layer, stored bool, log *logrus.Entry) *Layer {
-	l := &Layer{Desc: desc, Blob: blob, pool: p}
+	l := &Layer{Desc: desc, Blob: blob, pool: p, format: view.Format()}
 	l.tree.view, l.tree.stored, l.tree.key, l.tree.log = view, stored, key, log
 	l.tree.lastUsed = time.Now()
 	return l

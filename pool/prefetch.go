@@ -128,8 +128,10 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 // startHead starts streaming the start of blob for the prefetch (see
 // PrefetchOptions.Early) and returns the Blob the layer's view should read
 // through: the stream, or blob itself when there is none. Only layers whose
-// manifest or path names a TOC digest get one: those are eStargz, so the
-// bytes are not spent on a layer podman will pull anyway.
+// manifest or path names a TOC digest get one: those are in a lazily
+// served format, so the bytes are not spent on a layer podman will pull
+// anyway; the layer package's probe (layer.SaysNoPrefetch) ends the stream
+// at once for a blob with nothing prioritized, zstd:chunked ones included.
 func (p *Pool) startHead(blob remote.Blob, tocDigest string) (remote.Blob, *remote.Head) {
 	p.mu.Lock()
 	o := p.prefetch

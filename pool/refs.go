@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/remote"
 )
@@ -160,8 +161,8 @@ func (p *Pool) fetchManifest(ctx context.Context, lister refLister, ref string) 
 	m := meta.Manifest{FetchedAt: time.Now(), Pinned: pinned}
 	for _, l := range layers {
 		m.Layers = append(m.Layers, l.Digest)
-		if l.TOCDigest != "" {
-			m.Layers = append(m.Layers, l.TOCDigest)
+		if d, err := layer.TOCDigestFromAnnotations(l.Annotations); err == nil && d != "" {
+			m.Layers = append(m.Layers, d)
 		}
 	}
 	p.mu.Lock()

@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
@@ -144,7 +145,7 @@ func (g *Registry) Lookup(ctx context.Context, ref string, blob, toc digest.Dige
 	}
 	want := toc
 	if want == "" {
-		want = ld.TOCDigest
+		want, _ = layer.TOCDigestFromAnnotations(ld.Annotations)
 	}
 	if want != "" && p.TOC != want {
 		g.log.WithFields(logrus.Fields{"ref": ref, "digest": blob, "toc_digest": want, "profile_toc": p.TOC}).
@@ -252,8 +253,8 @@ func (g *Registry) Push(ctx context.Context, ref string, set profile.Set) (remot
 		if err != nil {
 			return remote.Pushed{}, fmt.Errorf("push profiles: %w", err)
 		}
-		if ld.TOCDigest != "" && ld.TOCDigest != p.TOC {
-			return remote.Pushed{}, fmt.Errorf("push profiles: layer %s of %s: profile for TOC %s, the manifest says %s", p.Blob, ref, p.TOC, ld.TOCDigest)
+		if d, _ := layer.TOCDigestFromAnnotations(ld.Annotations); d != "" && d != p.TOC {
+			return remote.Pushed{}, fmt.Errorf("push profiles: layer %s of %s: profile for TOC %s, the manifest says %s", p.Blob, ref, p.TOC, d)
 		}
 		subject = ld.Manifest
 	}

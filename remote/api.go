@@ -14,19 +14,19 @@ import (
 // asked for (neither as blob digest nor as TOC digest).
 var ErrLayerNotFound = errors.New("layer not found in image")
 
-// TOCDigestAnnotation is the manifest layer annotation eStargz converters
-// set to the sha256 of the TOC JSON.
-const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
-
 // LayerDesc describes one layer of one image as the registry published it.
 type LayerDesc struct {
-	Ref         string        // the image reference the layer was resolved through, as given
-	Digest      digest.Digest // compressed blob digest (manifest layer digest)
-	Size        int64         // compressed blob size from the manifest
-	MediaType   string
-	DiffID      digest.Digest // uncompressed digest from the config's rootfs.diff_ids; "" if unknown
-	TOCDigest   digest.Digest // from the TOC digest annotation; "" if absent
-	Annotations map[string]string
+	Ref       string        // the image reference the layer was resolved through, as given
+	Digest    digest.Digest // compressed blob digest (manifest layer digest)
+	Size      int64         // compressed blob size from the manifest
+	MediaType string
+	DiffID    digest.Digest // uncompressed digest from the config's rootfs.diff_ids; "" if unknown
+	// TOCDigest is left "" by remote, which knows nothing of layer
+	// formats: the pool derives it from Annotations (the eStargz TOC
+	// digest or zstd:chunked manifest checksum they publish) and keeps it
+	// here.
+	TOCDigest   digest.Digest
+	Annotations map[string]string // as the manifest gives them
 	// Manifest is the digest of the image manifest that lists the layer
 	// (for an index, the platform's manifest it was resolved to): the
 	// subject that artifacts about the image, such as startup-read

@@ -202,3 +202,7 @@ func (anonKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 func isBlobGet(r *http.Request) bool {
 	return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:")
 }
+
+// TOCDigestAnnotation is eStargz's TOC digest annotation: remote passes it
+// on as any other (layer.TOCDigestFromAnnotations reads it).
+const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"

@@ -69,13 +69,6 @@ func (r *Resolver) fetchImage(ctx context.Context, ref name.Reference) (*imageEn
 			MediaType:   string(l.MediaType),
 			Annotations: l.Annotations,
 		}
-		if toc := l.Annotations[TOCDigestAnnotation]; toc != "" {
-			if d := digest.Digest(toc); d.Validate() == nil {
-				ld.TOCDigest = d
-			} else {
-				log.WithField("digest", ld.Digest).Warnf("ignoring malformed TOC digest annotation %q", toc)
-			}
-		}
 		layers[i] = ld
 	}
 	self, err := manifestDescriptor(raw, mt, mf)

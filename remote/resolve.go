@@ -50,7 +50,7 @@ func (r *Resolver) resolve(ctx context.Context, ref string, dgst digest.Digest) 
 		return fail(fmt.Errorf("resolve layer %s: %w", dgst, err))
 	}
 	for i, l := range img.layers {
-		if l.Digest == dgst || (l.TOCDigest != "" && l.TOCDigest == dgst) {
+		if l.Digest == dgst || publishes(l.Annotations, dgst) {
 			l.Ref = ref
 			// The cached map is shared; hand out a copy callers may modify.
 			l.Annotations = maps.Clone(l.Annotations)
@@ -128,4 +128,17 @@ func (r *Resolver) image(ctx context.Context, ref name.Reference, eps []name.Ref
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// publishes reports whether one of a layer's annotations has the value d:
+// a client may ask for a layer by a digest its annotations publish (its
+// TOC digest) as by its blob digest. Which annotation that must be is the
+// layer format's business, so the caller checks it (see pool.describe).
+func publishes(ann map[string]string, d digest.Digest) bool {
+	for _, v := range ann {
+		if v == string(d) {
+			return true
+		}
+	}
+	return false
 }

@@ -76,7 +76,6 @@ func TestResolveLayer(t *testing.T) {
 				Size:      size,
 				MediaType: tc.mt,
 				DiffID:    layerDiffID(t, tc.layer),
-				TOCDigest: tc.toc,
 				Manifest:  tc.manifest,
 			}
 			got := ld

@@ -71,7 +71,7 @@ func link(ctx context.Context, args []string, stdout io.Writer) error {
 	target := filepath.Join(append(append([]string{root, pool.MountDir}, elems...), pool.RootfsPrefix+*id)...)
 	st, err := os.Stat(target)
 	if err != nil {
-		return fmt.Errorf("layer %s of %s cannot be served from the pool at %s (not eStargz, not in the image, or the registry is unreachable: the daemon's log says which): %w",
+		return fmt.Errorf("layer %s of %s cannot be served from the pool at %s (in no lazily served format, not in the image, or the registry is unreachable: the daemon's log says which): %w",
 			d, *ref, filepath.Join(root, pool.MountDir), err)
 	}
 	if !st.IsDir() {

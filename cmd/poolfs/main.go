@@ -1,4 +1,4 @@
-// Command poolfs serves eStargz layers of registry images as an additional
+// Command poolfs serves eStargz and zstd:chunked layers of registry images as an additional
 // layer store for podman and other containers/storage users.
 package main
 
@@ -14,7 +14,7 @@ import (
 	"syscall"
 )
 
-const usage = `poolfs: lazily pulled eStargz layers as a podman additional layer store
+const usage = `poolfs: lazily pulled eStargz and zstd:chunked layers as a podman additional layer store
 
 Usage:
   poolfs serve [flags] ROOT      mount the store at ROOT/.pool and serve until SIGINT/SIGTERM

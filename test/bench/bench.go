@@ -60,12 +60,14 @@ type preparedWorkload struct {
 	w        workload
 	gzipRef  string
 	lazyRef  string
+	zstdRef  string // the same rootfs as zstd:chunked, which has no prioritized files: it stands for both unoptimized and optimized
 	optRef   string
 	files    []string // regular files the workload opens, real paths in first-open order
 	needUnc  int64    // their uncompressed size
 	needComp int64    // their compressed size in the eStargz layer
 	gzipSize int64    // compressed size of the gzip layer
 	lazySize int64    // of the eStargz layer
+	zstdSize int64    // of the zstd:chunked layer
 	optPrio  int      // files before the landmark in the optimized layer
 }
 
@@ -97,8 +99,19 @@ func (b *bench) prepare(spec imageSpec) ([]*preparedWorkload, error) {
 	if err := lazyImg.Push(b.ctx, lazyRef); err != nil {
 		return nil, err
 	}
-	logf("pushed %s (%d MiB) and %s (%d MiB) in %v", gzipRef, gzImg.Layers[0].Info.Size>>20,
-		lazyRef, lazyImg.Layers[0].Info.Size>>20, time.Since(t0).Round(time.Second))
+	zstdRef := fixture.ImageRef(b.reg.Host, "bench/"+spec.name, "zstd-chunked")
+	zo := opts
+	zo.ZstdChunked = true
+	zo.ChunkSize = 256 << 10 // containers/storage's rolling checksum cuts chunks of about 64 KiB on average; files below this are one frame
+	zstdImg, err := fixture.BuildImage(tars, zo)
+	if err != nil {
+		return nil, err
+	}
+	if err := zstdImg.Push(b.ctx, zstdRef); err != nil {
+		return nil, err
+	}
+	logf("pushed %s (%d MiB), %s (%d MiB) and %s (%d MiB) in %v", gzipRef, gzImg.Layers[0].Info.Size>>20,
+		lazyRef, lazyImg.Layers[0].Info.Size>>20, zstdRef, zstdImg.Layers[0].Info.Size>>20, time.Since(t0).Round(time.Second))
 	lazyLayer, err := openLayer(lazyImg.Layers[0].Blob)
 	if err != nil {
 		return nil, err
@@ -114,8 +127,8 @@ func (b *bench) prepare(spec imageSpec) ([]*preparedWorkload, error) {
 			return nil, err
 		}
 		p := &preparedWorkload{
-			image: spec.name, w: w, gzipRef: gzipRef, lazyRef: lazyRef, files: files,
-			gzipSize: gzImg.Layers[0].Info.Size, lazySize: lazyImg.Layers[0].Info.Size,
+			image: spec.name, w: w, gzipRef: gzipRef, lazyRef: lazyRef, zstdRef: zstdRef, files: files,
+			gzipSize: gzImg.Layers[0].Info.Size, lazySize: lazyImg.Layers[0].Info.Size, zstdSize: zstdImg.Layers[0].Info.Size,
 		}
 		p.needUnc, p.needComp = neededBytes(lazyLayer, files)
 		o := opts
@@ -223,6 +236,7 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	pull, local := add("full pull (gzip)"), add("local (image already pulled)")
 	lazy, opt := add("poolfs, eStargz"), add("poolfs, eStargz optimized")
 	warm := add("poolfs optimized, daemon cache warm")
+	zc := add("poolfs, zstd:chunked (no prioritized order)")
 	var profiled *caseResult
 	var prof []byte
 	if b.c.profiled {
@@ -254,6 +268,7 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	round = append(round,
 		func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil, nil) },
 		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm, nil) },
+		func() error { return b.runCase(p, p.zstdRef, true, b.c.daemonArg, zc, nil, nil) },
 		func() error { return b.runImageStoreCase(p, p.lazyRef, b.c.daemonArg, isLazy, nil) },
 		func() error { return b.runImageStoreCase(p, p.optRef, b.c.daemonArg, isOpt, isWarm) })
 	if profiled != nil {

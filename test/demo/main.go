@@ -23,6 +23,9 @@ import (
 	"syscall"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -90,7 +93,7 @@ func run() error {
 	}
 	var total int64
 	for i, l := range layers {
-		fmt.Printf("  layer %d: %s, %s compressed, TOC %s\n", i, l.Digest, size(l.Size), short(l.TOCDigest.String()))
+		fmt.Printf("  layer %d: %s, %s compressed, TOC %s\n", i, l.Digest, size(l.Size), short(tocDigest(l.Annotations).String()))
 		total += l.Size
 	}
 	if *serveOnly {
@@ -223,4 +226,10 @@ func short(s string) string {
 		return s[:19] + "..."
 	}
 	return s
+}
+
+// tocDigest is the TOC digest a layer's annotations publish ("" if none).
+func tocDigest(ann map[string]string) digest.Digest {
+	d, _ := layer.TOCDigestFromAnnotations(ann)
+	return d
 }

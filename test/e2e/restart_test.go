@@ -114,6 +114,17 @@ func waitLive(t *testing.T, pool string, start time.Time) {
 // from its metadata store and disk cache (no manifest request, no blob
 // byte), and a container podman created before the kill starts.
 func TestRestartAfterKill(t *testing.T) {
+	testRestartAfterKill(t, fixture.ImageOptions{Cmd: []string{"/bin/sh"}, ChunkSize: 256 << 10})
+}
+
+// TestRestartZstd is TestRestartAfterKill with zstd:chunked layers. (Its
+// name is short because podman refuses a runroot path over 50 bytes, and
+// the test's temporary directories carry its name.)
+func TestRestartZstd(t *testing.T) {
+	testRestartAfterKill(t, fixture.ImageOptions{Cmd: []string{"/bin/sh"}, ChunkSize: 256 << 10, ZstdChunked: true})
+}
+
+func testRestartAfterKill(t *testing.T, opts fixture.ImageOptions) {
 	requireRoot(t)
 	requirePodman(t)
 	ctx := testContext(t, 5*time.Minute)
@@ -125,7 +136,7 @@ func TestRestartAfterKill(t *testing.T) {
 		{Name: "data/a.bin", Mode: 0o644, Content: fixture.RandomBytes(7, 3<<20)},
 		{Name: "data/b.txt", Mode: 0o644, Content: []byte(strings.Repeat("poolfs ", 10000))},
 	}))
-	_, layers, err := fixture.PushImage(ctx, ref, tars, fixture.ImageOptions{Cmd: []string{"/bin/sh"}, ChunkSize: 256 << 10})
+	_, layers, err := fixture.PushImage(ctx, ref, tars, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,6 +69,9 @@ func TestFaultsWholeLayersRight(t *testing.T) {
 			optTar := layerTar(4, 40)
 			optRef, optLayers := pushImage(t, reg, "test/faults-opt", [][]byte{optTar}, fixture.ImageOptions{
 				ChunkSize: 64 << 10, PrioritizedFiles: []string{"d/f000", "d/f001", "d/f005", "d/f010", "d/f011", "d/f015"}})
+			// And zstd:chunked layers.
+			zTars := [][]byte{fixture.KitchenSinkTar(), layerTar(3, 30)}
+			zRef, zLayers := pushImage(t, reg, "test/faults-zstd", zTars, fixture.ImageOptions{ChunkSize: 64 << 10, ZstdChunked: true})
 			faults := fixture.NewFaults(tc.cfg)
 			reg.SetMiddleware(faults.Middleware)
 			m := mountPoolOpts(t, reg, mountOpts{Quiet: true, Prefetch: pool.PrefetchOptions{Early: pool.DefaultEarly}})
@@ -86,7 +89,10 @@ func TestFaultsWholeLayersRight(t *testing.T) {
 				check(fmt.Sprintf("layer %d", i), filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tars[i])
 			}
 			check("optimized layer", filepath.Join(m.grammar2(optRef, optLayers[0].Digest.String()), "diff"), optTar)
-			layers = append(layers, optLayers...)
+			for i, li := range zLayers {
+				check(fmt.Sprintf("zstd:chunked layer %d", i), filepath.Join(m.grammar2(zRef, li.TOCDigest.String()), "diff"), zTars[i])
+			}
+			layers = append(append(layers, optLayers...), zLayers...)
 			c := logFaults(t, faults)
 			t.Logf("figures: %d layers, %d files read and compared, %d differences, %d of %d requests spoiled",
 				len(layers), files, diffs, c.Injected(), c.Requests)
@@ -150,18 +156,22 @@ func TestFaultsCorruptedTOC(t *testing.T) {
 		fromEnd int64 // the footer is the last 51 bytes, the TOC before it
 		// recovers: once the registry behaves, the next lookup succeeds.
 		// A footer that never parses is taken for "not eStargz" and
-		// remembered for a while (pool's notEStargzTTL), so only a
+		// remembered for a while (pool's noFormatTTL), so only a
 		// spoiled TOC is checked for that.
 		recovers bool
+		opts     fixture.ImageOptions
 	}{
-		{"footer", 30, false},
-		{"TOC", 51 + 40, true},
+		{"footer", 30, false, fixture.ImageOptions{}},
+		{"TOC", 51 + 40, true, fixture.ImageOptions{}},
+		// The position annotation locates the manifest; the footer (72
+		// bytes) and the empty tar-split frame (8) follow it.
+		{"zstd:chunked manifest", 72 + 8 + 40, true, fixture.ImageOptions{ZstdChunked: true}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := fixture.StartRegistry(t)
 			tars := [][]byte{fixture.KitchenSinkTar()}
-			ref, layers := pushImage(t, reg, "test/toc", tars, fixture.ImageOptions{})
+			ref, layers := pushImage(t, reg, "test/toc", tars, tc.opts)
 			diff := func(m *mounted) string {
 				return filepath.Join(m.grammar2(ref, layers[0].Digest.String()), "diff")
 			}

@@ -53,6 +53,13 @@ func (m *mounted) waitWholeFiles(t *testing.T, n int64) {
 // the daemon; the tree still matches its tar; and with passthrough off
 // the same reads work through the daemon.
 func TestPassthroughThroughPool(t *testing.T) {
+	t.Run("eStargz", func(t *testing.T) { testPassthroughThroughPool(t, fixture.ImageOptions{ChunkSize: 256 << 10}) })
+	t.Run("zstd:chunked", func(t *testing.T) {
+		testPassthroughThroughPool(t, fixture.ImageOptions{ChunkSize: 256 << 10, ZstdChunked: true})
+	})
+}
+
+func testPassthroughThroughPool(t *testing.T, opts fixture.ImageOptions) {
 	reg := fixture.StartRegistry(t)
 	big := fixture.RandomBytes(11, 3<<20+12345) // several 256 KiB chunks, above the minimum size
 	small := fixture.RandomBytes(12, 100<<10)
@@ -63,7 +70,7 @@ func TestPassthroughThroughPool(t *testing.T) {
 		{Name: "data/big.bin", Mode: 0o644, Content: big},
 		{Name: "data/small.bin", Mode: 0o644, Content: small},
 	})
-	ref, layers := pushImage(t, reg, "test/passthrough", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 256 << 10})
+	ref, layers := pushImage(t, reg, "test/passthrough", [][]byte{tarBytes}, opts)
 	cacheDir := filepath.Join(t.TempDir(), "cache")
 	diff := func(m *mounted) string { return filepath.Join(m.grammar2(ref, layers[0].Digest.String()), "diff") }
 

@@ -173,8 +173,12 @@ func checkInfo(t *testing.T, path string, li fixture.LayerInfo) {
 			t.Errorf("info %s = %q, want %q", w.field, w.got, w.want)
 		}
 	}
-	if info.CompressedSize != li.Size || info.Compression != 2 {
-		t.Errorf("info compressed-size %d compression %d, want %d and 2 (gzip)", info.CompressedSize, info.Compression, li.Size)
+	compression := 2 // gzip
+	if li.MediaType == fixture.ZstdLayerMediaType {
+		compression = 4
+	}
+	if info.CompressedSize != li.Size || info.Compression != compression {
+		t.Errorf("info compressed-size %d compression %d, want %d and %d", info.CompressedSize, info.Compression, li.Size, compression)
 	}
 }
 
@@ -539,7 +543,8 @@ func TestConfigWhileTOC(t *testing.T) {
 // own image's value; the disagreement makes the pool decompress the blob in
 // the background, and from then on a lookup through a config that gives
 // the wrong value is refused while one with the right value still works.
-// Both orders: the wrong config first, and the right one first.
+// Both orders: the wrong config first, and the right one first; eStargz and
+// zstd:chunked layers (each format decompresses its own blobs).
 func TestGrammar2DiffIDFromTheImagesOwnConfig(t *testing.T) {
 	requireFUSE(t)
 	reg := fixture.StartRegistry(t)
@@ -547,13 +552,16 @@ func TestGrammar2DiffIDFromTheImagesOwnConfig(t *testing.T) {
 		{Name: "a.txt", Mode: 0o644, Content: []byte("a\n")},
 		{Name: "big.bin", Mode: 0o644, Content: fixture.RandomBytes(5, 1<<20)},
 	})}
-	for _, wrongFirst := range []bool{true, false} {
-		t.Run(fmt.Sprintf("wrong_first=%v", wrongFirst), func(t *testing.T) {
+	for _, c := range []struct {
+		wrongFirst, zstd bool
+	}{{true, false}, {false, false}, {true, true}} {
+		wrongFirst := c.wrongFirst
+		t.Run(fmt.Sprintf("wrong_first=%v,zstd=%v", wrongFirst, c.zstd), func(t *testing.T) {
 			ctx := t.Context()
 			m := mountPool(t, reg)
 			push := func(repo string, diffID digest.Digest) (string, fixture.LayerInfo) {
 				t.Helper()
-				img, err := fixture.BuildImage(tars, fixture.ImageOptions{})
+				img, err := fixture.BuildImage(tars, fixture.ImageOptions{ZstdChunked: c.zstd})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -562,7 +570,7 @@ func TestGrammar2DiffIDFromTheImagesOwnConfig(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				ref := fixture.ImageRef(reg.Host, fmt.Sprintf("%s-%v", repo, wrongFirst), "v1")
+				ref := fixture.ImageRef(reg.Host, fmt.Sprintf("%s-%v-%v", repo, wrongFirst, c.zstd), "v1")
 				if err := img.Push(ctx, ref); err != nil {
 					t.Fatal(err)
 				}

@@ -31,6 +31,7 @@ func TestEarlyPrefetch(t *testing.T) {
 	}
 	optRef, opt := pushImage(t, reg, "test/early-opt", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10, PrioritizedFiles: prio})
 	plainRef, plain := pushImage(t, reg, "test/early-plain", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10})
+	zstdRef, zstd := pushImage(t, reg, "test/early-zstd", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10, ZstdChunked: true})
 	if opt[0].Size < 3<<20 {
 		t.Fatalf("layer of %d bytes: too small for a head window beside the 1 MiB tail", opt[0].Size)
 	}
@@ -57,6 +58,7 @@ func TestEarlyPrefetch(t *testing.T) {
 		{"prioritized files inside the window", optRef, opt[0], 16 << 20, restPrefix, 0},
 		{"window smaller than the prioritized files", optRef, opt[0], 256 << 10, restPrefix + "262143", -1},
 		{"nothing prioritized", plainRef, plain[0], 16 << 20, "", 0},
+		{"zstd:chunked (no prioritized files)", zstdRef, zstd[0], 16 << 20, "", 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -38,9 +38,14 @@ func openMeta(t *testing.T, path string) (*meta.Store, func()) {
 // resolved from the registry again; damaged cache files are dropped and
 // their chunks fetched again, and every file is still right.
 func TestRestartState(t *testing.T) {
+	t.Run("eStargz", func(t *testing.T) { testRestartState(t, fixture.ImageOptions{ChunkSize: 64 << 10}) })
+	t.Run("zstd:chunked", func(t *testing.T) { testRestartState(t, fixture.ImageOptions{ChunkSize: 64 << 10, ZstdChunked: true}) })
+}
+
+func testRestartState(t *testing.T, opts fixture.ImageOptions) {
 	reg := fixture.StartRegistry(t)
 	tarBytes := layerTar(21, 30)
-	ref, layers := pushImage(t, reg, "test/state", [][]byte{tarBytes}, fixture.ImageOptions{ChunkSize: 64 << 10})
+	ref, layers := pushImage(t, reg, "test/state", [][]byte{tarBytes}, opts)
 	li := layers[0]
 	faults := fixture.NewFaults(fixture.FaultConfig{})
 	reg.SetMiddleware(faults.Middleware)
