@@ -69,13 +69,7 @@ func runPodman5FromPool(t *testing.T, ctx context.Context, reg *fixture.Registry
 
 	var blobBytes int64
 	for i := 1; i <= 2; i++ {
-		out, stderr, err := pm.Run(ctx, "run", "--rm", "--network=none", "--tls-verify=false", ref, "cat", "/hello.txt")
-		if err != nil {
-			t.Fatalf("run %d: %v", i, err)
-		}
-		if out != helloText {
-			t.Errorf("run %d: output %q, want %q\nstderr:\n%s", i, out, helloText, stderr)
-		}
+		runHello(t, ctx, pm, ref)
 		st := reg.Stats()
 		t.Logf("run %d: the registry served %d bytes of blobs in %d range GETs so far", i, st.BlobBytes, st.RangeGets)
 		if i == 2 && st.BlobBytes != blobBytes {

@@ -117,8 +117,8 @@ func checkSameContent(t *testing.T, ctx context.Context, ref string, layers []fi
 	return p
 }
 
-// runHello runs cat /hello.txt in ref with a podman store of its own and
-// no additional layer store.
+// runHello runs `cat /hello.txt` in ref with pm and checks that it prints
+// helloText.
 func runHello(t *testing.T, ctx context.Context, pm *fixture.Podman, ref string) {
 	t.Helper()
 	out, stderr, err := pm.Run(ctx, "run", "--rm", "--network=none", "--tls-verify=false", ref, "cat", "/hello.txt")

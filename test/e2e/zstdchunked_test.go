@@ -211,13 +211,7 @@ func compareZstdTree(t *testing.T, dir string, l zstdLayer) {
 func runHelloFromPool(t *testing.T, ctx context.Context, reg *fixture.Registry, pm *fixture.Podman, ref string, layers []zstdLayer) {
 	t.Helper()
 	reg.ResetStats()
-	out, stderr, err := pm.Run(ctx, "run", "--rm", "--network=none", "--tls-verify=false", ref, "cat", "/hello.txt")
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, stderr)
-	}
-	if out != helloText {
-		t.Errorf("run: output %q, want %q\nstderr:\n%s", out, helloText, stderr)
-	}
+	runHello(t, ctx, pm, ref)
 	st := reg.Stats()
 	for i, l := range layers {
 		pb := st.PerBlob[l.Digest]
