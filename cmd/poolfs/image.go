@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -80,9 +79,7 @@ func image(ctx context.Context, args []string, out, errOut io.Writer) error {
 			return err
 		}
 		if *asJSON {
-			enc := json.NewEncoder(out)
-			enc.SetIndent("", "  ")
-			return enc.Encode(ims)
+			return writeJSON(out, ims)
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "IMAGE ID\tNAMES\tLAYERS\tSIZE\tDIGEST")
