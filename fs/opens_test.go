@@ -6,36 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/poolfs/poolfs/fs/fstest"
 	"github.com/poolfs/poolfs/layer"
 )
-
-// opCounter counts the requests a mount's daemon answers, by operation.
-type opCounter struct {
-	mu  sync.Mutex
-	ops map[string]int
-}
-
-func (c *opCounter) observe(op string, _ time.Duration, _ fuse.Status) {
-	c.mu.Lock()
-	c.ops[op]++
-	c.mu.Unlock()
-}
-
-// take returns the counts since the last take.
-func (c *opCounter) take() map[string]int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ops := c.ops
-	c.ops = map[string]int{}
-	return ops
-}
 
 // regularFiles lists the view's regular files (one name per inode).
 func regularFiles(root *layer.Entry) []*layer.Entry {
@@ -63,7 +40,7 @@ func TestCachedOpensRequests(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := openSample(t)
-			c := &opCounter{ops: map[string]int{}}
+			c := &opCounts{n: map[string]int{}}
 			opts := Options()
 			dir := mountRaw(t, NewNodeFSWith(NewLayerRoot(s.l, nil), opts, ServeOptions{Observer: c.observe, FreeOpens: tt.freeOpens}), opts)
 			fstest.CompareTree(t, dir, s.tar) // reads everything once
@@ -102,13 +79,13 @@ func TestCachedOpensRequests(t *testing.T) {
 // waitOps waits for op's count to reach n (the kernel sends RELEASE after
 // close(2) returns) and for the counts to stay still a moment, then takes
 // them.
-func waitOps(c *opCounter, op string, n int) map[string]int {
+func waitOps(c *opCounts, op string, n int) map[string]int {
 	deadline := time.Now().Add(5 * time.Second)
 	last := -1
 	for {
 		c.mu.Lock()
-		got, total := c.ops[op], 0
-		for _, k := range c.ops {
+		got, total := c.n[op], 0
+		for _, k := range c.n {
 			total += k
 		}
 		c.mu.Unlock()
