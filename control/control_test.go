@@ -66,6 +66,21 @@ func quietLog() *logrus.Entry {
 	return logrus.NewEntry(l)
 }
 
+// serveBackend serves b on a socket of its own until the test ends, and
+// returns a client of it and a context that bounds the test's requests.
+func serveBackend(t *testing.T, b Backend) (*Client, context.Context) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "control.sock")
+	srv, err := Listen(path, b, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return NewClient(path), ctx
+}
+
 func TestRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run", "control.sock")
 	b := &fakeBackend{creds: map[string]Credentials{}}
@@ -200,19 +215,11 @@ func (b *profileBackend) ImportProfiles(s profile.Set) (int, error) {
 }
 
 func TestProfilesRoundTrip(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "control.sock")
 	p := &profile.Profile{Blob: digest.FromString("blob"), TOC: digest.FromString("toc"),
 		Chunks: []profile.Chunk{{Offset: 10, End: 20, Digest: digest.FromString("c")}}}
 	b := &profileBackend{fakeBackend: fakeBackend{creds: map[string]Credentials{}},
 		held: map[string]profile.Set{"reg/app:1": {Profiles: []*profile.Profile{p}}}}
-	srv, err := Listen(path, b, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c := NewClient(path)
+	c, ctx := serveBackend(t, b)
 
 	raw, err := c.Profiles(ctx, "reg/app:1")
 	if err != nil {

@@ -3,11 +3,9 @@ package control
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 )
 
 // fakeImages is a Backend with an image store of names.
@@ -60,16 +58,8 @@ func (b *fakeImages) SyncImages(ctx context.Context, progress func(ImageProgress
 }
 
 func TestImages(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "control.sock")
 	b := &fakeImages{}
-	srv, err := Listen(path, b, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c := NewClient(path)
+	c, ctx := serveBackend(t, b)
 
 	var progress []ImageProgress
 	added, err := c.AddImages(ctx, []string{"a:1", "b:1"}, func(p ImageProgress) { progress = append(progress, p) })
@@ -101,15 +91,8 @@ func TestImages(t *testing.T) {
 
 // A daemon without an image store says so.
 func TestImagesWithoutStore(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "control.sock")
-	srv, err := Listen(path, &fakeBackend{}, quietLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := NewClient(path).AddImages(ctx, []string{"a:1"}, nil); err == nil || !strings.Contains(err.Error(), "no image store") {
+	c, ctx := serveBackend(t, &fakeBackend{})
+	if _, err := c.AddImages(ctx, []string{"a:1"}, nil); err == nil || !strings.Contains(err.Error(), "no image store") {
 		t.Errorf("AddImages without a store: %v", err)
 	}
 }
