@@ -321,16 +321,14 @@ func (b *bench) startDaemon(dir string, daemonArgs []string, logName string) (*f
 	})
 }
 
-// runCase runs the workload once cold: fresh podman store, and with
-// poolfs a fresh daemon with an empty cache (given the profile prof.load
-// if set). If local is not nil, the workload runs a second time from the
-// now local image.
-func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs []string, c, local *caseResult, prof *profileIO) error {
+// runDir makes the directory of the next run (its stores, logs and
+// daemon ROOT).
+func (b *bench) runDir() (string, error) {
 	b.seq++
 	dir := filepath.Join(b.c.work, "runs", fmt.Sprintf("%03d", b.seq))
 	os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return "", err
 	}
 	if !b.c.keep {
 		// Deleted only after the last measurement: on these VMs (ext4
@@ -338,6 +336,18 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 		// took twice as long (4.4 s -> 9 s), which would make the full
 		// pull look slower than it is.
 		b.runDirs = append(b.runDirs, dir)
+	}
+	return dir, nil
+}
+
+// runCase runs the workload once cold: fresh podman store, and with
+// poolfs a fresh daemon with an empty cache (given the profile prof.load
+// if set). If local is not nil, the workload runs a second time from the
+// now local image.
+func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs []string, c, local *caseResult, prof *profileIO) error {
+	dir, err := b.runDir()
+	if err != nil {
+		return err
 	}
 	als := ""
 	var d *fixture.Daemon
@@ -490,14 +500,9 @@ func (b *bench) poolfsCmd(ctx context.Context, args ...string) error {
 // data). With warm set, the workload runs again on the same daemon from
 // another fresh podman store.
 func (b *bench) runImageStoreCase(p *preparedWorkload, ref string, daemonArgs []string, c, warm *caseResult) error {
-	b.seq++
-	dir := filepath.Join(b.c.work, "runs", fmt.Sprintf("%03d", b.seq))
-	os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, err := b.runDir()
+	if err != nil {
 		return err
-	}
-	if !b.c.keep {
-		b.runDirs = append(b.runDirs, dir)
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
 	defer cancel()
