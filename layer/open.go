@@ -41,6 +41,10 @@ type Layer struct {
 		once   sync.Once
 		chunks []*chunk
 	}
+
+	elfDeps  bool          // see WithELFDeps
+	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
+	elfSlots chan struct{} // scans running (at most elfScans)
 }
 
 // Option adjusts how a layer is opened.
@@ -50,6 +54,7 @@ type options struct {
 	limits       Limits
 	log          *logrus.Entry
 	zstdPosition *ManifestPosition
+	elfDeps      bool
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
@@ -96,7 +101,7 @@ func Open(ctx context.Context, blob BlobReader, tocDigest digest.Digest, c Cache
 }
 
 // newLayer makes the Layer for a built tree, however it was obtained.
-func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
+func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o options) *Layer {
 	log = log.WithField("toc_digest", raw.digest)
 	f := raw.format
 	if f == nil {
@@ -114,6 +119,8 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry) *Layer {
 		rec:       newRecorder(),
 		tail:      raw.chunkTail,
 		tailStart: raw.chunkTailStart,
+		elfDeps:   o.elfDeps,
+		elfSlots:  make(chan struct{}, elfScans),
 	}
 }
 

@@ -55,6 +55,11 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	if w := l.whole.Load(); w != nil {
 		w.readSeen(began)
 	}
+	// Whether this read fetches the file's first chunk: if so, and the
+	// file is an ELF executable, what the loader reads next is fetched
+	// too (see maybeScanELF); a file read from the cache was scanned
+	// when it was fetched, or was fetched by a scan.
+	scan := l.elfDeps && chunks[0].fileOff == 0 && !l.cached(chunks[0])
 	l.reading.Add(1)
 	data, err := l.getChunks(ctx, e.Path(), chunks, true)
 	l.reading.Add(-1)
@@ -66,6 +71,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	}
 	if err != nil {
 		return 0, fmt.Errorf("reading %q at %d: %w", e.Path(), off, err)
+	}
+	if scan {
+		l.maybeScanELF(e, data[chunks[0].key()])
 	}
 	for _, c := range chunks {
 		b := data[c.key()]

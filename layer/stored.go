@@ -40,7 +40,8 @@ func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, 
 			return nil, TOC{}, fmt.Errorf("expected TOC digest %q: %w", tocDigest, err)
 		}
 	}
-	raw, err := readTOCVerified(ctx, blob, tocDigest, newOptions(log, opts))
+	o := newOptions(log, opts)
+	raw, err := readTOCVerified(ctx, blob, tocDigest, o)
 	if err != nil {
 		return nil, TOC{}, err
 	}
@@ -51,7 +52,7 @@ func OpenWithTOC(ctx context.Context, blob BlobReader, tocDigest digest.Digest, 
 	if _, ok := raw.format.(estargzFormat); !ok {
 		t.Format = raw.format.String()
 	}
-	return newLayer(raw, blob, c, log), t, nil
+	return newLayer(raw, blob, c, log, o), t, nil
 }
 
 // OpenStored builds the Layer from a TOC stored earlier, without reading
@@ -86,7 +87,7 @@ func OpenStored(blob BlobReader, toc TOC, c Cache, log *logrus.Entry, opts ...Op
 	if err != nil {
 		return nil, fmt.Errorf("stored TOC: %w", err)
 	}
-	return newLayer(raw, blob, c, log), nil
+	return newLayer(raw, blob, c, log, o), nil
 }
 
 func defaults(c Cache, log *logrus.Entry) (Cache, *logrus.Entry) {

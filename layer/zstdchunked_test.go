@@ -224,7 +224,7 @@ func FuzzZstdChunkedTOC(f *testing.F) {
 		if err != nil {
 			return
 		}
-		viewOf(t, newLayer(raw, fstest.NewMemBlob(make([]byte, 200)), c, log), false)
+		viewOf(t, newLayer(raw, fstest.NewMemBlob(make([]byte, 200)), c, log, options{}), false)
 	})
 }
 

@@ -151,9 +151,13 @@ func (p *Pool) treeRoot(l *Layer, log *logrus.Entry) *layerfs.Root {
 	return r
 }
 
-// layerOptions are the limits a tree is built under.
+// layerOptions are the limits a tree is built under, and what its reads
+// fetch besides their own chunks.
 func (p *Pool) layerOptions() []layer.Option {
-	return []layer.Option{layer.WithLimits(layer.Limits{MaxEntries: p.limits.MaxEntries, Reserve: p.reserve})}
+	return []layer.Option{
+		layer.WithLimits(layer.Limits{MaxEntries: p.limits.MaxEntries, Reserve: p.reserve}),
+		layer.WithELFDeps(p.elfDeps.Load()),
+	}
 }
 
 // reserve accounts n bytes of tree (negative: given back). Past the limit

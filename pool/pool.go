@@ -117,6 +117,7 @@ type Pool struct {
 	persisting sync.WaitGroup // records being written (see persist, Flush)
 
 	prefetch PrefetchOptions // see SetPrefetch
+	elfDeps  atomic.Bool     // !prefetch.NoELF, read without mu when a tree is built
 
 	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
 
@@ -158,6 +159,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	for _, o := range opts {
 		o(p)
 	}
+	p.elfDeps.Store(!p.prefetch.NoELF)
 	if p.limits.Idle > 0 {
 		ctx, cancel := context.WithCancel(context.Background())
 		p.stop = cancel

@@ -40,6 +40,9 @@ type PrefetchOptions struct {
 	// a blob that starts with .no.prefetch.landmark, at the end of the
 	// prioritized files otherwise. 0, or NoPrioritized: no stream.
 	Early int64
+	// NoELF turns off fetching an ELF file's interpreter and libraries
+	// when a read first fetches the file (see layer.WithELFDeps).
+	NoELF bool
 }
 
 // SetPrefetch sets what is fetched for layers opened from now on.
@@ -47,6 +50,7 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.prefetch = o
+	p.elfDeps.Store(!o.NoELF)
 }
 
 // startPrefetch starts the background fetching of a newly opened layer,

@@ -1,0 +1,352 @@
+package layer
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// A program's start is a chain of round trips nothing in the blob's order
+// predicts: the kernel reads the executable, the loader then reads its
+// interpreter, /etc/ld.so.cache and each library it needs, one after the
+// other, and only then does the program run. On a 20 ms link with no
+// profile and no prioritized files, that chain was a quarter of python's
+// start. But the executable's first chunk already names all of them (its
+// PT_INTERP and DT_NEEDED entries): so when a read that had to fetch the
+// first chunk of a file finds an ELF executable or shared object, the
+// layer fetches the interpreter, the loader's cache and the needed
+// libraries (resolved in this layer's tree as the loader would, and their
+// own needed libraries in turn) in parallel, in the background, through
+// the same singleflight as reads, so the loader finds them cached or on
+// their way. They are files the loader reads anyway; a library this layer
+// does not have (it may be in another layer) is simply not fetched.
+
+const (
+	// elfTimeout bounds one scan and its fetches.
+	elfTimeout = 30 * time.Second
+	// elfMaxFiles is how many files one scan fetches, libraries of
+	// libraries included.
+	elfMaxFiles = 64
+	// elfMaxDepth is how deep libraries of libraries are followed.
+	elfMaxDepth = 4
+	// elfWholeFile is the largest file fetched whole; of a larger one only
+	// the chunks the loader reads first (the headers, then whatever its
+	// own scan needs) are fetched, since which pages of a big library a
+	// program touches is not known.
+	elfWholeFile = 8 << 20
+	// elfParseChunks caps the chunks parsing one file may fetch.
+	elfParseChunks = 8
+	// elfParallel is how many files are fetched at once.
+	elfParallel = 8
+	// elfScans is how many scans may run at once in a layer; a start that
+	// runs more programs than that at once is not waiting on one chain.
+	elfScans = 4
+	// ldCacheMax is the largest /etc/ld.so.cache fetched.
+	ldCacheMax = 4 << 20
+)
+
+// WithELFDeps turns the fetch of an ELF file's interpreter and libraries
+// on the first read of the file (see above) on or off; it is off unless
+// given.
+func WithELFDeps(on bool) Option { return func(o *options) { o.elfDeps = on } }
+
+// maybeScanELF starts a scan of e if first is e's first chunk, fetched by
+// the read that calls it, and starts like an ELF file. Each file is
+// scanned at most once per layer.
+func (l *Layer) maybeScanELF(e *Entry, first []byte) {
+	if !l.elfDeps || len(first) < 4 || string(first[:4]) != "\x7fELF" {
+		return
+	}
+	if _, dup := l.elfSeen.LoadOrStore(e.idx, true); dup {
+		return
+	}
+	select {
+	case l.elfSlots <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-l.elfSlots }()
+		ctx, cancel := context.WithTimeout(context.Background(), elfTimeout)
+		defer cancel()
+		l.scanELF(ctx, e)
+	}()
+}
+
+// scanELF fetches what the loader will read after e: its interpreter and
+// /etc/ld.so.cache as soon as e's program headers are parsed, then its
+// needed libraries, then theirs, each round's files in parallel.
+func (l *Layer) scanELF(ctx context.Context, e *Entry) {
+	began := time.Now()
+	log := l.log.WithField("path", e.Path())
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	fetchedFiles, fetchedBytes := 0, int64(0)
+	fetch := func(files []*Entry) {
+		var pieces [][]*chunk
+		for _, f := range files {
+			if p := elfPiece(f); len(p) > 0 {
+				pieces = append(pieces, p)
+				mu.Lock()
+				fetchedFiles++
+				for _, c := range p {
+					fetchedBytes += c.blobEnd - c.blobOff
+				}
+				mu.Unlock()
+			}
+		}
+		if err := l.fetchPieces(ctx, "(elf)", pieces, min(len(pieces), elfParallel), false); err != nil {
+			log.WithError(err).Debug("fetching the libraries of an ELF file failed")
+		}
+	}
+	defer func() {
+		wg.Wait()
+		log.WithFields(logrus.Fields{"files": fetchedFiles, "bytes": fetchedBytes, "elapsed": time.Since(began).Round(time.Microsecond)}).
+			Debug("fetched an ELF file's interpreter and libraries")
+	}()
+
+	files, taken := 0, func(f *Entry) bool {
+		_, dup := l.elfSeen.LoadOrStore(f.idx, true)
+		return !dup
+	}
+	queue := []*Entry{e}
+	for depth := 0; len(queue) > 0 && depth < elfMaxDepth && ctx.Err() == nil; depth++ {
+		var next []*Entry
+		for _, f := range queue {
+			p, info, err := parseELFHeaders(f.Size, l.elfReader(ctx, f))
+			if err != nil {
+				if depth == 0 {
+					log.WithError(err).Debug("ELF file not scanned")
+				}
+				continue
+			}
+			if depth == 0 && info.interp != "" {
+				// A program: its own pages, its loader (mapped before
+				// anything else) and the loader's cache (read before
+				// the first library) are wanted first.
+				first := []*Entry{f}
+				for _, name := range []string{info.interp, "/etc/ld.so.cache"} {
+					g := l.lookupPath(name)
+					if g == nil || g.Type != TypeReg || (name != info.interp && g.Size > ldCacheMax) || files >= elfMaxFiles || !taken(g) {
+						continue
+					}
+					files++
+					first = append(first, g)
+				}
+				if len(first) > 0 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						fetch(first)
+					}()
+				}
+			}
+			if err := p.parseDynamic(info); err != nil {
+				log.WithError(err).WithField("file", f.Path()).Debug("ELF dynamic section not read")
+				continue
+			}
+			dirs := searchDirs(f.Path(), info)
+			for _, name := range info.needed {
+				g := l.resolveLib(name, dirs)
+				if g == nil || files >= elfMaxFiles || !taken(g) {
+					continue
+				}
+				files++
+				next = append(next, g)
+			}
+		}
+		if len(next) > 0 {
+			fetch(next)
+		}
+		queue = next
+	}
+}
+
+// elfPiece is the chunks of f to fetch for the loader: all of a file up to
+// elfWholeFile, else the first chunk.
+func elfPiece(f *Entry) []*chunk {
+	fc := f.file()
+	if fc == nil {
+		return nil
+	}
+	cs := fc.chunks
+	if f.Size > elfWholeFile {
+		cs = cs[:1]
+	}
+	var out []*chunk
+	for _, c := range cs {
+		if c.digest != "" && c.size <= maxChunkSize {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// elfReader reads f's content for the parser, through the cache and the
+// singleflight like ReadAt (every byte verified), fetching at most
+// elfParseChunks chunks; a read ends at the end of the chunk it starts
+// in, so the parser's small steps never fetch a chunk they do not reach.
+func (l *Layer) elfReader(ctx context.Context, f *Entry) elfReadFunc {
+	fc := f.file()
+	have := map[chunkKey][]byte{}
+	return func(off int64, n int) ([]byte, error) {
+		if fc == nil || off < 0 || off >= f.Size || n <= 0 {
+			return nil, nil
+		}
+		c := fc.chunks[fc.find(off)]
+		if c.digest == "" || c.size > maxChunkSize {
+			return nil, fmt.Errorf("chunk at %d of %q cannot be verified or held: %w", c.fileOff, f.Path(), errNotELF)
+		}
+		b, ok := have[c.key()]
+		if !ok {
+			if len(have) >= elfParseChunks {
+				return nil, fmt.Errorf("parsing %q would fetch more than %d chunks: %w", f.Path(), elfParseChunks, errNotELF)
+			}
+			got, err := l.getChunks(ctx, "(elf)", []*chunk{c}, false)
+			if err != nil {
+				return nil, err
+			}
+			b = got[c.key()]
+			if int64(len(b)) != c.size {
+				return nil, fmt.Errorf("chunk at %d of %q came back with %d of %d bytes", c.fileOff, f.Path(), len(b), c.size)
+			}
+			have[c.key()] = b
+		}
+		from := off - c.fileOff
+		return b[from:min(int64(len(b)), from+int64(n))], nil
+	}
+}
+
+// searchDirs lists where the loader looks for a library needed by the
+// file at path p (in the layer) with info: DT_RPATH (without DT_RUNPATH),
+// DT_RUNPATH, then the usual directories of glibc and musl systems,
+// multiarch ones first. ($ORIGIN is p's directory; other loader tokens are
+// not expanded, and LD_LIBRARY_PATH is not known here.)
+func searchDirs(p string, info *elfInfo) []string {
+	origin := "/" + path.Dir(p)
+	expand := func(dirs []string) []string {
+		var out []string
+		for _, d := range dirs {
+			d = strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin)
+			if !strings.Contains(d, "$") && strings.HasPrefix(d, "/") {
+				out = append(out, d)
+			}
+		}
+		return out
+	}
+	var dirs []string
+	if len(info.runpath) == 0 {
+		dirs = append(dirs, expand(info.rpath)...)
+	}
+	dirs = append(dirs, expand(info.runpath)...)
+	for _, ma := range multiarch(info) {
+		dirs = append(dirs, "/usr/local/lib/"+ma, "/lib/"+ma, "/usr/lib/"+ma)
+	}
+	if info.class == 2 {
+		dirs = append(dirs, "/lib64", "/usr/lib64")
+	}
+	return append(dirs, "/usr/local/lib", "/lib", "/usr/lib")
+}
+
+// multiarch names Debian's library directories for the file's machine.
+func multiarch(info *elfInfo) []string {
+	switch info.machine {
+	case 62: // EM_X86_64
+		if info.class == 2 {
+			return []string{"x86_64-linux-gnu"}
+		}
+		return []string{"x86_64-linux-gnux32"}
+	case 3: // EM_386
+		return []string{"i386-linux-gnu"}
+	case 183: // EM_AARCH64
+		return []string{"aarch64-linux-gnu"}
+	case 40: // EM_ARM
+		return []string{"arm-linux-gnueabihf", "arm-linux-gnueabi"}
+	case 21: // EM_PPC64
+		return []string{"powerpc64le-linux-gnu", "powerpc64-linux-gnu"}
+	case 22: // EM_S390
+		return []string{"s390x-linux-gnu"}
+	case 243: // EM_RISCV
+		return []string{"riscv64-linux-gnu"}
+	}
+	return nil
+}
+
+// resolveLib finds the regular file the loader would load for a needed
+// library name: a name with a slash is a path, others are looked for in
+// dirs. nil if this layer has none.
+func (l *Layer) resolveLib(name string, dirs []string) *Entry {
+	if name == "" || len(name) > elfMaxName {
+		return nil
+	}
+	if strings.Contains(name, "/") {
+		if e := l.lookupPath(name); e != nil && e.Type == TypeReg && strings.HasPrefix(name, "/") {
+			return e
+		}
+		return nil
+	}
+	for _, d := range dirs {
+		if e := l.lookupPath(d + "/" + name); e != nil && e.Type == TypeReg {
+			return e
+		}
+	}
+	return nil
+}
+
+// lookupMaxSteps bounds the path components one lookup walks (symlinks
+// expand into more), lookupMaxLinks the symlinks it follows (the
+// kernel's 40).
+const (
+	lookupMaxSteps = 1024
+	lookupMaxLinks = 40
+)
+
+// lookupPath resolves absolute path p in the layer's tree as the root of
+// a container holding only this layer would: symlinks followed (absolute
+// ones from the root), ".." of the root is the root. nil if some component
+// is missing or the walk is too long.
+func (l *Layer) lookupPath(p string) *Entry {
+	root := l.Root()
+	cur := root
+	comps := strings.Split(p, "/")
+	links := 0
+	for steps := 0; len(comps) > 0; steps++ {
+		if steps > lookupMaxSteps {
+			return nil
+		}
+		c := comps[0]
+		comps = comps[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = &l.tree.entries[cur.parent]
+			continue
+		}
+		if cur.Type != TypeDir {
+			return nil
+		}
+		next := cur.Child(c)
+		if next == nil {
+			return nil
+		}
+		if next.Type == TypeSymlink {
+			if links++; links > lookupMaxLinks {
+				return nil
+			}
+			target := next.LinkName()
+			if strings.HasPrefix(target, "/") {
+				cur = root
+			}
+			comps = append(strings.Split(target, "/"), comps...)
+			continue
+		}
+		cur = next
+	}
+	return cur
+}
