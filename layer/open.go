@@ -40,7 +40,9 @@ type Layer struct {
 	blobOrder    struct {     // every chunk by blob offset, for readAhead
 		once   sync.Once
 		chunks []*chunk
+		dirs   []uint32 // directory of each chunk's file
 	}
+	readaheadDir bool // see WithReadaheadSameDir
 
 	elfDeps  bool          // see WithELFDeps
 	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
@@ -55,6 +57,7 @@ type options struct {
 	log          *logrus.Entry
 	zstdPosition *ManifestPosition
 	elfDeps      bool
+	readaheadDir bool
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
@@ -109,18 +112,19 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 	}
 	log.WithFields(logrus.Fields{"entries": len(raw.tree.entries), "tree_bytes": raw.tree.bytes, "format": f}).Debug("opened layer")
 	return &Layer{
-		format:    f,
-		blob:      blob,
-		cache:     c,
-		log:       log,
-		tree:      raw.tree,
-		tocDigest: raw.digest,
-		inflight:  map[chunkKey]*flight{},
-		rec:       newRecorder(),
-		tail:      raw.chunkTail,
-		tailStart: raw.chunkTailStart,
-		elfDeps:   o.elfDeps,
-		elfSlots:  make(chan struct{}, elfScans),
+		format:       f,
+		blob:         blob,
+		cache:        c,
+		log:          log,
+		tree:         raw.tree,
+		tocDigest:    raw.digest,
+		inflight:     map[chunkKey]*flight{},
+		rec:          newRecorder(),
+		tail:         raw.chunkTail,
+		tailStart:    raw.chunkTailStart,
+		elfDeps:      o.elfDeps,
+		readaheadDir: o.readaheadDir,
+		elfSlots:     make(chan struct{}, elfScans),
 	}
 }
 

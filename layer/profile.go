@@ -178,7 +178,7 @@ func (l *Layer) Replay(ctx context.Context, p *profile.Profile) (ReplayStats, er
 	if p.TOC != l.tocDigest {
 		return st, fmt.Errorf("%w: profile is for TOC %s, the layer's is %s", ErrProfileMismatch, p.TOC, l.tocDigest)
 	}
-	order := l.chunksByOffset()
+	order, _ := l.chunksByOffset()
 	chunks := make([]*chunk, 0, len(p.Chunks))
 	for i, pc := range p.Chunks {
 		j := sort.Search(len(order), func(j int) bool {

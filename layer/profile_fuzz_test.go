@@ -15,7 +15,7 @@ func FuzzReplay(f *testing.F) {
 	s := openSample(f)
 	var good profile.Profile
 	good.Blob, good.TOC = s.toc, s.l.TOCDigest()
-	for _, c := range s.l.chunksByOffset() {
+	for _, c := range first(s.l.chunksByOffset()) {
 		good.Chunks = append(good.Chunks, profile.Chunk{Offset: c.blobOff, Inner: c.inner, End: c.blobEnd, Digest: c.digest})
 	}
 	seed, err := profile.Marshal(&good)
@@ -43,3 +43,5 @@ func FuzzReplay(f *testing.F) {
 		}
 	})
 }
+
+func first[A, B any](a A, _ B) A { return a }

@@ -24,6 +24,10 @@ const readaheadTimeout = 30 * time.Second
 // had to fetch are fetched too (0: none).
 func (l *Layer) SetReadahead(bytes int64) { l.readahead.Store(max(bytes, 0)) }
 
+// WithReadaheadSameDir makes read-ahead stop at the first chunk of a file
+// in another directory than the read's.
+func WithReadaheadSameDir(on bool) Option { return func(o *options) { o.readaheadDir = on } }
+
 // readAhead starts fetching the chunks that follow blob offset from, unless
 // read-ahead is off or one is already running for this layer (reads that
 // come while it runs are mostly ones it serves). The chunks are claimed
@@ -51,12 +55,22 @@ func (l *Layer) readAhead(from int64) {
 // chunksAfter returns the chunks that start at or after blob offset from,
 // in blob order, as far as they end within n compressed bytes of it: a
 // chunk (gzip member) that would cross that line, however big, is left for
-// a read to ask for. Chunks a read would refuse are left out too.
+// a read to ask for. Chunks a read would refuse are left out too. With
+// sameDir, it also stops at the first chunk of a file in another
+// directory than the file whose chunk ends at from.
 func (l *Layer) chunksAfter(from, n int64) []*chunk {
-	order := l.chunksByOffset()
+	order, dirs := l.chunksByOffset()
 	i := sort.Search(len(order), func(i int) bool { return order[i].blobOff >= from })
+	dir := uint32(0)
+	sameDir := l.readaheadDir && i > 0
+	if sameDir {
+		dir = dirs[i-1]
+	}
 	var out []*chunk
 	for ; i < len(order) && order[i].blobEnd-from <= n; i++ {
+		if sameDir && dirs[i] != dir {
+			break
+		}
 		if c := order[i]; c.digest != "" && c.size <= maxChunkSize {
 			out = append(out, c)
 		}
@@ -64,18 +78,31 @@ func (l *Layer) chunksAfter(from, n int64) []*chunk {
 	return out
 }
 
-// chunksByOffset lists every chunk of the layer by blob offset, built on
-// first use.
-func (l *Layer) chunksByOffset() []*chunk {
+// chunksByOffset lists every chunk of the layer by blob offset, with the
+// directory (entry index) of the file it belongs to, built on first use.
+func (l *Layer) chunksByOffset() ([]*chunk, []uint32) {
 	l.blobOrder.once.Do(func() {
-		var all []*chunk
-		for _, e := range l.contentFiles() {
-			all = append(all, e.file().chunks...)
+		type owned struct {
+			c   *chunk
+			dir uint32
 		}
-		sortByBlobOffset(all)
-		l.blobOrder.chunks = all
+		var all []owned
+		for _, e := range l.contentFiles() {
+			for _, c := range e.file().chunks {
+				all = append(all, owned{c, e.parent})
+			}
+		}
+		sort.Slice(all, func(i, j int) bool {
+			a, b := all[i].c, all[j].c
+			return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
+		})
+		l.blobOrder.chunks = make([]*chunk, len(all))
+		l.blobOrder.dirs = make([]uint32, len(all))
+		for i, o := range all {
+			l.blobOrder.chunks[i], l.blobOrder.dirs[i] = o.c, o.dir
+		}
 	})
-	return l.blobOrder.chunks
+	return l.blobOrder.chunks, l.blobOrder.dirs
 }
 
 // claim registers flights for those of chunks that are neither cached

@@ -172,3 +172,39 @@ func TestReadAheadBudget(t *testing.T) {
 		})
 	}
 }
+
+// TestReadAheadSameDir: with WithReadaheadSameDir, read-ahead takes the
+// files after the read's in its own directory and stops at the next
+// directory's, however much of its size is left.
+func TestReadAheadSameDir(t *testing.T) {
+	var files []elfLayerFile
+	rnd := rand.New(rand.NewPCG(3, 4))
+	for _, d := range []string{"a", "b"} {
+		for i := range 4 {
+			body := make([]byte, 3000)
+			for j := range body {
+				body[j] = byte(rnd.Uint32())
+			}
+			files = append(files, elfLayerFile{name: fmt.Sprintf("%s/f%d", d, i), data: body})
+		}
+	}
+	for _, sameDir := range []bool{false, true} {
+		t.Run(fmt.Sprint(sameDir), func(t *testing.T) {
+			l, blob, content := elfLayer(t, files, WithReadaheadSameDir(sameDir))
+			l.SetReadahead(1 << 20)
+			blob.ResetStats()
+			readFile(t, l, "a/f1", content["a/f1"])
+			waitReadAhead(t, l)
+			got := filesRead(t, l, blob, content)
+			want := map[string]bool{"a/f1": true, "a/f2": true, "a/f3": true}
+			if !sameDir {
+				for i := range 4 {
+					want[fmt.Sprintf("b/f%d", i)] = true
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("fetched %v, want %v", got, want)
+			}
+		})
+	}
+}

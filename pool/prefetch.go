@@ -43,6 +43,9 @@ type PrefetchOptions struct {
 	// NoELF turns off fetching an ELF file's interpreter and libraries
 	// when a read first fetches the file (see layer.WithELFDeps).
 	NoELF bool
+	// ReadaheadSameDir stops read-ahead at the first file of another
+	// directory than the read's.
+	ReadaheadSameDir bool
 }
 
 // SetPrefetch sets what is fetched for layers opened from now on.
@@ -51,6 +54,7 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 	defer p.mu.Unlock()
 	p.prefetch = o
 	p.elfDeps.Store(!o.NoELF)
+	p.readaheadDir.Store(o.ReadaheadSameDir)
 }
 
 // startPrefetch starts the background fetching of a newly opened layer,
