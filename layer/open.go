@@ -36,13 +36,14 @@ type Layer struct {
 	rec *recorder // the startup window's needs (see Recorded)
 
 	readahead    atomic.Int64 // see SetReadahead; 0: off
-	readingAhead atomic.Bool  // one read-ahead at a time
+	readingAhead atomic.Int32 // read-aheads running (at most readaheadMax)
 	blobOrder    struct {     // every chunk by blob offset, for readAhead
 		once   sync.Once
 		chunks []*chunk
 		dirs   []uint32 // directory of each chunk's file
 	}
-	readaheadDir bool // see WithReadaheadSameDir
+	readaheadDir bool  // see WithReadaheadSameDir
+	readaheadMax int32 // see WithReadaheadParallel
 
 	elfDeps  bool          // see WithELFDeps
 	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
@@ -58,6 +59,7 @@ type options struct {
 	zstdPosition *ManifestPosition
 	elfDeps      bool
 	readaheadDir bool
+	readaheadMax int
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
@@ -124,6 +126,7 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		tailStart:    raw.chunkTailStart,
 		elfDeps:      o.elfDeps,
 		readaheadDir: o.readaheadDir,
+		readaheadMax: int32(max(o.readaheadMax, 1)),
 		elfSlots:     make(chan struct{}, elfScans),
 	}
 }
