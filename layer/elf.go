@@ -41,8 +41,6 @@ const (
 	elfWholeFile = 8 << 20
 	// elfParseChunks caps the chunks parsing one file may fetch.
 	elfParseChunks = 8
-	// elfParallel is how many files are fetched at once.
-	elfParallel = 8
 	// elfScans is how many scans may run at once in a layer; a start that
 	// runs more programs than that at once is not waiting on one chain.
 	elfScans = 4
@@ -78,93 +76,95 @@ func (l *Layer) maybeScanELF(e *Entry, first []byte) {
 	}()
 }
 
-// scanELF fetches what the loader will read after e: its interpreter and
-// /etc/ld.so.cache as soon as e's program headers are parsed, then its
-// needed libraries, then theirs, each round's files in parallel.
+// scanELF fetches what the loader will read after e: e's own rest, its
+// interpreter and /etc/ld.so.cache as soon as e's program headers are
+// parsed, then its needed libraries, each parsed in turn as soon as its
+// own headers arrive, so that a library needed only by a library is asked
+// for one round trip after that library, not after all of them.
 func (l *Layer) scanELF(ctx context.Context, e *Entry) {
 	began := time.Now()
 	log := l.log.WithField("path", e.Path())
 	var mu sync.Mutex
+	files, fetchedBytes := 0, int64(0)
 	var wg sync.WaitGroup
-	fetchedFiles, fetchedBytes := 0, int64(0)
-	fetch := func(files []*Entry) {
-		var pieces [][]*chunk
-		for _, f := range files {
-			if p := elfPiece(f); len(p) > 0 {
-				pieces = append(pieces, p)
-				mu.Lock()
-				fetchedFiles++
-				for _, c := range p {
-					fetchedBytes += c.blobEnd - c.blobOff
+	// take marks f as handled by this scan, within its cap.
+	take := func(f *Entry) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if files >= elfMaxFiles {
+			return false
+		}
+		if _, dup := l.elfSeen.LoadOrStore(f.idx, true); dup {
+			return false
+		}
+		files++
+		return true
+	}
+	// fetch claims f's chunks at once (so the parse of f, and the
+	// loader, wait for this fetch rather than start their own) and
+	// fetches them in the background, one request per file.
+	fetch := func(f *Entry) {
+		mine := l.claim(elfPiece(f))
+		if len(mine) == 0 {
+			return
+		}
+		mu.Lock()
+		for _, c := range mine {
+			fetchedBytes += c.blobEnd - c.blobOff
+		}
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// lead lands every flight it was given, success or not.
+			_ = l.lead(ctx, "(elf)", mine, make(map[chunkKey][]byte, len(mine)), false)
+		}()
+	}
+	var visit func(f *Entry, depth int)
+	visit = func(f *Entry, depth int) {
+		defer wg.Done()
+		p, info, err := parseELFHeaders(f.Size, l.elfReader(ctx, f))
+		if err != nil {
+			log.WithError(err).WithField("file", f.Path()).Debug("ELF file not scanned")
+			return
+		}
+		if depth == 0 && info.interp != "" {
+			// A program: its own pages, its loader (mapped before
+			// anything else) and the loader's cache (read before the
+			// first library) are wanted first.
+			fetch(f)
+			for _, name := range []string{info.interp, "/etc/ld.so.cache"} {
+				g := l.lookupPath(name)
+				if g != nil && g.Type == TypeReg && (name == info.interp || g.Size <= ldCacheMax) && take(g) {
+					fetch(g)
 				}
-				mu.Unlock()
 			}
 		}
-		if err := l.fetchPieces(ctx, "(elf)", pieces, min(len(pieces), elfParallel), false); err != nil {
-			log.WithError(err).Debug("fetching the libraries of an ELF file failed")
+		if err := p.parseDynamic(info); err != nil {
+			log.WithError(err).WithField("file", f.Path()).Debug("ELF dynamic section not read")
+			return
 		}
-	}
-	defer func() {
-		wg.Wait()
-		log.WithFields(logrus.Fields{"files": fetchedFiles, "bytes": fetchedBytes, "elapsed": time.Since(began).Round(time.Microsecond)}).
-			Debug("fetched an ELF file's interpreter and libraries")
-	}()
-
-	files, taken := 0, func(f *Entry) bool {
-		_, dup := l.elfSeen.LoadOrStore(f.idx, true)
-		return !dup
-	}
-	queue := []*Entry{e}
-	for depth := 0; len(queue) > 0 && depth < elfMaxDepth && ctx.Err() == nil; depth++ {
+		dirs := searchDirs(f.Path(), info)
 		var next []*Entry
-		for _, f := range queue {
-			p, info, err := parseELFHeaders(f.Size, l.elfReader(ctx, f))
-			if err != nil {
-				if depth == 0 {
-					log.WithError(err).Debug("ELF file not scanned")
-				}
-				continue
-			}
-			if depth == 0 && info.interp != "" {
-				// A program: its own pages, its loader (mapped before
-				// anything else) and the loader's cache (read before
-				// the first library) are wanted first.
-				first := []*Entry{f}
-				for _, name := range []string{info.interp, "/etc/ld.so.cache"} {
-					g := l.lookupPath(name)
-					if g == nil || g.Type != TypeReg || (name != info.interp && g.Size > ldCacheMax) || files >= elfMaxFiles || !taken(g) {
-						continue
-					}
-					files++
-					first = append(first, g)
-				}
-				if len(first) > 0 {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						fetch(first)
-					}()
-				}
-			}
-			if err := p.parseDynamic(info); err != nil {
-				log.WithError(err).WithField("file", f.Path()).Debug("ELF dynamic section not read")
-				continue
-			}
-			dirs := searchDirs(f.Path(), info)
-			for _, name := range info.needed {
-				g := l.resolveLib(name, dirs)
-				if g == nil || files >= elfMaxFiles || !taken(g) {
-					continue
-				}
-				files++
+		for _, name := range info.needed {
+			if g := l.resolveLib(name, dirs); g != nil && take(g) {
+				fetch(g)
 				next = append(next, g)
 			}
 		}
-		if len(next) > 0 {
-			fetch(next)
+		if depth+1 >= elfMaxDepth || ctx.Err() != nil {
+			return
 		}
-		queue = next
+		for _, g := range next {
+			wg.Add(1)
+			go visit(g, depth+1)
+		}
 	}
+	wg.Add(1)
+	visit(e, 0)
+	wg.Wait()
+	log.WithFields(logrus.Fields{"files": files, "bytes": fetchedBytes, "elapsed": time.Since(began).Round(time.Microsecond)}).
+		Debug("fetched an ELF file's interpreter and libraries")
 }
 
 // elfPiece is the chunks of f to fetch for the loader: all of a file up to
