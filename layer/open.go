@@ -36,14 +36,13 @@ type Layer struct {
 	rec *recorder // the startup window's needs (see Recorded)
 
 	readahead    atomic.Int64 // see SetReadahead; 0: off
-	readingAhead atomic.Int32 // read-aheads running (at most readaheadMax)
+	readingAhead atomic.Bool  // one read-ahead at a time
 	blobOrder    struct {     // every chunk by blob offset, for readAhead
 		once   sync.Once
 		chunks []*chunk
 		dirs   []uint32 // directory of each chunk's file
 	}
-	readaheadDir bool  // see WithReadaheadSameDir
-	readaheadMax int32 // see WithReadaheadParallel
+	readaheadDir bool // see WithReadaheadSameDir
 
 	elfDeps  bool          // see WithELFDeps
 	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
@@ -59,7 +58,6 @@ type options struct {
 	zstdPosition *ManifestPosition
 	elfDeps      bool
 	readaheadDir bool
-	readaheadMax int
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
@@ -126,7 +124,6 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		tailStart:    raw.chunkTailStart,
 		elfDeps:      o.elfDeps,
 		readaheadDir: o.readaheadDir,
-		readaheadMax: int32(max(o.readaheadMax, 1)),
 		elfSlots:     make(chan struct{}, elfScans),
 	}
 }

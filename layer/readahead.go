@@ -28,10 +28,6 @@ func (l *Layer) SetReadahead(bytes int64) { l.readahead.Store(max(bytes, 0)) }
 // in another directory than the read's.
 func WithReadaheadSameDir(on bool) Option { return func(o *options) { o.readaheadDir = on } }
 
-// WithReadaheadParallel lets n read-aheads run at once in the layer (at
-// least 1).
-func WithReadaheadParallel(n int) Option { return func(o *options) { o.readaheadMax = n } }
-
 // readAhead starts fetching the chunks that follow blob offset from, unless
 // read-ahead is off or one is already running for this layer (reads that
 // come while it runs are mostly ones it serves). The chunks are claimed
@@ -39,20 +35,16 @@ func WithReadaheadParallel(n int) Option { return func(o *options) { o.readahead
 // fetching them itself; the fetch runs in the background.
 func (l *Layer) readAhead(from int64) {
 	n := l.readahead.Load()
-	if n <= 0 {
-		return
-	}
-	if l.readingAhead.Add(1) > l.readaheadMax {
-		l.readingAhead.Add(-1)
+	if n <= 0 || !l.readingAhead.CompareAndSwap(false, true) {
 		return
 	}
 	mine := l.claim(l.chunksAfter(from, n))
 	if len(mine) == 0 {
-		l.readingAhead.Add(-1)
+		l.readingAhead.Store(false)
 		return
 	}
 	go func() {
-		defer l.readingAhead.Add(-1)
+		defer l.readingAhead.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), readaheadTimeout)
 		defer cancel()
 		// lead lands every flight it was given, success or not.

@@ -59,7 +59,7 @@ func readFile(t *testing.T, l *Layer, name string, want []byte) {
 // waitReadAhead waits until no read-ahead runs in l.
 func waitReadAhead(t *testing.T, l *Layer) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); l.readingAhead.Load() > 0; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); l.readingAhead.Load(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("read-ahead still running after 10 s")
 		}

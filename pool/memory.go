@@ -158,7 +158,6 @@ func (p *Pool) layerOptions() []layer.Option {
 		layer.WithLimits(layer.Limits{MaxEntries: p.limits.MaxEntries, Reserve: p.reserve}),
 		layer.WithELFDeps(p.elfDeps.Load()),
 		layer.WithReadaheadSameDir(p.readaheadDir.Load()),
-		layer.WithReadaheadParallel(int(p.readaheadParallel.Load())),
 	}
 }
 

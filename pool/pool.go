@@ -116,10 +116,9 @@ type Pool struct {
 	meta       *meta.Store    // nil: nothing persists across restarts (see SetMeta)
 	persisting sync.WaitGroup // records being written (see persist, Flush)
 
-	prefetch          PrefetchOptions // see SetPrefetch
-	elfDeps           atomic.Bool     // !prefetch.NoELF, read without mu when a tree is built
-	readaheadDir      atomic.Bool     // prefetch.ReadaheadSameDir, likewise
-	readaheadParallel atomic.Int32    // prefetch.ReadaheadParallel, likewise
+	prefetch     PrefetchOptions // see SetPrefetch
+	elfDeps      atomic.Bool     // !prefetch.NoELF, read without mu when a tree is built
+	readaheadDir atomic.Bool     // prefetch.ReadaheadSameDir, likewise
 
 	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
 
@@ -163,7 +162,6 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	}
 	p.elfDeps.Store(!p.prefetch.NoELF)
 	p.readaheadDir.Store(p.prefetch.ReadaheadSameDir)
-	p.readaheadParallel.Store(int32(p.prefetch.ReadaheadParallel))
 	if p.limits.Idle > 0 {
 		ctx, cancel := context.WithCancel(context.Background())
 		p.stop = cancel

@@ -46,9 +46,6 @@ type PrefetchOptions struct {
 	// ReadaheadSameDir stops read-ahead at the first file of another
 	// directory than the read's.
 	ReadaheadSameDir bool
-	// ReadaheadParallel is how many read-aheads may run at once in a
-	// layer (0: 1).
-	ReadaheadParallel int
 }
 
 // SetPrefetch sets what is fetched for layers opened from now on.
@@ -58,7 +55,6 @@ func (p *Pool) SetPrefetch(o PrefetchOptions) {
 	p.prefetch = o
 	p.elfDeps.Store(!o.NoELF)
 	p.readaheadDir.Store(o.ReadaheadSameDir)
-	p.readaheadParallel.Store(int32(o.ReadaheadParallel))
 }
 
 // startPrefetch starts the background fetching of a newly opened layer,

@@ -37,7 +37,6 @@ func serve(ctx context.Context, args []string) error {
 	early := fl.Int64("early-prefetch-mb", pool.DefaultEarly>>20, "`MiB` at most of each eStargz layer's start streamed while its TOC is fetched, where builders put the prioritized files; stops where they end, or after a 4 KiB probe for a layer with none (0: start the prefetch once the TOC is in)")
 	readahead := fl.Int64("readahead-kb", 512, "`KiB` of the layer that follow a read that had to go to the registry, fetched along with it in the background (0: none): files read one after another usually sit next to each other in a layer")
 	readaheadDir := fl.Bool("readahead-same-dir", false, "stop read-ahead at the first file of another directory than the read's")
-	readaheadParallel := fl.Int("readahead-parallel", 1, "read-aheads that may run at once in a layer")
 	elfDeps := fl.Bool("elf-prefetch", true, "when a read fetches the start of an ELF executable or library, also fetch the interpreter, /etc/ld.so.cache and the libraries it needs (found in the same layer), in parallel, before the loader asks for them one by one")
 	passthrough := fl.Bool("passthrough", true, "keep a whole-file copy of each fully cached file of 1 MiB or more in the cache dir and let the kernel read it directly (FUSE passthrough), without a request to the daemon per read")
 	writeBehind := fl.Duration("disk-write-behind", 250*time.Millisecond, "write fetched chunks to the disk cache once fetching pauses for `DURATION` (until then memory serves them), so a starting container does not share its CPUs with those writes; 0: write each chunk at once, in the read that fetched it")
@@ -141,7 +140,7 @@ func serve(ctx context.Context, args []string) error {
 	}
 	p := pool.New(resolver, chunks, log.WithField("component", "pool"), popts...)
 	defer p.Close()
-	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20, NoELF: !*elfDeps, ReadaheadSameDir: *readaheadDir, ReadaheadParallel: *readaheadParallel})
+	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20, NoELF: !*elfDeps, ReadaheadSameDir: *readaheadDir})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
 	// a restart serves known layers without asking the registry. NewDisk
 	// has created the cache directory.
