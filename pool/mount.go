@@ -10,17 +10,9 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/poolfs/poolfs/alspath"
 	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/internal/mountpoint"
-)
-
-const (
-	// MountDir is where, under the ALS root, the store is mounted; the
-	// storage configuration names "<ROOT>/.pool:ref".
-	MountDir = ".pool"
-	// TreesDir is where, under the ALS root, the layers' trees are mounted
-	// read-only (see SetTreesMount).
-	TreesDir = ".trees"
 )
 
 // MountOptions says how Mount serves a pool.
@@ -49,9 +41,9 @@ func Mount(root string, p *Pool, o MountOptions) (*Mounts, error) {
 	if err := PrepareRoot(root, p.access, p.log); err != nil {
 		return nil, err
 	}
-	m := &Mounts{PoolDir: filepath.Join(root, MountDir)}
+	m := &Mounts{PoolDir: filepath.Join(root, alspath.MountDir)}
 	if !o.InPlaceTrees {
-		m.TreesDir = filepath.Join(root, TreesDir)
+		m.TreesDir = filepath.Join(root, alspath.TreesDir)
 		if err := mountpoint.Prepare(m.TreesDir); err != nil {
 			return nil, err
 		}
@@ -66,7 +58,7 @@ func Mount(root string, p *Pool, o MountOptions) (*Mounts, error) {
 			return nil, fmt.Errorf("mounting layer trees at %s: %w", m.TreesDir, err)
 		}
 		m.trees = srv
-		p.SetTreesMount(TreesDir)
+		p.SetTreesMount(alspath.TreesDir)
 	}
 	if err := mountpoint.Prepare(m.PoolDir); err != nil {
 		m.unmountTrees()

@@ -10,6 +10,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/alspath"
 )
 
 // entryTimeout is how long the kernel may keep a positive lookup of a
@@ -41,7 +43,7 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		return ch, childAttr(ctx, ch, out)
 	}
 	log := r.log.WithField("path", name)
-	el, err := ParseElement(name)
+	el, err := alspath.ParseElement(name)
 	var node gofs.InodeEmbedder
 	switch {
 	case err == nil && el.IsAnnotation():
@@ -117,13 +119,13 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 		return ch, childAttr(ctx, ch, out)
 	}
 	log := d.pool.log.WithField("path", d.path+"/"+name)
-	if _, err := ParseLayerID(name); err == nil {
-		key, err := KeyFromAnnotations(d.ann)
+	if _, err := alspath.ParseLayerID(name); err == nil {
+		key, err := alspath.KeyFromAnnotations(d.ann)
 		if err != nil {
 			return nil, refuse(log, out, err)
 		}
 		log = log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})
-		l, err := d.pool.Get(ctx, key)
+		l, err := d.pool.Get(ctx, LayerKey(key))
 		if err != nil {
 			return nil, refuse(log, out, err)
 		}
@@ -132,15 +134,15 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 		d.addChild(name, ch)
 		return ch, childAttr(ctx, ch, out)
 	}
-	el, err := ParseElement(name)
+	el, err := alspath.ParseElement(name)
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
 	if !el.IsAnnotation() {
-		return nil, refuse(log, out, errors.Join(ErrGrammar, errors.New("image reference inside an annotation path")))
+		return nil, refuse(log, out, errors.Join(alspath.ErrGrammar, errors.New("image reference inside an annotation path")))
 	}
-	if len(d.ann) >= maxAnnotations {
-		return nil, refuse(log, out, errors.Join(ErrGrammar, errors.New("too many annotations")))
+	if len(d.ann) >= alspath.MaxAnnotations {
+		return nil, refuse(log, out, errors.Join(alspath.ErrGrammar, errors.New("too many annotations")))
 	}
 	ann := make(map[string]string, len(d.ann)+1)
 	for k, v := range d.ann {
@@ -175,7 +177,7 @@ func (d *refDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 		return ch, childAttr(ctx, ch, out)
 	}
 	log := d.pool.log.WithField("path", d.encoded+"/"+name)
-	dg, err := ParseDigest(name)
+	dg, err := alspath.ParseDigest(name)
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}

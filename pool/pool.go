@@ -166,6 +166,16 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	return p
 }
 
+// LayerKey names a layer the pool is asked for: the layer Digest (its
+// blob or TOC digest) of image Ref, and the TOC digest it must have, if
+// the asker names one (a grammar-1 path may: see alspath.LayerKey, whose
+// fields these are).
+type LayerKey struct {
+	Ref       string
+	Digest    digest.Digest
+	TOCDigest digest.Digest // optional
+}
+
 // Get returns the layer that key names, resolving the reference and opening
 // its TOC on first use. ctx is the FUSE request's, if any: its
 // caller must be one Access lets make the daemon fetch (ErrAccess).

@@ -9,6 +9,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/alspath"
 )
 
 // A layer's tree can live on a mount of its own, beside the pool's, that is
@@ -92,7 +94,7 @@ func (t *Trees) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*g
 		return ch, childAttr(ctx, ch, out)
 	}
 	log := t.pool.log.WithFields(logrus.Fields{"mount": "trees", "path": name})
-	dg, err := ParseDigest(name)
+	dg, err := alspath.ParseDigest(name)
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/imagestore"
 	"github.com/poolfs/poolfs/internal/heapwarm"
@@ -50,7 +51,7 @@ func serve(ctx context.Context, args []string) error {
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
-		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s and the layers' trees at ROOT/%s.\n\nFlags:\n", pool.MountDir, pool.TreesDir)
+		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s and the layers' trees at ROOT/%s.\n\nFlags:\n", alspath.MountDir, alspath.TreesDir)
 		fl.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fl, args)
