@@ -113,12 +113,12 @@ type Pool struct {
 	noFormat map[digest.Digest]noFormat // content never changes, so neither does this answer (but see noFormatTTL)
 	opening  singleflight.Group
 
-	meta       *meta.Store    // nil: nothing persists across restarts (see SetMeta)
+	meta       *meta.Store    // nil: nothing persists across restarts (see WithMeta)
 	persisting sync.WaitGroup // records being written (see persist, Flush)
 
-	prefetch PrefetchOptions // see SetPrefetch
+	prefetch PrefetchOptions // see WithPrefetch
 
-	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
+	whole *layer.WholeFiles // see WithWholeFiles; nil: no whole-file copies
 
 	treesMount string // see SetTreesMount; "": trees are served in place
 
@@ -407,14 +407,10 @@ func (p *Pool) newLayer(key LayerKey, desc remote.LayerDesc, blob remote.Blob, v
 	return l
 }
 
-// SetWholeFiles makes the layers opened from now on keep whole-file copies
-// of their fully cached large files through w, for FUSE passthrough (see
-// layer.WholeFiles). Call it before the pool serves lookups.
-func (p *Pool) SetWholeFiles(w *layer.WholeFiles) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.whole = w
-}
+// WithWholeFiles makes the pool's layers keep whole-file copies of their
+// fully cached large files through w, for FUSE passthrough (see
+// layer.WholeFiles; default: none).
+func WithWholeFiles(w *layer.WholeFiles) Option { return func(p *Pool) { p.whole = w } }
 
 // Layers lists the layers opened so far.
 func (p *Pool) Layers() []*Layer {

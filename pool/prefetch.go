@@ -42,12 +42,9 @@ type PrefetchOptions struct {
 	Early int64
 }
 
-// SetPrefetch sets what is fetched for layers opened from now on.
-func (p *Pool) SetPrefetch(o PrefetchOptions) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.prefetch = o
-}
+// WithPrefetch sets what is fetched for the layers the pool opens
+// (default: the zero PrefetchOptions).
+func WithPrefetch(o PrefetchOptions) Option { return func(p *Pool) { p.prefetch = o } }
 
 // startPrefetch starts the background fetching of a newly opened layer,
 // detached from the request that opened it. Chunks go through the layer's

@@ -66,9 +66,7 @@ func TestListed(t *testing.T) {
 	}
 	defer store.Close()
 	newPool := func(recheck time.Duration) *Pool {
-		p := New(res, nil, nil, WithTagRecheck(recheck))
-		p.SetMeta(store)
-		return p
+		return New(res, nil, nil, WithTagRecheck(recheck), WithMeta(store))
 	}
 	listed := func(p *Pool, ref string, d digest.Digest) error {
 		t.Helper()

@@ -133,13 +133,6 @@ func serve(ctx context.Context, args []string) error {
 	// Profiles are pushed through the store whether or not the daemon
 	// looks them up.
 	published := profilestore.New(resolver, profilestore.Options{Log: log.WithField("component", "profiles")})
-	popts := []pool.Option{pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits)}
-	if *profileLookup {
-		popts = append(popts, pool.WithProfileSource(published))
-	}
-	p := pool.New(resolver, chunks, log.WithField("component", "pool"), popts...)
-	defer p.Close()
-	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
 	// a restart serves known layers without asking the registry. NewDisk
 	// has created the cache directory.
@@ -148,11 +141,11 @@ func serve(ctx context.Context, args []string) error {
 		return err
 	}
 	defer metaStore.Close()
-	p.SetMeta(metaStore)
-	defer p.Flush() // before the store closes
-	if *metaMaxAge > 0 {
-		stopPruning := pruneMetaEvery(ctx, time.Hour, p, *metaMaxAge, log.WithField("component", "meta"))
-		defer stopPruning() // before the store closes
+	popts := []pool.Option{pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits),
+		pool.WithPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20}),
+		pool.WithMeta(metaStore)}
+	if *profileLookup {
+		popts = append(popts, pool.WithProfileSource(published))
 	}
 	var whole *layer.WholeFiles
 	if *passthrough {
@@ -162,7 +155,14 @@ func serve(ctx context.Context, args []string) error {
 		// and waits until the copy in progress has removed its temp file.
 		whole = layer.NewWholeFiles(ctx, disk, layer.WholeOptions{Log: log.WithField("component", "wholefiles")})
 		defer whole.Close()
-		p.SetWholeFiles(whole)
+		popts = append(popts, pool.WithWholeFiles(whole))
+	}
+	p := pool.New(resolver, chunks, log.WithField("component", "pool"), popts...)
+	defer p.Close()
+	defer p.Flush() // before the store closes
+	if *metaMaxAge > 0 {
+		stopPruning := pruneMetaEvery(ctx, time.Hour, p, *metaMaxAge, log.WithField("component", "meta"))
+		defer stopPruning() // before the store closes
 	}
 
 	<-warmed

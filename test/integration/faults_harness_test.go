@@ -96,16 +96,13 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	if src == nil && o.ProfileLookup {
 		src = published
 	}
-	p := pool.New(resolver, c, entry, append([]pool.Option{pool.WithProfileSource(src)}, o.Pool...)...)
-	p.SetPrefetch(o.Prefetch)
-	if o.Meta != nil {
-		p.SetMeta(o.Meta)
-	}
+	popts := []pool.Option{pool.WithProfileSource(src), pool.WithPrefetch(o.Prefetch), pool.WithMeta(o.Meta)}
 	if o.Passthrough {
 		w := layer.NewWholeFiles(context.Background(), disk, layer.WholeOptions{MinSize: o.WholeMinSize, Log: entry})
 		t.Cleanup(w.Close) // after the unmount below, as in the daemon
-		p.SetWholeFiles(w)
+		popts = append(popts, pool.WithWholeFiles(w))
 	}
+	p := pool.New(resolver, c, entry, append(popts, o.Pool...)...)
 	m := &mounted{Pool: p, Disk: disk, Published: published}
 	mounts, err := pool.Mount(root, p, pool.MountOptions{InPlaceTrees: o.InPlaceTrees, Observer: func(op string, _ time.Duration, _ fuse.Status) {
 		switch op {
