@@ -7,7 +7,7 @@ MODULE := github.com/poolfs/poolfs
 
 # Packages tested with the race detector; everything else (test/e2e, cmd,
 # test/fixture, ...) is tested without it.
-RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|profilestore|imagestore|control|metrics)(/|$$)
+RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|alsfs|profilestore|imagestore|control|metrics)(/|$$)
 RACE_TIMEOUT ?= 15m
 # Integration tests also run under the race detector: only the concurrency
 # ones, as the whole package takes minutes with -race.

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/poolfs/poolfs/cache"
-	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/profile"
@@ -78,11 +77,6 @@ type Layer struct {
 
 	diff diffIDs // what image configs say of the uncompressed digest (see DiffIDFor)
 
-	// prefersOpens: the tree is served in place even beside a trees
-	// mount, so that its large files can have passthrough (see treeNode).
-	// Set before the layer is published.
-	prefersOpens bool
-
 	streamOnce sync.Once
 	stream     *blobStream // the blob file's reads (see ReadBlob)
 
@@ -94,8 +88,22 @@ type Layer struct {
 func (l *Layer) Format() string { return l.format }
 
 // Uses is the reference count the containers/storage client keeps through
-// create(use) and rmdir(<digest>).
+// create(use) and rmdir(<digest>) (see AddUse, DropUse). A tree with
+// users stays in memory.
 func (l *Layer) Uses() int64 { return l.uses.Load() }
+
+// AddUse counts one more user and returns the new count.
+func (l *Layer) AddUse() int64 { return l.uses.Add(1) }
+
+// DropUse counts one user fewer and returns the new count, which does not
+// go below 0: a client may release a layer it used before a restart.
+func (l *Layer) DropUse() int64 {
+	n := l.uses.Add(-1)
+	if n < 0 {
+		l.uses.CompareAndSwap(n, 0)
+	}
+	return max(n, 0)
+}
 
 // LastAccess is when a path last resolved to this layer.
 func (l *Layer) LastAccess() time.Time { return time.Unix(0, l.lastAccess.Load()) }
@@ -120,11 +128,8 @@ type Pool struct {
 
 	whole *layer.WholeFiles // see WithWholeFiles; nil: no whole-file copies
 
-	treesMount string // see SetTreesMount; "": trees are served in place
-
 	profileSource profile.Source                     // see WithProfileSource; nil: none
 	profiles      map[digest.Digest]*profile.Profile // profiles kept without a metadata store
-	access        Access                             // see WithAccess
 	tagRecheck    time.Duration                      // see WithTagRecheck
 	refs          map[string]meta.Manifest           // what each reference lists (see listed)
 	listing       singleflight.Group                 // manifest fetches by reference
@@ -177,12 +182,9 @@ type LayerKey struct {
 }
 
 // Get returns the layer that key names, resolving the reference and opening
-// its TOC on first use. ctx is the FUSE request's, if any: its
-// caller must be one Access lets make the daemon fetch (ErrAccess).
+// its TOC on first use. Who may make the daemon fetch is for the caller to
+// decide (alsfs checks the FUSE request's caller before it asks).
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
-	if err := p.access.check(ctx); err != nil {
-		return nil, err
-	}
 	// A reference the configuration refuses (registries.conf "blocked") is
 	// refused even when its blob is already open under another name.
 	if c, ok := p.resolver.(refChecker); ok {
@@ -239,6 +241,17 @@ func (p *Pool) byBlobDigest(d digest.Digest) *Layer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.layers[d]
+}
+
+// Opened returns the open layer with blob digest d, or nil if no Get has
+// opened it: unlike Get it opens nothing. A layer it returns counts as
+// used now (see LastAccess).
+func (p *Pool) Opened(d digest.Digest) *Layer {
+	l := p.byBlobDigest(d)
+	if l != nil {
+		l.touch()
+	}
+	return l
 }
 
 func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
@@ -375,7 +388,6 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile,
 		// Before the layer is published: its views offer passthrough for
 		// the files whose copies exist, and ask for the rest.
 		l.tree.view.SetWholeFiles(p.whole)
-		l.prefersOpens = layerfs.PrefersOpens(l.tree.view.Root(), p.whole.MinSize())
 	}
 	p.startPrefetch(l, head, found, log)
 	p.recordProfile(l, l.tree.view, log)
@@ -411,6 +423,10 @@ func (p *Pool) newLayer(key LayerKey, desc remote.LayerDesc, blob remote.Blob, v
 // fully cached large files through w, for FUSE passthrough (see
 // layer.WholeFiles; default: none).
 func WithWholeFiles(w *layer.WholeFiles) Option { return func(p *Pool) { p.whole = w } }
+
+// WholeFiles is what the pool's layers keep whole-file copies through
+// (nil: none; see WithWholeFiles).
+func (p *Pool) WholeFiles() *layer.WholeFiles { return p.whole }
 
 // Layers lists the layers opened so far.
 func (p *Pool) Layers() []*Layer {

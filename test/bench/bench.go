@@ -638,7 +638,7 @@ func walkTwice(root, sock string) (first, second time.Duration, entries int, ops
 }
 
 // walk stats every entry under root. A root that is a link (a pool diff,
-// see pool.SetTreesMount) is followed first, as overlayfs follows a lower
+// see alsfs.Options.InPlaceTrees) is followed first, as overlayfs follows a lower
 // directory, and that is timed too.
 func walk(root string) (time.Duration, int, error) {
 	n := 0
