@@ -1,6 +1,9 @@
-// Package pool decodes the additional-layer-store path grammars into layer
-// requests and keeps each resolved layer (its registry descriptor, blob
-// access and eStargz or zstd:chunked view) for as long as the daemon runs.
+// Package pool is the daemon's layer registry: it resolves the layers it
+// is asked for (by package alsfs, for the paths of the additional layer
+// store, and by the image store) and keeps each one (its registry
+// descriptor, blob access and eStargz or zstd:chunked view) for as long as
+// the daemon runs: recorded in the metadata store, prefetched, its tree's
+// memory bounded. It knows nothing of FUSE.
 package pool
 
 import (
