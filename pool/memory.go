@@ -242,13 +242,10 @@ func (p *Pool) reload(ctx context.Context, l *Layer) (*layer.Layer, error) {
 
 // prepare sets up a view for serving, before anyone reads through it.
 func (p *Pool) prepare(v *layer.Layer) {
-	p.mu.Lock()
-	whole, readahead := p.whole, p.prefetch.Readahead
-	p.mu.Unlock()
-	if whole != nil {
-		v.SetWholeFiles(whole)
+	if p.whole != nil {
+		v.SetWholeFiles(p.whole)
 	}
-	v.SetReadahead(readahead)
+	v.SetReadahead(p.prefetch.Readahead)
 }
 
 // sweepEvery is how often idle trees are looked for, at most.

@@ -130,9 +130,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 // anyway; the layer package's probe (layer.SaysNoPrefetch) ends the stream
 // at once for a blob with nothing prioritized, zstd:chunked ones included.
 func (p *Pool) startHead(blob remote.Blob, tocDigest string) (remote.Blob, *remote.Head) {
-	p.mu.Lock()
 	o := p.prefetch
-	p.mu.Unlock()
 	hs, ok := blob.(remote.HeadStreamer)
 	if !ok || o.NoPrioritized || o.Early <= 0 || tocDigest == "" {
 		return blob, nil
