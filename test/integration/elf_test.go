@@ -113,9 +113,9 @@ func TestELFPrefetchRun(t *testing.T) {
 func elfTree(t *testing.T) (files map[string]string, loaderFiles []string) {
 	t.Helper()
 	files = map[string]string{ // name in the layer: host file, or "->target"
-		"bin":   "->usr/bin",
-		"lib":   "->usr/lib",
-		"lib64": "->usr/lib64",
+		"bin":                            "->usr/bin",
+		"lib":                            "->usr/lib",
+		"lib64":                          "->usr/lib64",
 		"usr/lib64/ld-linux-x86-64.so.2": "->/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
 	}
 	for _, f := range []string{"/usr/bin/ls", "/etc/ld.so.cache",
