@@ -64,7 +64,7 @@ test: deps
 FUZZTIME ?=
 FUZZ_TARGETS := alspath:FuzzParseElement:100000x layer:FuzzOpen:20000x \
 	layer:FuzzOpenStored:12000x layer:FuzzDecodeTOCMatchesEncodingJSON:50000x \
-	layer:FuzzZstdChunkedTOC:20000x layer:FuzzReplay:5000x
+	layer:FuzzZstdChunkedTOC:20000x layer:FuzzReplay:5000x layer:FuzzParseELF:200000x
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; rest=$${t#*:}; fn=$${rest%%:*}; budget=$${rest#*:}; \
