@@ -56,8 +56,12 @@ func WithELFDeps(on bool) Option { return func(o *options) { o.elfDeps = on } }
 // maybeScanELF starts a scan of e if first is e's first chunk, fetched by
 // the read that calls it, and starts like an ELF file. Each file is
 // scanned at most once per layer.
+//
+// A layer with prioritized files, or one a profile is replayed into, is
+// not scanned: those already say what the start reads, and a scan could
+// only add what it does not.
 func (l *Layer) maybeScanELF(e *Entry, first []byte) {
-	if !l.elfDeps || len(first) < 4 || string(first[:4]) != "\x7fELF" {
+	if !l.elfDeps || l.replayed.Load() || len(l.tree.prioritized) > 0 || len(first) < 4 || string(first[:4]) != "\x7fELF" {
 		return
 	}
 	if _, dup := l.elfSeen.LoadOrStore(e.idx, true); dup {

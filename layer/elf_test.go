@@ -107,6 +107,12 @@ func equalStrings(a, b []string) bool { return strings.Join(a, "\x00") == string
 // the TOC window kept small so that every chunk read is a blob read.
 func elfLayer(t *testing.T, files []elfLayerFile, opts ...Option) (*Layer, *fstest.MemBlob, map[string][]byte) {
 	t.Helper()
+	return elfLayerBuilt(t, files, nil, opts...)
+}
+
+// elfLayerBuilt is elfLayer with options for the eStargz builder.
+func elfLayerBuilt(t *testing.T, files []elfLayerFile, build []estargz.Option, opts ...Option) (*Layer, *fstest.MemBlob, map[string][]byte) {
+	t.Helper()
 	noTail(t)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -152,7 +158,7 @@ func elfLayer(t *testing.T, files []elfLayerFile, opts ...Option) (*Layer, *fste
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	blobBytes, toc := fstest.EStargz(t, buf.Bytes(), estargz.WithChunkSize(64<<10))
+	blobBytes, toc := fstest.EStargz(t, buf.Bytes(), append([]estargz.Option{estargz.WithChunkSize(64 << 10)}, build...)...)
 	blob := fstest.NewMemBlob(blobBytes)
 	l, err := Open(context.Background(), blob, toc, newMemCache(), nil, opts...)
 	if err != nil {
@@ -236,6 +242,15 @@ func TestELFDeps(t *testing.T) {
 	waitScans(t, off)
 	if got := filesRead(t, off, blobOff, content); len(got) != 1 || !got["usr/bin/ls"] {
 		t.Errorf("with ELF prefetch off, reading ls fetched from %v", got)
+	}
+
+	// An optimized layer says what the start reads: no scan.
+	prio, blobPrio, content := elfLayerBuilt(t, files, []estargz.Option{estargz.WithPrioritizedFiles([]string{"etc/hostname"})}, WithELFDeps(true))
+	blobPrio.ResetStats()
+	readFile(t, prio, "usr/bin/ls", content["usr/bin/ls"][:4096])
+	waitScans(t, prio)
+	if got := filesRead(t, prio, blobPrio, content); len(got) != 1 || !got["usr/bin/ls"] {
+		t.Errorf("in a layer with prioritized files, reading ls fetched from %v", got)
 	}
 }
 

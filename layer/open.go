@@ -47,6 +47,7 @@ type Layer struct {
 	elfDeps  bool          // see WithELFDeps
 	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
 	elfSlots chan struct{} // scans running (at most elfScans)
+	replayed atomic.Bool   // a profile was replayed (see maybeScanELF)
 }
 
 // Option adjusts how a layer is opened.

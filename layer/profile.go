@@ -198,6 +198,7 @@ func (l *Layer) Replay(ctx context.Context, p *profile.Profile) (ReplayStats, er
 		chunks = append(chunks, c)
 	}
 	st.Chunks = len(chunks)
+	l.replayed.Store(true)
 
 	l.rec.mu.Lock()
 	if l.rec.replayed == nil {
