@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -428,5 +429,31 @@ func TestLookupPath(t *testing.T) {
 		if got := e != nil && e.Path() == "usr/lib/a/f"; got != ok {
 			t.Errorf("lookupPath(%q) = %v, want the file: %v", p, e, ok)
 		}
+	}
+}
+
+// TestFetchFiles: the small regular files named are fetched, each once;
+// missing, large and other files are not.
+func TestFetchFiles(t *testing.T) {
+	big := make([]byte, smallFileMax+1)
+	rnd := rand.New(rand.NewPCG(7, 8))
+	for i := range big {
+		big[i] = byte(rnd.Uint32())
+	}
+	l, blob, content := elfLayer(t, []elfLayerFile{
+		{name: "etc/big", data: big},
+		{name: "etc/group", data: []byte("root:x:0:\n")},
+		{name: "etc/hosts", data: []byte("127.0.0.1 localhost\n")},
+		{name: "etc/passwd", link: "passwd.real"},
+		{name: "etc/passwd.real", data: []byte("root:x:0:0:root:/root:/bin/sh\n")},
+	})
+	blob.ResetStats()
+	st, err := l.FetchFiles(context.Background(), []string{"/etc/passwd", "/etc/group", "/etc/missing", "/etc/big"})
+	if err != nil || st.Files != 2 {
+		t.Fatalf("FetchFiles: %+v, %v; want 2 files", st, err)
+	}
+	got := filesRead(t, l, blob, content)
+	if len(got) != 2 || !got["etc/passwd.real"] || !got["etc/group"] {
+		t.Errorf("fetched %v, want etc/passwd.real and etc/group", got)
 	}
 }

@@ -269,3 +269,35 @@ func SaysNoPrefetch(head []byte) bool {
 func TailStart(size int64) int64 {
 	return size - min(size, tailSize)
 }
+
+// smallFileMax is the largest file FetchFiles fetches.
+const smallFileMax = 1 << 20
+
+// FetchFiles fetches the content of the regular files at paths (absolute
+// in the layer, symlinks followed within it) that the layer has and that
+// are at most smallFileMax bytes, each in its own request, all at once,
+// through the singleflight like Prefetch. Paths the layer lacks are
+// skipped.
+func (l *Layer) FetchFiles(ctx context.Context, paths []string) (FetchStats, error) {
+	var st FetchStats
+	var pieces [][]*chunk
+	for _, p := range paths {
+		e := l.lookupPath(p)
+		if e == nil || e.Type != TypeReg || e.Size > smallFileMax || e.file() == nil {
+			continue
+		}
+		var piece []*chunk
+		for _, c := range e.file().chunks {
+			if c.digest != "" && c.size <= maxChunkSize {
+				piece = append(piece, c)
+				st.Chunks++
+				st.Bytes += c.blobEnd - c.blobOff
+			}
+		}
+		if len(piece) > 0 {
+			st.Files++
+			pieces = append(pieces, piece)
+		}
+	}
+	return st, l.fetchPieces(ctx, "(start files)", pieces, len(pieces), false)
+}

@@ -23,7 +23,8 @@ const DefaultEarly = 16 << 20
 // opened. The zero value is the default: prioritized files only.
 type PrefetchOptions struct {
 	// NoPrioritized turns off fetching the files before the layer's
-	// .prefetch.landmark right after the layer is opened.
+	// .prefetch.landmark right after the layer is opened (for a layer
+	// with none, the engine's files: see engineFiles).
 	NoPrioritized bool
 	// Background fetches the rest of the layer afterwards, one range
 	// request at a time, pausing while on-demand reads are in progress.
@@ -47,6 +48,13 @@ type PrefetchOptions struct {
 	// directory than the read's.
 	ReadaheadSameDir bool
 }
+
+// engineFiles are read from a container's image before its program runs,
+// whatever the program: podman looks the user and groups up in the
+// image's /etc/passwd and /etc/group. A layer with no prioritized files
+// and no profile fetches them as soon as it opens (--prefetch), so those
+// reads do not each wait for a round trip after the layer is mounted.
+var engineFiles = []string{"/etc/passwd", "/etc/group"}
 
 // WithPrefetch sets what is fetched for the layers the pool opens
 // (default: the zero PrefetchOptions).
@@ -111,6 +119,17 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 				f.WithError(err).Warn("prefetch of prioritized files failed")
 			} else {
 				f.Info("prefetched prioritized files")
+			}
+		}
+		if !replayed && !o.NoPrioritized && len(v.Prioritized()) == 0 {
+			// Nothing says what this start reads, but the engine reads
+			// these before the program runs, whatever it is.
+			st, err := v.FetchFiles(ctx, engineFiles)
+			f := log.WithFields(logrus.Fields{"files": st.Files, "bytes": st.Bytes})
+			if err != nil {
+				f.WithError(err).Debug("prefetch of the engine's files failed")
+			} else if st.Files > 0 {
+				f.Debug("prefetched the engine's files")
 			}
 		}
 		head.Release()

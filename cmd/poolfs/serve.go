@@ -34,7 +34,7 @@ func serve(ctx context.Context, args []string) error {
 	memCache := fl.Int64("memory-cache-mb", 512, "`MiB` of verified chunks kept in memory")
 	logLevel := fl.String("log-level", "info", "log `LEVEL`: debug, info, warn, error")
 	logFormat := fl.String("log-format", "text", "log `FORMAT`: text or json")
-	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened")
+	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened; for a layer with none, its /etc/passwd and /etc/group, which podman reads before the program starts")
 	backgroundFetch := fl.Bool("background-fetch", false, "after the prefetch, fetch the rest of each layer in the background, yielding to reads")
 	early := fl.Int64("early-prefetch-mb", pool.DefaultEarly>>20, "`MiB` at most of each eStargz layer's start streamed while its TOC is fetched, where builders put the prioritized files; stops where they end, or after a 4 KiB probe for a layer with none (0: start the prefetch once the TOC is in)")
 	readahead := fl.Int64("readahead-kb", 128, "`KiB` of the layer that follow a read that had to go to the registry, fetched along with it in the background (0: none): files read one after another usually sit next to each other in a layer")
