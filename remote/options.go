@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/poolfs/poolfs/remote/regconf"
 	"github.com/sirupsen/logrus"
 )
 
@@ -21,7 +22,7 @@ type Options struct {
 	// Registries maps references to mirrors and locations and blocks
 	// registries (registries.conf); nil fetches every reference from the
 	// registry it names.
-	Registries *Registries
+	Registries *regconf.Config
 	// Transport is the base transport; nil means a clone of
 	// http.DefaultTransport tuned for many parallel range reads per host.
 	Transport http.RoundTripper
@@ -72,7 +73,7 @@ const (
 type settings struct {
 	insecure  []string
 	keychain  authn.Keychain
-	regs      *Registries
+	regs      *regconf.Config
 	onFetch   func(FetchEvent)
 	base      http.RoundTripper
 	platform  v1.Platform

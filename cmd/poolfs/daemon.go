@@ -21,6 +21,7 @@ import (
 	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
+	"github.com/poolfs/poolfs/remote/regconf"
 )
 
 // Defaults of the settings below.
@@ -50,7 +51,7 @@ func addDaemonFlags(fl *flag.FlagSet) *daemonFlags {
 	d := &daemonFlags{cacheMaxSize: config.Size{Percent: defaultCachePercent}}
 	fl.StringVar(&d.configPath, "config", config.DefaultPath, "configuration `FILE` (TOML); flags override it; a missing default file is fine")
 	fl.Var(&d.cacheMaxSize, "cache-max-size", "cap of the on-disk cache: `SIZE` like 20GiB, or a share of its filesystem like 10% (the default share is held to at most 20GiB; 0: no cap)")
-	fl.StringVar(&d.registriesConf, "registries-conf", "", "containers-registries.conf `FILE` for mirrors, rewrites, insecure and blocked registries (default: $CONTAINERS_REGISTRIES_CONF or "+remote.DefaultRegistriesConf+" and its .d directory)")
+	fl.StringVar(&d.registriesConf, "registries-conf", "", "containers-registries.conf `FILE` for mirrors, rewrites, insecure and blocked registries (default: $CONTAINERS_REGISTRIES_CONF or "+regconf.DefaultFile+" and its .d directory)")
 	fl.StringVar(&d.metricsAddr, "metrics-address", defaultMetricsAddress, "serve Prometheus /metrics on `ADDR` (host:port or unix:/path; empty: off)")
 	fl.StringVar(&d.controlSocket, "control-socket", control.DefaultSocket, "unix socket `PATH` for poolfs status, gc and auth-helper (root only)")
 	return d
@@ -103,13 +104,13 @@ func fileSets(f *config.File, key string) bool {
 
 // remoteSetup is what the resolver gets from these settings.
 type remoteSetup struct {
-	registries *remote.Registries
+	registries *regconf.Config
 	keychain   *remote.SessionKeychain
 	onFetch    func(remote.FetchEvent)
 }
 
 func (d *daemonFlags) remote() (remoteSetup, error) {
-	regs, err := remote.LoadRegistries(d.registriesConf)
+	regs, err := regconf.Load(d.registriesConf)
 	if err != nil {
 		return remoteSetup{}, err
 	}
