@@ -21,6 +21,7 @@ import (
 	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
+	"github.com/poolfs/poolfs/remote/keychain"
 	"github.com/poolfs/poolfs/remote/regconf"
 )
 
@@ -105,7 +106,7 @@ func fileSets(f *config.File, key string) bool {
 // remoteSetup is what the resolver gets from these settings.
 type remoteSetup struct {
 	registries *regconf.Config
-	keychain   *remote.SessionKeychain
+	keychain   *keychain.Session
 	onFetch    func(remote.FetchEvent)
 }
 
@@ -117,7 +118,7 @@ func (d *daemonFlags) remote() (remoteSetup, error) {
 	d.newMetrics()
 	return remoteSetup{
 		registries: regs,
-		keychain:   remote.NewSessionKeychain(remote.NewKeychain()),
+		keychain:   keychain.NewSession(keychain.New()),
 		onFetch:    d.onFetch(),
 	}, nil
 }
@@ -152,7 +153,7 @@ type daemonState struct {
 	chunks    *cache.Tiered     // mem in front of disk, disk writes deferred
 	whole     *layer.WholeFiles // nil: --passthrough=false
 	resolver  *remote.Resolver
-	keychain  *remote.SessionKeychain
+	keychain  *keychain.Session
 	published *profilestore.Registry // profiles in registries
 	images    *imagestore.Daemon
 }
