@@ -42,7 +42,7 @@ type Layer struct {
 		chunks []*chunk
 		dirs   []uint32 // directory of each chunk's file
 	}
-	readaheadDir bool // see WithReadaheadSameDir
+	readaheadDir int64 // see WithReadaheadSameDir
 
 	elfDeps  bool          // see WithELFDeps
 	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
@@ -58,7 +58,7 @@ type options struct {
 	log          *logrus.Entry
 	zstdPosition *ManifestPosition
 	elfDeps      bool
-	readaheadDir bool
+	readaheadDir int64
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
+
 	"github.com/poolfs/poolfs/fs/fstest"
 )
 
@@ -213,9 +215,10 @@ func TestReadAheadBudget(t *testing.T) {
 	}
 }
 
-// TestReadAheadSameDir: with WithReadaheadSameDir, read-ahead takes the
-// files after the read's in its own directory and stops at the next
-// directory's, however much of its size is left.
+// TestReadAheadSameDir: with WithReadaheadSameDir, read-ahead in a layer
+// with no prioritized files takes the files after the read's in its own
+// directory and stops at the next directory's, however much of its size
+// is left; in an optimized layer it reads ahead across directories.
 func TestReadAheadSameDir(t *testing.T) {
 	var files []elfLayerFile
 	rnd := rand.New(rand.NewPCG(3, 4))
@@ -228,16 +231,29 @@ func TestReadAheadSameDir(t *testing.T) {
 			files = append(files, elfLayerFile{name: fmt.Sprintf("%s/f%d", d, i), data: body})
 		}
 	}
-	for _, sameDir := range []bool{false, true} {
-		t.Run(fmt.Sprint(sameDir), func(t *testing.T) {
-			l, blob, content := elfLayer(t, files, WithReadaheadSameDir(sameDir))
+	for _, tc := range []struct {
+		name        string
+		sameDir     int64
+		prioritized bool
+		wantOther   bool // b/* read ahead
+	}{
+		{"off", 0, false, true},
+		{"on", 1 << 20, false, false},
+		{"on, optimized layer", 1 << 20, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var build []estargz.Option
+			if tc.prioritized {
+				build = append(build, estargz.WithPrioritizedFiles([]string{"a/f0"}))
+			}
+			l, blob, content := elfLayerBuilt(t, files, build, WithReadaheadSameDir(tc.sameDir))
 			l.SetReadahead(1 << 20)
 			blob.ResetStats()
 			readFile(t, l, "a/f1", content["a/f1"])
 			waitReadAhead(t, l)
 			got := filesRead(t, l, blob, content)
 			want := map[string]bool{"a/f1": true, "a/f2": true, "a/f3": true}
-			if !sameDir {
+			if tc.wantOther {
 				for i := range 4 {
 					want[fmt.Sprintf("b/f%d", i)] = true
 				}

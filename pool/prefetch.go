@@ -44,9 +44,10 @@ type PrefetchOptions struct {
 	// NoELF turns off fetching an ELF file's interpreter and libraries
 	// when a read first fetches the file (see layer.WithELFDeps).
 	NoELF bool
-	// ReadaheadSameDir stops read-ahead at the first file of another
-	// directory than the read's.
-	ReadaheadSameDir bool
+	// ReadaheadSameDir, in a layer with no prioritized files, replaces
+	// Readahead and keeps read-ahead within the read's directory (see
+	// layer.WithReadaheadSameDir); 0: such layers read ahead as others do.
+	ReadaheadSameDir int64
 }
 
 // engineFiles are read from a container's image before its program runs,

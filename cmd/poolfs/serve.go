@@ -37,8 +37,8 @@ func serve(ctx context.Context, args []string) error {
 	prefetch := fl.Bool("prefetch", true, "fetch the files an eStargz layer prioritizes (before .prefetch.landmark) as soon as it is opened; for a layer with none, its /etc/passwd and /etc/group, which podman reads before the program starts")
 	backgroundFetch := fl.Bool("background-fetch", false, "after the prefetch, fetch the rest of each layer in the background, yielding to reads")
 	early := fl.Int64("early-prefetch-mb", pool.DefaultEarly>>20, "`MiB` at most of each eStargz layer's start streamed while its TOC is fetched, where builders put the prioritized files; stops where they end, or after a 4 KiB probe for a layer with none (0: start the prefetch once the TOC is in)")
-	readahead := fl.Int64("readahead-kb", 128, "`KiB` of the layer that follow a read that had to go to the registry, fetched along with it in the background (0: none): files read one after another usually sit next to each other in a layer")
-	readaheadDir := fl.Bool("readahead-same-dir", true, "stop read-ahead at the first file of another directory than the read's: the files a program reads one after another share a directory far more often than a blob neighbour in another one")
+	readahead := fl.Int64("readahead-kb", 512, "`KiB` of the layer that follow a read that had to go to the registry, fetched along with it in the background (0: none): files read one after another usually sit next to each other in a layer")
+	readaheadDir := fl.Int64("readahead-same-dir-kb", 128, "in a layer with no prioritized files, `KiB` of read-ahead instead of --readahead-kb, kept within the read's directory: without a builder's order the files a program reads next share its directory far more often than its blob neighbours (0: as in other layers)")
 	elfDeps := fl.Bool("elf-prefetch", true, "when a read fetches the start of an ELF executable or library, also fetch the interpreter, /etc/ld.so.cache and the libraries it needs (found in the same layer), in parallel, before the loader asks for them one by one")
 	passthrough := fl.Bool("passthrough", true, "keep a whole-file copy of each fully cached file of 1 MiB or more in the cache dir and let the kernel read it directly (FUSE passthrough), without a request to the daemon per read")
 	writeBehind := fl.Duration("disk-write-behind", 250*time.Millisecond, "write fetched chunks to the disk cache once fetching pauses for `DURATION` (until then memory serves them), so a starting container does not share its CPUs with those writes; 0: write each chunk at once, in the read that fetched it")
@@ -148,7 +148,7 @@ func serve(ctx context.Context, args []string) error {
 	}
 	defer metaStore.Close()
 	popts := []pool.Option{pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits),
-		pool.WithPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20, NoELF: !*elfDeps, ReadaheadSameDir: *readaheadDir}),
+		pool.WithPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20, NoELF: !*elfDeps, ReadaheadSameDir: *readaheadDir << 10}),
 		pool.WithMeta(metaStore)}
 	if *profileLookup {
 		popts = append(popts, pool.WithProfileSource(published))
