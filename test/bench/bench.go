@@ -56,12 +56,12 @@ func (b *bench) cleanup() {
 
 // preparedWorkload is a workload with its images pushed and what it reads.
 type preparedWorkload struct {
-	image    string
-	w        workload
-	gzipRef  string
-	lazyRef  string
-	zstdRef  string // the same rootfs as zstd:chunked, which has no prioritized files: it stands for both unoptimized and optimized
-	optRef   string
+	image   string
+	w       workload
+	gzipRef string
+	lazyRef string
+	zstdRef string // the same rootfs as zstd:chunked, which has no prioritized files: it stands for both unoptimized and optimized
+	optRef  string
 	// profRef is the unoptimized image again, in a repository of its
 	// own: the profiled case's profile is pushed there, so that the other
 	// cases' registry lookups (the daemon's default) find none.
