@@ -23,7 +23,7 @@ const imageUsage = `Usage:
   poolfs image ls [--json]    list the image store
   poolfs image sync           resolve the store's tags again; a moved tag gets its new image
 
-Every image's layers must be eStargz. Flags: --socket PATH (the daemon's control socket).
+Every image's layers must be eStargz or zstd:chunked. Flags: --socket PATH (the daemon's control socket).
 `
 
 // imageAddTimeout bounds one `image add` or `image sync`: resolving a big
