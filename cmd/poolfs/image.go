@@ -162,5 +162,5 @@ func progressFor(w io.Writer) *progress.Line {
 	if f, ok := w.(*os.File); ok {
 		return progress.For(f)
 	}
-	return progress.New(w, 0, time.Now)
+	return progress.New(w, 0, nil)
 }

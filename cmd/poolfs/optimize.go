@@ -168,7 +168,6 @@ func optimize(ctx context.Context, args []string, out, errOut io.Writer) error {
 	built = mutate.ConfigMediaType(built, types.OCIConfigJSON)
 	for i, t := range tars {
 		p.Show("converting layer %d/%d (%s tar)", i+1, len(tars), humanBytes(int64(len(t))))
-		p.Flush() // the conversion sends no update for seconds
 		eopts := []estargz.Option{estargz.WithPrioritizedFiles(prio[i])}
 		var missed []string
 		eopts = append(eopts, estargz.WithAllowPrioritizeNotFound(&missed))
