@@ -7,7 +7,7 @@ MODULE := github.com/poolfs/poolfs
 
 # Packages tested with the race detector; everything else (test/e2e, cmd,
 # test/fixture, ...) is tested without it.
-RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|profilestore|imagestore|control|metrics)(/|$$)
+RACE_PKGS_RE := ^$(MODULE)/(remote|cache|layer|fs|pool|alsfs|profilestore|imagestore|control|metrics)(/|$$)
 RACE_TIMEOUT ?= 15m
 # Integration tests also run under the race detector: only the concurrency
 # ones, as the whole package takes minutes with -race.
@@ -62,7 +62,7 @@ test: deps
 # (go.dev/issue/75804, unfixed in go1.26) and fails with a bare "context
 # deadline exceeded" and no crasher. FUZZTIME=5m make fuzz for a longer hunt.
 FUZZTIME ?=
-FUZZ_TARGETS := pool:FuzzParseElement:100000x layer:FuzzOpen:20000x \
+FUZZ_TARGETS := alspath:FuzzParseElement:100000x layer:FuzzOpen:20000x \
 	layer:FuzzOpenStored:12000x layer:FuzzDecodeTOCMatchesEncodingJSON:50000x \
 	layer:FuzzZstdChunkedTOC:20000x layer:FuzzReplay:5000x
 fuzz:

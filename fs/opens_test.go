@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/poolfs/poolfs/fs/fstest"
 	"github.com/poolfs/poolfs/layer"
 )

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/remote"
@@ -54,7 +55,7 @@ func Open(root string, o Options) (*Daemon, error) {
 // can be given the store's Keeps at construction, and the Daemon made
 // with NewDaemon once the pool exists.
 func OpenStore(root string, log *logrus.Entry) (*Store, error) {
-	return open(filepath.Join(root, DirName), pool.MountDir, log)
+	return open(filepath.Join(root, DirName), alspath.MountDir, log)
 }
 
 // NewDaemon adds what adding and syncing images needs to s (o.Log is

@@ -49,7 +49,7 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, del
 	pending := append([]*chunk(nil), todo...)
 	for attempt := 1; attempt <= verifyAttempts && len(pending) > 0; attempt++ {
 		var failed []*chunk
-		runs := coalesce(pending)
+		runs := l.coalesce(pending)
 		if attempt == 1 {
 			runs = l.splitTail(runs)
 		}
@@ -125,21 +125,30 @@ func (l *Layer) fromTail(start, end int64) ([]byte, bool) {
 	return l.tail[start-l.tailStart : end-l.tailStart], true
 }
 
+// headerGap is the largest hole between two chunks that a run bridges when
+// the hole holds no chunk at all: in a zstd:chunked blob each entry's tar
+// header is a frame of its own between the content frames, so the chunks
+// of files stored one after another never touch, and a run that stopped
+// at every header would cost a request per file where one would do. A
+// hole holding chunks is never bridged here (Replay's bridge adds them as
+// chunks), so no run asks for bytes a chunk it does not carry holds.
+const headerGap = 64 << 10
+
 // coalesce groups chunks (deduplicated by the caller) into runs of touching
-// compressed ranges, in blob order.
-func coalesce(chunks []*chunk) []run {
+// compressed ranges, in blob order; runs also cross holes of up to
+// headerGap bytes that hold no chunk.
+func (l *Layer) coalesce(chunks []*chunk) []run {
 	sorted := append([]*chunk(nil), chunks...)
-	sort.Slice(sorted, func(i, j int) bool {
-		a, b := sorted[i], sorted[j]
-		return a.blobOff < b.blobOff || (a.blobOff == b.blobOff && a.inner < b.inner)
-	})
+	sortByBlobOffset(sorted)
 	var runs []run
 	for _, c := range sorted {
 		if n := len(runs); n > 0 {
 			r := &runs[n-1]
-			// Chunks sharing a gzip member, or whose members are adjacent,
-			// join the current run unless it would grow too big.
-			if c.blobOff <= r.end && max(r.end, c.blobEnd)-r.start <= maxRun {
+			// Chunks sharing a gzip member, or whose members are adjacent
+			// or apart only by tar headers, join the current run unless it
+			// would grow too big.
+			joins := c.blobOff <= r.end || (c.blobOff-r.end <= headerGap && !l.chunkIn(r.end, c.blobOff))
+			if joins && max(r.end, c.blobEnd)-r.start <= maxRun {
 				r.end = max(r.end, c.blobEnd)
 				r.chunks = append(r.chunks, c)
 				continue
@@ -148,6 +157,13 @@ func coalesce(chunks []*chunk) []run {
 		runs = append(runs, run{start: c.blobOff, end: c.blobEnd, chunks: []*chunk{c}})
 	}
 	return runs
+}
+
+// chunkIn reports whether any chunk of the layer starts in [from, to).
+func (l *Layer) chunkIn(from, to int64) bool {
+	order := l.chunksByOffset()
+	i := sort.Search(len(order), func(i int) bool { return order[i].blobOff >= from })
+	return i < len(order) && order[i].blobOff < to
 }
 
 // checkChunk is the check every format's decodeChunk ends with: the

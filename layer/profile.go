@@ -227,7 +227,7 @@ func (l *Layer) Replay(ctx context.Context, p *profile.Profile) (ReplayStats, er
 	st.Fetched = len(todo)
 	var work [][]*chunk
 	for _, piece := range needPieces(todo, func(c *chunk) int64 { return c.blobEnd - c.blobOff }) {
-		for _, r := range coalesce(l.bridge(piece, order)) {
+		for _, r := range l.coalesce(l.bridge(piece, order)) {
 			work = append(work, r.chunks)
 			st.Bytes += r.end - r.start
 			st.Requests++

@@ -13,9 +13,15 @@ import (
 	"github.com/poolfs/poolfs/fs/fstest"
 )
 
-// filesLayer is a layer of n files of 3000 incompressible bytes each,
-// stored one after another in name order.
+// filesLayer is an eStargz layer of n files of 3000 incompressible bytes
+// each, stored one after another in name order.
 func filesLayer(t *testing.T, n int) (*Layer, *fstest.MemBlob, map[string][]byte) {
+	t.Helper()
+	return filesLayerOf(t, n, false)
+}
+
+// filesLayerOf is filesLayer as eStargz, or as zstd:chunked if zstd.
+func filesLayerOf(t *testing.T, n int, zstd bool) (*Layer, *fstest.MemBlob, map[string][]byte) {
 	t.Helper()
 	noTail(t)
 	var buf bytes.Buffer
@@ -40,6 +46,13 @@ func filesLayer(t *testing.T, n int) (*Layer, *fstest.MemBlob, map[string][]byte
 		t.Fatal(err)
 	}
 	data, toc := fstest.EStargz(t, buf.Bytes())
+	if zstd {
+		var ann map[string]string
+		data, ann = fstest.ZstdChunked(t, buf.Bytes(), fstest.ZstdChunkedOptions{})
+		toc, _, _, _ = ZstdChunkedAnnotations(ann)
+		tailSize = 4 << 10 // room for the zstd:chunked footer; the files lie before it
+
+	}
 	blob := fstest.NewMemBlob(data)
 	l, err := Open(context.Background(), blob, toc, newMemCache(), nil)
 	if err != nil {
@@ -110,6 +123,33 @@ func TestReadAhead(t *testing.T) {
 				}
 				waitReadAhead(t, l)
 			}
+		})
+	}
+}
+
+// TestReadAheadCrossesTarHeaders: in a zstd:chunked blob every file's tar
+// header is a frame between the content frames, so no two files' chunks
+// touch; read-ahead still fetches the files after a read in one request,
+// not one per file, and asks for no byte twice.
+func TestReadAheadCrossesTarHeaders(t *testing.T) {
+	for _, zstd := range []bool{false, true} {
+		t.Run(map[bool]string{false: "estargz", true: "zstd:chunked"}[zstd], func(t *testing.T) {
+			l, blob, want := filesLayerOf(t, 40, zstd)
+			l.SetReadahead(32 << 10)
+			blob.ResetStats()
+			readFile(t, l, "f00", want["f00"])
+			waitReadAhead(t, l)
+			if n, _ := blob.Stats(); n != 2 {
+				t.Errorf("reading f00 made %d requests, want 2 (its chunk, then one read-ahead)", n)
+			}
+			for i := 1; i <= 5; i++ {
+				name := fmt.Sprintf("f%02d", i)
+				readFile(t, l, name, want[name])
+			}
+			if n, _ := blob.Stats(); n != 2 {
+				t.Errorf("reading f01..f05 after the read-ahead made %d requests, want none", n-2)
+			}
+			checkNoOverlap(t, blob.Reads())
 		})
 	}
 }

@@ -32,6 +32,22 @@ const (
 	streamIdle = 30 * time.Second
 )
 
+// ReadBlob reads the compressed blob at off (see blobStream). It returns
+// fewer bytes than len(p) only at the end of the blob.
+func (l *Layer) ReadBlob(ctx context.Context, p []byte, off int64) (int, error) {
+	l.streamOnce.Do(func() {
+		// The tail fetched with the TOC, if the tree is loaded; without
+		// it the stream only fetches that last MiB again.
+		var off int64
+		var tail []byte
+		if v, err := l.View(ctx); err == nil {
+			off, tail = v.FetchedTail()
+		}
+		l.stream = newBlobStream(l.Blob, off, tail)
+	})
+	return l.stream.ReadAt(ctx, p, off)
+}
+
 // blobStream serves reads of one layer's compressed blob. A read that no
 // segment covers starts a run: a range request of firstSegment bytes
 // whose bytes are handed out as they arrive (ReadAtProgress). A read that

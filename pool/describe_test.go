@@ -7,6 +7,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/remote"
 )
@@ -25,12 +26,12 @@ func TestDescribe(t *testing.T) {
 		wantErr error
 	}{
 		{"blob digest, no annotations", nil, blob, "", nil},
-		{"blob digest, eStargz", map[string]string{TOCDigestAnnotation: toc.String()}, blob, toc, nil},
-		{"TOC digest, eStargz", map[string]string{TOCDigestAnnotation: toc.String()}, toc, toc, nil},
+		{"blob digest, eStargz", map[string]string{alspath.TOCDigestAnnotation: toc.String()}, blob, toc, nil},
+		{"TOC digest, eStargz", map[string]string{alspath.TOCDigestAnnotation: toc.String()}, toc, toc, nil},
 		{"manifest checksum, zstd:chunked", map[string]string{layer.ZstdChunkedChecksumAnnotation: toc.String()}, toc, toc, nil},
 		{"legacy manifest checksum", map[string]string{layer.LegacyZstdChunkedChecksumAnnotation: toc.String()}, toc, toc, nil},
-		{"another annotation's digest", map[string]string{TOCDigestAnnotation: toc.String(), "x": other.String()}, other, "", remote.ErrLayerNotFound},
-		{"malformed TOC digest, blob digest", map[string]string{TOCDigestAnnotation: "nope"}, blob, "", nil},
+		{"another annotation's digest", map[string]string{alspath.TOCDigestAnnotation: toc.String(), "x": other.String()}, other, "", remote.ErrLayerNotFound},
+		{"malformed TOC digest, blob digest", map[string]string{alspath.TOCDigestAnnotation: "nope"}, blob, "", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/layer"
 )
 
@@ -57,25 +56,16 @@ type treeState struct {
 	view     *layer.Layer // nil: out of memory, loaded again by Hold
 	pins     int          // Holds not yet released
 	lastUsed time.Time
-	stored   bool            // the metadata store has the TOC: the tree can leave memory
-	roots    []*layerfs.Root // the nodes of the tree's root, one per path naming it
-	loads    int             // times the tree came back from the metadata store
-	key      LayerKey        // what the metadata store knows the layer by
+	stored   bool       // the metadata store has the TOC: the tree can leave memory
+	roots    []TreeNode // the nodes serving the tree (see AddTreeNode)
+	loads    int        // times the tree came back from the metadata store
+	key      LayerKey   // what the metadata store knows the layer by
 	log      *logrus.Entry
 }
 
 // Hold returns the layer's view, loading it from the metadata store if it
-// left memory, and keeps it in memory until Release. It makes Layer an
-// fs.Holder.
-func (l *Layer) Hold(ctx context.Context) (layerfs.Reader, error) {
-	v, err := l.hold(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return v, nil
-}
-
-func (l *Layer) hold(ctx context.Context) (*layer.Layer, error) {
+// left memory, and keeps it in memory until Release.
+func (l *Layer) Hold(ctx context.Context) (*layer.Layer, error) {
 	l.tree.mu.Lock()
 	defer l.tree.mu.Unlock()
 	if l.tree.view == nil {
@@ -104,7 +94,7 @@ func (l *Layer) Release() {
 // the pool let it go still works, but takes memory the limits no longer
 // count.
 func (l *Layer) View(ctx context.Context) (*layer.Layer, error) {
-	v, err := l.hold(ctx)
+	v, err := l.Hold(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -141,14 +131,20 @@ func (p *Pool) TreeBytes() (used, limit int64) {
 // MaxEntries is the entries limit of one layer (0: none).
 func (p *Pool) MaxEntries() int { return p.limits.MaxEntries }
 
-// treeRoot makes the node of l's tree root and remembers it, so that the
-// tree stays while the kernel uses it.
-func (p *Pool) treeRoot(l *Layer, log *logrus.Entry) *layerfs.Root {
-	r := layerfs.NewHeldRoot(l, log)
+// A TreeNode serves a layer's tree in a file system: its root node in a
+// FUSE mount, one per path naming the layer (see alsfs).
+type TreeNode interface {
+	// InUse says whether the file system's user holds on to something
+	// below the node (an entry the kernel looked up and did not forget, an
+	// open file): the tree must then stay in memory.
+	InUse() bool
+}
+
+// AddTreeNode makes the tree stay in memory while n is in use.
+func (l *Layer) AddTreeNode(n TreeNode) {
 	l.tree.mu.Lock()
-	l.tree.roots = append(l.tree.roots, r)
-	l.tree.mu.Unlock()
-	return r
+	defer l.tree.mu.Unlock()
+	l.tree.roots = append(l.tree.roots, n)
 }
 
 // layerOptions are the limits a tree is built under.
@@ -246,13 +242,10 @@ func (p *Pool) reload(ctx context.Context, l *Layer) (*layer.Layer, error) {
 
 // prepare sets up a view for serving, before anyone reads through it.
 func (p *Pool) prepare(v *layer.Layer) {
-	p.mu.Lock()
-	whole, readahead := p.whole, p.prefetch.Readahead
-	p.mu.Unlock()
-	if whole != nil {
-		v.SetWholeFiles(whole)
+	if p.whole != nil {
+		v.SetWholeFiles(p.whole)
 	}
-	v.SetReadahead(readahead)
+	v.SetReadahead(p.prefetch.Readahead)
 }
 
 // sweepEvery is how often idle trees are looked for, at most.

@@ -14,15 +14,15 @@ import (
 	"github.com/poolfs/poolfs/remote"
 )
 
-// SetMeta makes the pool record every layer it opens in m and, on a
+// WithMeta makes the pool record every layer it opens in m and, on a
 // lookup it has not served since it started, reopen the layer from m
-// without asking the registry. Call it before the pool serves lookups.
+// without asking the registry (default: nothing persists).
 //
 // Records are keyed by the reference and digest the client asked for. The
 // record names the layer by digest, and its bytes never change; whether the
 // reference still lists the layer is decided apart, from the reference's
 // manifest, which m keeps too (see Pool.listed and DefaultTagRecheck).
-func (p *Pool) SetMeta(m *meta.Store) { p.meta = m }
+func WithMeta(m *meta.Store) Option { return func(p *Pool) { p.meta = m } }
 
 // openStored returns the layer key names from the metadata store, or nil
 // if the store does not know it or its record fails verification (then

@@ -1,6 +1,9 @@
-// Package pool decodes the additional-layer-store path grammars into layer
-// requests and keeps each resolved layer (its registry descriptor, blob
-// access and eStargz or zstd:chunked view) for as long as the daemon runs.
+// Package pool is the daemon's layer registry: it resolves the layers it
+// is asked for (by package alsfs, for the paths of the additional layer
+// store, and by the image store) and keeps each one (its registry
+// descriptor, blob access and eStargz or zstd:chunked view) for as long as
+// the daemon runs: recorded in the metadata store, prefetched, its tree's
+// memory bounded. It knows nothing of FUSE.
 package pool
 
 import (
@@ -16,7 +19,6 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/poolfs/poolfs/cache"
-	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/profile"
@@ -78,11 +80,6 @@ type Layer struct {
 
 	diff diffIDs // what image configs say of the uncompressed digest (see DiffIDFor)
 
-	// prefersOpens: the tree is served in place even beside a trees
-	// mount, so that its large files can have passthrough (see treeNode).
-	// Set before the layer is published.
-	prefersOpens bool
-
 	streamOnce sync.Once
 	stream     *blobStream // the blob file's reads (see ReadBlob)
 
@@ -94,8 +91,22 @@ type Layer struct {
 func (l *Layer) Format() string { return l.format }
 
 // Uses is the reference count the containers/storage client keeps through
-// create(use) and rmdir(<digest>).
+// create(use) and rmdir(<digest>) (see AddUse, DropUse). A tree with
+// users stays in memory.
 func (l *Layer) Uses() int64 { return l.uses.Load() }
+
+// AddUse counts one more user and returns the new count.
+func (l *Layer) AddUse() int64 { return l.uses.Add(1) }
+
+// DropUse counts one user fewer and returns the new count, which does not
+// go below 0: a client may release a layer it used before a restart.
+func (l *Layer) DropUse() int64 {
+	n := l.uses.Add(-1)
+	if n < 0 {
+		l.uses.CompareAndSwap(n, 0)
+	}
+	return max(n, 0)
+}
 
 // LastAccess is when a path last resolved to this layer.
 func (l *Layer) LastAccess() time.Time { return time.Unix(0, l.lastAccess.Load()) }
@@ -113,18 +124,15 @@ type Pool struct {
 	noFormat map[digest.Digest]noFormat // content never changes, so neither does this answer (but see noFormatTTL)
 	opening  singleflight.Group
 
-	meta       *meta.Store    // nil: nothing persists across restarts (see SetMeta)
+	meta       *meta.Store    // nil: nothing persists across restarts (see WithMeta)
 	persisting sync.WaitGroup // records being written (see persist, Flush)
 
-	prefetch PrefetchOptions // see SetPrefetch
+	prefetch PrefetchOptions // see WithPrefetch
 
-	whole *layer.WholeFiles // see SetWholeFiles; nil: no whole-file copies
-
-	treesMount string // see SetTreesMount; "": trees are served in place
+	whole *layer.WholeFiles // see WithWholeFiles; nil: no whole-file copies
 
 	profileSource profile.Source                     // see WithProfileSource; nil: none
 	profiles      map[digest.Digest]*profile.Profile // profiles kept without a metadata store
-	access        Access                             // see WithAccess
 	tagRecheck    time.Duration                      // see WithTagRecheck
 	refs          map[string]meta.Manifest           // what each reference lists (see listed)
 	listing       singleflight.Group                 // manifest fetches by reference
@@ -166,13 +174,20 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	return p
 }
 
+// LayerKey names a layer the pool is asked for: the layer Digest (its
+// blob or TOC digest) of image Ref, and the TOC digest it must have, if
+// the asker names one (a grammar-1 path may: see alspath.LayerKey, whose
+// fields these are).
+type LayerKey struct {
+	Ref       string
+	Digest    digest.Digest
+	TOCDigest digest.Digest // optional
+}
+
 // Get returns the layer that key names, resolving the reference and opening
-// its TOC on first use. ctx is the FUSE request's, if any: its
-// caller must be one Access lets make the daemon fetch (ErrAccess).
+// its TOC on first use. Who may make the daemon fetch is for the caller to
+// decide (alsfs checks the FUSE request's caller before it asks).
 func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
-	if err := p.access.check(ctx); err != nil {
-		return nil, err
-	}
 	// A reference the configuration refuses (registries.conf "blocked") is
 	// refused even when its blob is already open under another name.
 	if c, ok := p.resolver.(refChecker); ok {
@@ -229,6 +244,17 @@ func (p *Pool) byBlobDigest(d digest.Digest) *Layer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.layers[d]
+}
+
+// Opened returns the open layer with blob digest d, or nil if no Get has
+// opened it: unlike Get it opens nothing. A layer it returns counts as
+// used now (see LastAccess).
+func (p *Pool) Opened(d digest.Digest) *Layer {
+	l := p.byBlobDigest(d)
+	if l != nil {
+		l.touch()
+	}
+	return l
 }
 
 func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
@@ -365,7 +391,6 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile,
 		// Before the layer is published: its views offer passthrough for
 		// the files whose copies exist, and ask for the rest.
 		l.tree.view.SetWholeFiles(p.whole)
-		l.prefersOpens = layerfs.PrefersOpens(l.tree.view.Root(), p.whole.MinSize())
 	}
 	p.startPrefetch(l, head, found, log)
 	p.recordProfile(l, l.tree.view, log)
@@ -397,14 +422,14 @@ func (p *Pool) newLayer(key LayerKey, desc remote.LayerDesc, blob remote.Blob, v
 	return l
 }
 
-// SetWholeFiles makes the layers opened from now on keep whole-file copies
-// of their fully cached large files through w, for FUSE passthrough (see
-// layer.WholeFiles). Call it before the pool serves lookups.
-func (p *Pool) SetWholeFiles(w *layer.WholeFiles) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.whole = w
-}
+// WithWholeFiles makes the pool's layers keep whole-file copies of their
+// fully cached large files through w, for FUSE passthrough (see
+// layer.WholeFiles; default: none).
+func WithWholeFiles(w *layer.WholeFiles) Option { return func(p *Pool) { p.whole = w } }
+
+// WholeFiles is what the pool's layers keep whole-file copies through
+// (nil: none; see WithWholeFiles).
+func (p *Pool) WholeFiles() *layer.WholeFiles { return p.whole }
 
 // Layers lists the layers opened so far.
 func (p *Pool) Layers() []*Layer {

@@ -42,12 +42,9 @@ type PrefetchOptions struct {
 	Early int64
 }
 
-// SetPrefetch sets what is fetched for layers opened from now on.
-func (p *Pool) SetPrefetch(o PrefetchOptions) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.prefetch = o
-}
+// WithPrefetch sets what is fetched for the layers the pool opens
+// (default: the zero PrefetchOptions).
+func WithPrefetch(o PrefetchOptions) Option { return func(p *Pool) { p.prefetch = o } }
 
 // startPrefetch starts the background fetching of a newly opened layer,
 // detached from the request that opened it. Chunks go through the layer's
@@ -133,9 +130,7 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 // anyway; the layer package's probe (layer.SaysNoPrefetch) ends the stream
 // at once for a blob with nothing prioritized, zstd:chunked ones included.
 func (p *Pool) startHead(blob remote.Blob, tocDigest string) (remote.Blob, *remote.Head) {
-	p.mu.Lock()
 	o := p.prefetch
-	p.mu.Unlock()
 	hs, ok := blob.(remote.HeadStreamer)
 	if !ok || o.NoPrioritized || o.Early <= 0 || tocDigest == "" {
 		return blob, nil

@@ -169,7 +169,7 @@ func (p *Pool) replay(ctx context.Context, l *Layer, pr *profile.Profile, source
 	l.prof.loaded, l.prof.source = pr, source
 	l.prof.mu.Unlock()
 	// Held: the tree must not leave memory under the replay.
-	v, err := l.hold(ctx)
+	v, err := l.Hold(ctx)
 	if err != nil {
 		l.prof.mu.Lock()
 		l.prof.loaded, l.prof.source = nil, ""

@@ -56,9 +56,6 @@ type refLister interface {
 // Option sets up a Pool at construction (see New).
 type Option func(*Pool)
 
-// WithAccess says who besides root may reach the store (default: nobody).
-func WithAccess(a Access) Option { return func(p *Pool) { p.access = a } }
-
 // WithTagRecheck sets how long what a tag's manifest lists is trusted
 // (default DefaultTagRecheck; see ErrNotListed).
 func WithTagRecheck(d time.Duration) Option { return func(p *Pool) { p.tagRecheck = d } }

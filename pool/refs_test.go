@@ -11,6 +11,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/meta"
 	"github.com/poolfs/poolfs/remote"
 )
@@ -56,7 +57,7 @@ func TestListed(t *testing.T) {
 	appTOC := digest.FromString("app toc")
 	tag, pinned := "reg.example/a:1", "reg.example/a@"+digest.FromString("m").String()
 	res := &listingResolver{layers: map[string][]remote.LayerDesc{
-		tag:    {{Digest: base}, {Digest: app, Annotations: map[string]string{TOCDigestAnnotation: appTOC.String()}}},
+		tag:    {{Digest: base}, {Digest: app, Annotations: map[string]string{alspath.TOCDigestAnnotation: appTOC.String()}}},
 		pinned: {{Digest: base}},
 	}}
 	store, err := meta.Open(filepath.Join(t.TempDir(), "meta.db"))
@@ -65,9 +66,7 @@ func TestListed(t *testing.T) {
 	}
 	defer store.Close()
 	newPool := func(recheck time.Duration) *Pool {
-		p := New(res, nil, nil, WithTagRecheck(recheck))
-		p.SetMeta(store)
-		return p
+		return New(res, nil, nil, WithTagRecheck(recheck), WithMeta(store))
 	}
 	listed := func(p *Pool, ref string, d digest.Digest) error {
 		t.Helper()

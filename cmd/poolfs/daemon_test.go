@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolfs/poolfs/alsfs"
 	"github.com/poolfs/poolfs/config"
-	"github.com/poolfs/poolfs/pool"
 )
 
 // serveFlags mirrors the part of serve's flag set that applyConfig touches.
@@ -114,14 +114,14 @@ memory_size = "64MiB"
 func TestAccessFor(t *testing.T) {
 	tests := []struct {
 		group string
-		want  pool.Access
+		want  alsfs.Access
 		ok    bool
 	}{
-		{"", pool.Access{}, true},
-		{"4321", pool.Access{Group: true, GID: 4321}, true},
-		{"root", pool.Access{Group: true, GID: 0}, true}, // a name
-		{"no-such-group-for-poolfs", pool.Access{}, false},
-		{"-1", pool.Access{}, false},
+		{"", alsfs.Access{}, true},
+		{"4321", alsfs.Access{Group: true, GID: 4321}, true},
+		{"root", alsfs.Access{Group: true, GID: 0}, true}, // a name
+		{"no-such-group-for-poolfs", alsfs.Access{}, false},
+		{"-1", alsfs.Access{}, false},
 	}
 	for _, tc := range tests {
 		got, err := accessFor(tc.group)

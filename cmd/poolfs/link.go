@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/alspath"
 )
 
 // link is the client side of grammar 1, what the unmerged storage patch
@@ -39,17 +39,17 @@ func link(ctx context.Context, args []string, stdout io.Writer) error {
 	if *ref == "" || *dg == "" {
 		return errors.New("--ref and --digest are required")
 	}
-	if _, err := pool.ParseRef(*ref); err != nil {
+	if _, err := alspath.ParseRef(*ref); err != nil {
 		return fmt.Errorf("--ref: %w", err)
 	}
-	d, err := pool.ParseDigest(*dg)
+	d, err := alspath.ParseDigest(*dg)
 	if err != nil {
 		return fmt.Errorf("--digest: %w", err)
 	}
 	if *id == "" {
 		*id = d.Encoded()
 	}
-	if _, err := pool.ParseLayerID(pool.RootfsPrefix + *id); err != nil || strings.Contains(*id, "/") {
+	if _, err := alspath.ParseLayerID(alspath.RootfsPrefix + *id); err != nil || strings.Contains(*id, "/") {
 		return fmt.Errorf("--id %q is not a usable layer ID", *id)
 	}
 	root, err := filepath.Abs(pos[0])
@@ -58,8 +58,8 @@ func link(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 
 	elems := []string{
-		encodeAnnotation(pool.RefAnnotation, *ref),
-		encodeAnnotation(pool.LayerAnnotation, d.String()),
+		encodeAnnotation(alspath.RefAnnotation, *ref),
+		encodeAnnotation(alspath.LayerAnnotation, d.String()),
 	}
 	for _, kv := range extra {
 		k, v, ok := strings.Cut(kv, "=")
@@ -68,11 +68,11 @@ func link(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		elems = append(elems, encodeAnnotation(k, v))
 	}
-	target := filepath.Join(append(append([]string{root, pool.MountDir}, elems...), pool.RootfsPrefix+*id)...)
+	target := filepath.Join(append(append([]string{root, alspath.MountDir}, elems...), alspath.RootfsPrefix+*id)...)
 	st, err := os.Stat(target)
 	if err != nil {
 		return fmt.Errorf("layer %s of %s cannot be served from the pool at %s (in no lazily served format, not in the image, or the registry is unreachable: the daemon's log says which): %w",
-			d, *ref, filepath.Join(root, pool.MountDir), err)
+			d, *ref, filepath.Join(root, alspath.MountDir), err)
 	}
 	if !st.IsDir() {
 		return fmt.Errorf("%s is not a directory", target)

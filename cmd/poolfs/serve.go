@@ -13,6 +13,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/poolfs/poolfs/alsfs"
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/imagestore"
 	"github.com/poolfs/poolfs/internal/heapwarm"
@@ -50,7 +52,7 @@ func serve(ctx context.Context, args []string) error {
 	fetchTimeout := fl.Duration("fetch-timeout", 20*time.Second, "`DURATION` one read of uncached data may wait for the registry (retries included) before failing with EIO")
 	dflags := addDaemonFlags(fl) // config file, registries.conf, cache cap, control socket, metrics (daemon.go)
 	fl.Usage = func() {
-		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s and the layers' trees at ROOT/%s.\n\nFlags:\n", pool.MountDir, pool.TreesDir)
+		fmt.Fprintf(fl.Output(), "Usage: poolfs serve [flags] ROOT\n\nMounts the additional layer store at ROOT/%s and the layers' trees at ROOT/%s.\n\nFlags:\n", alspath.MountDir, alspath.TreesDir)
 		fl.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fl, args)
@@ -114,8 +116,11 @@ func serve(ctx context.Context, args []string) error {
 	// --tree-memory-mb): a tree that left comes back on podman's lookup,
 	// but after a read of meta.db the start of a container from the store
 	// would pay.
+	// The pool and its mounts log as one component: a lookup's refusal
+	// and the opening of the layer it named read as one story.
+	poolLog := log.WithField("component", "pool")
 	// ROOT first, with its access mode: the store is inside it.
-	if err := pool.PrepareRoot(root, access, log.WithField("component", "pool")); err != nil {
+	if err := alsfs.PrepareRoot(root, access, poolLog); err != nil {
 		return err
 	}
 	store, err := imagestore.OpenStore(root, log.WithField("component", "imagestore"))
@@ -132,13 +137,6 @@ func serve(ctx context.Context, args []string) error {
 	// Profiles are pushed through the store whether or not the daemon
 	// looks them up.
 	published := profilestore.New(resolver, profilestore.Options{Log: log.WithField("component", "profiles")})
-	popts := []pool.Option{pool.WithAccess(access), pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits)}
-	if *profileLookup {
-		popts = append(popts, pool.WithProfileSource(published))
-	}
-	p := pool.New(resolver, chunks, log.WithField("component", "pool"), popts...)
-	defer p.Close()
-	p.SetPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20})
 	// Resolved layers (descriptor and TOC) persist next to the chunks, so
 	// a restart serves known layers without asking the registry. NewDisk
 	// has created the cache directory.
@@ -147,11 +145,11 @@ func serve(ctx context.Context, args []string) error {
 		return err
 	}
 	defer metaStore.Close()
-	p.SetMeta(metaStore)
-	defer p.Flush() // before the store closes
-	if *metaMaxAge > 0 {
-		stopPruning := pruneMetaEvery(ctx, time.Hour, p, *metaMaxAge, log.WithField("component", "meta"))
-		defer stopPruning() // before the store closes
+	popts := []pool.Option{pool.WithTagRecheck(*tagRecheck), pool.WithTreeLimits(limits),
+		pool.WithPrefetch(pool.PrefetchOptions{NoPrioritized: !*prefetch, Background: *backgroundFetch, Readahead: *readahead << 10, Early: *early << 20}),
+		pool.WithMeta(metaStore)}
+	if *profileLookup {
+		popts = append(popts, pool.WithProfileSource(published))
 	}
 	var whole *layer.WholeFiles
 	if *passthrough {
@@ -161,11 +159,18 @@ func serve(ctx context.Context, args []string) error {
 		// and waits until the copy in progress has removed its temp file.
 		whole = layer.NewWholeFiles(ctx, disk, layer.WholeOptions{Log: log.WithField("component", "wholefiles")})
 		defer whole.Close()
-		p.SetWholeFiles(whole)
+		popts = append(popts, pool.WithWholeFiles(whole))
+	}
+	p := pool.New(resolver, chunks, poolLog, popts...)
+	defer p.Close()
+	defer p.Flush() // before the store closes
+	if *metaMaxAge > 0 {
+		stopPruning := pruneMetaEvery(ctx, time.Hour, p, *metaMaxAge, log.WithField("component", "meta"))
+		defer stopPruning() // before the store closes
 	}
 
 	<-warmed
-	mounts, err := pool.Mount(root, p, pool.MountOptions{InPlaceTrees: *inPlaceTrees, Observer: dflags.fuseObserver()})
+	mounts, err := alsfs.Mount(root, p, alsfs.Options{Access: access, InPlaceTrees: *inPlaceTrees, Observer: dflags.fuseObserver(), Log: poolLog})
 	if err != nil {
 		return err
 	}
@@ -295,22 +300,22 @@ func keepImages(ctx context.Context, images *imagestore.Daemon, pinned []string,
 }
 
 // accessFor turns --group (a name or a numeric id; "" for none) into the
-// pool's Access.
-func accessFor(group string) (pool.Access, error) {
+// store's Access (see alsfs.Access).
+func accessFor(group string) (alsfs.Access, error) {
 	if group == "" {
-		return pool.Access{}, nil
+		return alsfs.Access{}, nil
 	}
 	id := group
 	if _, err := strconv.ParseUint(group, 10, 32); err != nil {
 		g, err := user.LookupGroup(group)
 		if err != nil {
-			return pool.Access{}, fmt.Errorf("--group: %w", err)
+			return alsfs.Access{}, fmt.Errorf("--group: %w", err)
 		}
 		id = g.Gid
 	}
 	gid, err := strconv.ParseUint(id, 10, 32)
 	if err != nil {
-		return pool.Access{}, fmt.Errorf("--group: group %s has id %q", group, id)
+		return alsfs.Access{}, fmt.Errorf("--group: group %s has id %q", group, id)
 	}
-	return pool.Access{Group: true, GID: uint32(gid)}, nil
+	return alsfs.Access{Group: true, GID: uint32(gid)}, nil
 }

@@ -28,7 +28,7 @@ func DirView(dir string, hashContent bool) (View, error) {
 // lstat does not find is left out, as overlayfs lists the whiteouts of a
 // directory that only its lower layer has while hiding them from lookups.
 func dirView(dir string, hashContent, listedHidden bool) (View, error) {
-	// A store's diff may be a link to the tree (see pool.SetTreesMount);
+	// A store's diff may be a link to the tree (see alsfs.Options.InPlaceTrees);
 	// its clients follow it, as overlayfs does with a lower directory.
 	dir, err := filepath.EvalSymlinks(dir)
 	if err != nil {

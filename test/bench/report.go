@@ -64,7 +64,7 @@ func writeFS(w io.Writer, r *fsResult) {
 		r.bigMiB, mr.Seconds(), mib/mr.Seconds(), dr.Seconds(), mib/dr.Seconds(), 100*dr.Seconds()/mr.Seconds())
 	if len(r.mountWalk1) > 0 {
 		m1, m2, d1, d2 := median(r.mountWalk1), median(r.mountWalk2), median(r.diskWalk1), median(r.diskWalk2)
-		fmt.Fprintf(w, "| metadata walk of the python root (%d / %d entries), first, caches dropped | %.3f s | %.3f s | %.2fx disk time |\n",
+		fmt.Fprintf(w, "| metadata walk of the python root (`find -printf '%%s %%m'`, %d / %d entries), first, caches dropped | %.3f s | %.3f s | %.2fx disk time |\n",
 			r.mountEntries, r.diskCount, m1.Seconds(), d1.Seconds(), ratio(m1, d1))
 		fmt.Fprintf(w, "| metadata walk, second | %.3f s | %.3f s | %.2fx disk time |\n", m2.Seconds(), d2.Seconds(), ratio(m2, d2))
 		if len(r.inPlace1) > 0 {

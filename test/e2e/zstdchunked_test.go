@@ -14,9 +14,9 @@ import (
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/fs/fstest"
 	"github.com/poolfs/poolfs/layer"
-	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -208,10 +208,10 @@ func compareZstdViews(t *testing.T, als, ref string, layers []zstdLayer) {
 		if _, ok := l.Annotations[layer.LegacyZstdChunkedChecksumAnnotation]; ok {
 			checksumKey = layer.LegacyZstdChunkedChecksumAnnotation
 		}
-		for _, kv := range []string{pool.RefAnnotation + "=" + ref, pool.LayerAnnotation + "=" + l.Digest.String(), checksumKey + "=" + l.TOCDigest.String()} {
+		for _, kv := range []string{alspath.RefAnnotation + "=" + ref, alspath.LayerAnnotation + "=" + l.Digest.String(), checksumKey + "=" + l.TOCDigest.String()} {
 			elems = append(elems, base64.URLEncoding.EncodeToString([]byte(kv)))
 		}
-		dir := filepath.Join(append(elems, pool.RootfsPrefix+fmt.Sprintf("zstd%d", i))...)
+		dir := filepath.Join(append(elems, alspath.RootfsPrefix+fmt.Sprintf("zstd%d", i))...)
 		t.Run(fmt.Sprintf("layer %d grammar 1", i), func(t *testing.T) { compareZstdTree(t, dir, l) })
 	}
 }

@@ -13,7 +13,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	"golang.org/x/sys/unix"
 
-	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/alsfs"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -70,15 +70,15 @@ func TestAccess(t *testing.T) {
 
 	for _, tc := range []struct {
 		name   string
-		access pool.Access
+		access alsfs.Access
 	}{
-		{"root only", pool.Access{}},
-		{"group", pool.Access{Group: true, GID: gid}},
+		{"root only", alsfs.Access{}},
+		{"group", alsfs.Access{Group: true, GID: gid}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hook := new(logtest.Hook)
 			root := filepath.Join(traversableDir(t), "als")
-			m := mountPoolOpts(t, reg, mountOpts{Root: root, Quiet: true, LogHook: hook, Pool: []pool.Option{pool.WithAccess(tc.access)}})
+			m := mountPoolOpts(t, reg, mountOpts{Root: root, Quiet: true, LogHook: hook, Access: tc.access})
 			group := tc.access.Group
 			want := func(rootOnly, withGroup uint32) uint32 {
 				if group {
@@ -165,7 +165,7 @@ func TestAccess(t *testing.T) {
 				}
 				logged := false
 				for _, e := range hook.AllEntries() {
-					if err, ok := e.Data["error"].(error); ok && errors.Is(err, pool.ErrAccess) {
+					if err, ok := e.Data["error"].(error); ok && errors.Is(err, alsfs.ErrAccess) {
 						logged = true
 					}
 				}

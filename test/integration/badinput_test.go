@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/poolfs/poolfs/pool"
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -24,8 +24,8 @@ func TestBadPaths(t *testing.T) {
 	b64 := func(s string) string { return base64.URLEncoding.EncodeToString([]byte(s)) }
 	std := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	dg := layers[0].Digest.String()
-	refKV := pool.RefAnnotation + "=" + ref
-	dgKV := pool.LayerAnnotation + "=" + dg
+	refKV := alspath.RefAnnotation + "=" + ref
+	dgKV := alspath.LayerAnnotation + "=" + dg
 
 	bad := []struct {
 		name string
@@ -49,7 +49,7 @@ func TestBadPaths(t *testing.T) {
 		{"reference inside annotation path", filepath.Join(b64(refKV), std(ref))},
 		{"unknown key only", filepath.Join(b64("foo=bar"), "rootfs.x")},
 		{"empty layer id", filepath.Join(b64(refKV), b64(dgKV), "rootfs.")},
-		{"annotation digest bad", filepath.Join(b64(refKV), b64(pool.LayerAnnotation+"=sha256:zz"), "rootfs.x")},
+		{"annotation digest bad", filepath.Join(b64(refKV), b64(alspath.LayerAnnotation+"=sha256:zz"), "rootfs.x")},
 		{"rootfs at top", "rootfs.x"},
 	}
 	for _, b := range bad {

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/poolfs/poolfs/alsfs"
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/fs/fstest"
 	"github.com/poolfs/poolfs/layer"
@@ -51,8 +52,11 @@ type mountOpts struct {
 	ProfileLookup bool
 	// Root is the ALS root ("": <a fresh temp dir>/als).
 	Root string
-	// Pool is passed to pool.New (access, tag recheck).
+	// Pool is passed to pool.New (tag recheck, tree limits).
 	Pool []pool.Option
+	// Access says who besides root may reach the store (the daemon's
+	// --group).
+	Access alsfs.Access
 	// LogHook also gets the daemon's log entries.
 	LogHook logrus.Hook
 }
@@ -96,18 +100,15 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	if src == nil && o.ProfileLookup {
 		src = published
 	}
-	p := pool.New(resolver, c, entry, append([]pool.Option{pool.WithProfileSource(src)}, o.Pool...)...)
-	p.SetPrefetch(o.Prefetch)
-	if o.Meta != nil {
-		p.SetMeta(o.Meta)
-	}
+	popts := []pool.Option{pool.WithProfileSource(src), pool.WithPrefetch(o.Prefetch), pool.WithMeta(o.Meta)}
 	if o.Passthrough {
 		w := layer.NewWholeFiles(context.Background(), disk, layer.WholeOptions{MinSize: o.WholeMinSize, Log: entry})
 		t.Cleanup(w.Close) // after the unmount below, as in the daemon
-		p.SetWholeFiles(w)
+		popts = append(popts, pool.WithWholeFiles(w))
 	}
+	p := pool.New(resolver, c, entry, append(popts, o.Pool...)...)
 	m := &mounted{Pool: p, Disk: disk, Published: published}
-	mounts, err := pool.Mount(root, p, pool.MountOptions{InPlaceTrees: o.InPlaceTrees, Observer: func(op string, _ time.Duration, _ fuse.Status) {
+	mounts, err := alsfs.Mount(root, p, alsfs.Options{Access: o.Access, InPlaceTrees: o.InPlaceTrees, Log: entry, Observer: func(op string, _ time.Duration, _ fuse.Status) {
 		switch op {
 		case "read":
 			m.Reads.Add(1)
@@ -170,7 +171,7 @@ func treeDiffs(t *testing.T, dir string, tarBytes []byte) (diffs []string, files
 }
 
 // tree is where the tree a layer's diff (or rootfs.<ID>) names is: diff
-// links to it on the trees mount (see pool.SetTreesMount), or is it.
+// links to it on the trees mount (see alsfs.Options.InPlaceTrees), or is it.
 func tree(t *testing.T, diff string) string {
 	t.Helper()
 	dir, err := filepath.EvalSymlinks(diff)

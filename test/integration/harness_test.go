@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/cache"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/profilestore"
@@ -71,7 +72,7 @@ func (m *mounted) grammar1(enc *base64.Encoding, id string, kvs ...string) strin
 		}
 		elems = append(elems, e)
 	}
-	return filepath.Join(append(elems, pool.RootfsPrefix+id)...)
+	return filepath.Join(append(elems, alspath.RootfsPrefix+id)...)
 }
 
 func pushImage(t *testing.T, reg *fixture.Registry, repo string, tars [][]byte, opts fixture.ImageOptions) (string, []fixture.LayerInfo) {

@@ -24,6 +24,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/test/fixture"
@@ -192,9 +193,9 @@ func TestGrammar1(t *testing.T) {
 	ref, layers := pushImage(t, reg, "test/pool", [][]byte{tarBytes}, fixture.ImageOptions{})
 	m := mountPool(t, reg)
 	li := layers[0]
-	refKV := pool.RefAnnotation + "=" + ref
-	dgKV := pool.LayerAnnotation + "=" + li.Digest.String()
-	tocKV := pool.TOCDigestAnnotation + "=" + li.TOCDigest.String()
+	refKV := alspath.RefAnnotation + "=" + ref
+	dgKV := alspath.LayerAnnotation + "=" + li.Digest.String()
+	tocKV := alspath.TOCDigestAnnotation + "=" + li.TOCDigest.String()
 
 	paths := map[string]string{
 		"ref first":        m.grammar1(base64.URLEncoding, "l1", refKV, dgKV),
@@ -212,7 +213,7 @@ func TestGrammar1(t *testing.T) {
 	}
 
 	// A wrong TOC digest is refused: nothing unverified is served.
-	bad := pool.TOCDigestAnnotation + "=" + digest.FromString("other").String()
+	bad := alspath.TOCDigestAnnotation + "=" + digest.FromString("other").String()
 	if _, err := os.Stat(m.grammar1(base64.URLEncoding, "l5", refKV, dgKV, bad)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("layer with a wrong TOC digest: stat error %v, want ENOENT", err)
 	}
@@ -489,8 +490,8 @@ func TestListings(t *testing.T) {
 	}
 	check(filepath.Dir(a), layersA[0].Digest.String(), layersA[0].TOCDigest.String())
 	// Grammar 1: annotation directories gain children too.
-	refKV := pool.RefAnnotation + "=" + refA
-	dgKV := pool.LayerAnnotation + "=" + layersA[0].Digest.String()
+	refKV := alspath.RefAnnotation + "=" + refA
+	dgKV := alspath.LayerAnnotation + "=" + layersA[0].Digest.String()
 	l1 := m.grammar1(base64.URLEncoding, "l1", refKV, dgKV)
 	if _, err := os.Stat(filepath.Dir(l1)); err != nil {
 		t.Fatal(err)

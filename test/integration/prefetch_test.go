@@ -98,14 +98,21 @@ func TestEarlyPrefetch(t *testing.T) {
 					others = append(others, r)
 				}
 			}
-			if tail == nil || probe == nil {
-				t.Fatalf("blob requests %v: want the tail and the probe", reqs)
+			if tail == nil {
+				t.Fatalf("blob requests %v: want the tail", reqs)
 			}
 			if tc.rest == "" {
+				// The probe may not reach the registry at all: with nothing
+				// to prefetch, the head stream is released as soon as the TOC
+				// is in, which on a fast registry can be before its request
+				// is sent.
 				if rest != nil || len(others) > 0 {
 					t.Errorf("a layer with nothing prioritized streamed past its probe: %v", reqs)
 				}
 				return
+			}
+			if probe == nil {
+				t.Fatalf("blob requests %v: want the probe", reqs)
 			}
 			if rest == nil || !strings.HasPrefix(rest.Range, tc.rest) {
 				t.Fatalf("blob requests %v: want the stream's rest %s...", reqs, tc.rest)

@@ -11,8 +11,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/poolfs/poolfs/alspath"
 	"github.com/poolfs/poolfs/layer"
-	"github.com/poolfs/poolfs/pool"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -44,8 +44,8 @@ func TestZstdChunkedGrammars(t *testing.T) {
 			m := mountPool(t, reg)
 			testGrammar2(t, m, ref, li, tarBytes)
 
-			refKV := pool.RefAnnotation + "=" + ref
-			dgKV := pool.LayerAnnotation + "=" + li.Digest.String()
+			refKV := alspath.RefAnnotation + "=" + ref
+			dgKV := alspath.LayerAnnotation + "=" + li.Digest.String()
 			compareTree(t, m.grammar1(base64.URLEncoding, "z1", refKV, dgKV), tarBytes)
 			compareTree(t, m.grammar1(base64.URLEncoding, "z2", refKV, dgKV, g.checksum+"="+li.TOCDigest.String()), tarBytes)
 			bad := g.checksum + "=" + digest.FromString("other").String()

@@ -1,4 +1,4 @@
-package pool
+package alsfs
 
 import (
 	"context"
@@ -20,7 +20,7 @@ type syntheticDir struct {
 	gofs.Inode
 	layerfs.ReadOnly
 	layerfs.ReadOnlyDir
-	access Access // the pool's: who may enter
+	access Access // the store's: who may enter
 	mu     sync.Mutex
 	// mtime (Unix nanoseconds) is when the last child was added.
 	mtime atomic.Int64

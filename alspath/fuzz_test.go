@@ -1,4 +1,4 @@
-package pool
+package alspath
 
 import (
 	"encoding/base64"

@@ -1,4 +1,4 @@
-package pool
+package alsfs
 
 import (
 	"context"
@@ -10,6 +10,9 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
+
+	"github.com/poolfs/poolfs/alspath"
+	"github.com/poolfs/poolfs/pool"
 )
 
 // entryTimeout is how long the kernel may keep a positive lookup of a
@@ -19,13 +22,12 @@ const entryTimeout = 24 * time.Hour
 // Root is the node mounted at <ALS root>/.pool.
 type Root struct {
 	syntheticDir
-	pool *Pool
-	log  *logrus.Entry
+	als *als
 }
 
-// NewRoot returns the node to mount at <ALS root>/.pool.
-func NewRoot(p *Pool) *Root {
-	return &Root{syntheticDir: syntheticDir{access: p.access}, pool: p, log: p.log}
+// newRoot returns the node to mount at <ALS root>/.pool.
+func newRoot(a *als) *Root {
+	return &Root{syntheticDir: syntheticDir{access: a.access}, als: a}
 }
 
 var (
@@ -40,14 +42,14 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if ch := r.GetChild(name); ch != nil {
 		return ch, childAttr(ctx, ch, out)
 	}
-	log := r.log.WithField("path", name)
-	el, err := ParseElement(name)
+	log := r.als.log.WithField("path", name)
+	el, err := alspath.ParseElement(name)
 	var node gofs.InodeEmbedder
 	switch {
 	case err == nil && el.IsAnnotation():
-		node = &annotationDir{syntheticDir: syntheticDir{access: r.access}, pool: r.pool, ann: map[string]string{el.Key: el.Value}, path: name}
+		node = &annotationDir{syntheticDir: syntheticDir{access: r.access}, als: r.als, ann: map[string]string{el.Key: el.Value}, path: name}
 	case err == nil:
-		node = &refDir{syntheticDir: syntheticDir{access: r.access}, pool: r.pool, encoded: name, ref: el.Ref}
+		node = &refDir{syntheticDir: syntheticDir{access: r.access}, als: r.als, encoded: name, ref: el.Ref}
 	default:
 		return nil, refuse(log, out, err)
 	}
@@ -83,7 +85,7 @@ func childAttr(ctx context.Context, ch *gofs.Inode, out *fuse.EntryOut) syscall.
 // by the kernel (timeout 0) so that a layer that failed for a transient
 // reason can be found on the next try.
 func refuse(log *logrus.Entry, out *fuse.EntryOut, err error) syscall.Errno {
-	if errors.Is(err, ErrDiffIDMismatch) {
+	if errors.Is(err, pool.ErrDiffIDMismatch) {
 		// Not a client's typo: two images disagree and one of them is wrong.
 		log.WithError(err).Warn("lookup refused")
 	} else {
@@ -100,7 +102,7 @@ func refuse(log *logrus.Entry, out *fuse.EntryOut, err error) syscall.Errno {
 // annotation decoded on the way down.
 type annotationDir struct {
 	syntheticDir
-	pool *Pool
+	als  *als
 	ann  map[string]string
 	path string
 }
@@ -116,38 +118,38 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 	if ch := d.GetChild(name); ch != nil {
 		return ch, childAttr(ctx, ch, out)
 	}
-	log := d.pool.log.WithField("path", d.path+"/"+name)
-	if _, err := ParseLayerID(name); err == nil {
-		key, err := KeyFromAnnotations(d.ann)
+	log := d.als.log.WithField("path", d.path+"/"+name)
+	if _, err := alspath.ParseLayerID(name); err == nil {
+		key, err := alspath.KeyFromAnnotations(d.ann)
 		if err != nil {
 			return nil, refuse(log, out, err)
 		}
 		log = log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})
-		l, err := d.pool.Get(ctx, key)
+		l, err := d.als.get(ctx, pool.LayerKey(key))
 		if err != nil {
 			return nil, refuse(log, out, err)
 		}
-		tree, mode := d.pool.treeNode(l, strings.Count(d.path, "/")+1, log)
+		tree, mode := d.als.treeNode(ctx, l, strings.Count(d.path, "/")+1, log)
 		ch := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 		d.addChild(name, ch)
 		return ch, childAttr(ctx, ch, out)
 	}
-	el, err := ParseElement(name)
+	el, err := alspath.ParseElement(name)
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
 	if !el.IsAnnotation() {
-		return nil, refuse(log, out, errors.Join(ErrGrammar, errors.New("image reference inside an annotation path")))
+		return nil, refuse(log, out, errors.Join(alspath.ErrGrammar, errors.New("image reference inside an annotation path")))
 	}
-	if len(d.ann) >= maxAnnotations {
-		return nil, refuse(log, out, errors.Join(ErrGrammar, errors.New("too many annotations")))
+	if len(d.ann) >= alspath.MaxAnnotations {
+		return nil, refuse(log, out, errors.Join(alspath.ErrGrammar, errors.New("too many annotations")))
 	}
 	ann := make(map[string]string, len(d.ann)+1)
 	for k, v := range d.ann {
 		ann[k] = v
 	}
 	ann[el.Key] = el.Value
-	node := &annotationDir{syntheticDir: syntheticDir{access: d.access}, pool: d.pool, ann: ann, path: d.path + "/" + name}
+	node := &annotationDir{syntheticDir: syntheticDir{access: d.access}, als: d.als, ann: ann, path: d.path + "/" + name}
 	return addDir(ctx, &d.syntheticDir, name, node, out), 0
 }
 
@@ -158,7 +160,7 @@ func (d *annotationDir) Lookup(ctx context.Context, name string, out *fuse.Entry
 // TestStdBase64OfReferencesHasNoSlash).
 type refDir struct {
 	syntheticDir
-	pool    *Pool
+	als     *als
 	encoded string
 	ref     string
 }
@@ -174,21 +176,21 @@ func (d *refDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	if ch := d.GetChild(name); ch != nil {
 		return ch, childAttr(ctx, ch, out)
 	}
-	log := d.pool.log.WithField("path", d.encoded+"/"+name)
-	dg, err := ParseDigest(name)
+	log := d.als.log.WithField("path", d.encoded+"/"+name)
+	dg, err := alspath.ParseDigest(name)
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
 	log = log.WithFields(logrus.Fields{"ref": d.ref, "digest": dg})
-	l, err := d.pool.Get(ctx, LayerKey{Ref: d.ref, Digest: dg})
+	l, err := d.als.get(ctx, pool.LayerKey{Ref: d.ref, Digest: dg})
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
-	diffID, err := d.pool.DiffIDFor(ctx, l, d.ref)
+	diffID, err := d.als.pool.DiffIDFor(ctx, l, d.ref)
 	if err != nil {
 		return nil, refuse(log, out, err)
 	}
-	return addDir(ctx, &d.syntheticDir, name, newLayerDir(d.pool, l, diffID, log), out), 0
+	return addDir(ctx, &d.syntheticDir, name, newLayerDir(d.als, l, diffID, log), out), 0
 }
 
 // Rmdir of <digest> is the client saying "one user fewer". It must fail
@@ -199,11 +201,7 @@ func (d *refDir) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return syscall.ENOENT
 	}
 	if ld, ok := ch.Operations().(*layerDir); ok {
-		n := ld.layer.uses.Add(-1)
-		if n < 0 {
-			ld.layer.uses.CompareAndSwap(n, 0)
-		}
-		ld.log.WithField("uses", max(n, 0)).Debug("layer released")
+		ld.log.WithField("uses", ld.layer.DropUse()).Debug("layer released")
 	}
 	return syscall.ENOENT
 }

@@ -1,35 +1,65 @@
-package pool
+// Package alsfs serves a pool as poolfs's additional layer store: the FUSE
+// mount at <ROOT>/.pool that answers the paths of both grammars (package
+// alspath) with the pool's layers (package pool), each a directory of
+// diff, info and blob or a rootfs.<ID>, and the read-only mount at
+// <ROOT>/.trees that serves the layers' trees. A layer's tree itself is
+// package fs's; who may reach the store is Access's.
+package alsfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/poolfs/poolfs/alspath"
 	layerfs "github.com/poolfs/poolfs/fs"
 	"github.com/poolfs/poolfs/internal/mountpoint"
+	"github.com/poolfs/poolfs/pool"
 )
 
-const (
-	// MountDir is where, under the ALS root, the store is mounted; the
-	// storage configuration names "<ROOT>/.pool:ref".
-	MountDir = ".pool"
-	// TreesDir is where, under the ALS root, the layers' trees are mounted
-	// read-only (see SetTreesMount).
-	TreesDir = ".trees"
-)
-
-// MountOptions says how Mount serves a pool.
-type MountOptions struct {
+// Options says how Mount serves a pool.
+type Options struct {
+	// Access says who besides root may reach the store (the zero value:
+	// nobody).
+	Access Access
 	// InPlaceTrees serves the layers' trees inside the pool's mount, as
 	// one writable mount, rather than on a read-only one of their own.
 	InPlaceTrees bool
 	// Observer is told about the operations of both mounts (nil: nobody).
 	Observer layerfs.OpObserver
+	// Log gets a line per refused lookup and per problem (nil: the
+	// standard logger).
+	Log *logrus.Entry
+}
+
+// als is what the nodes of a pool's mounts share.
+type als struct {
+	pool   *pool.Pool
+	access Access
+	log    *logrus.Entry
+	// trees is the name of the trees mount, beside the pool's mount in
+	// the ALS root ("": trees are served in place; see treeNode).
+	trees string
+
+	mu      sync.Mutex
+	prefers map[*pool.Layer]bool // see prefersOpens
+}
+
+// get is pool.Get for a lookup: its caller must be one Access lets make
+// the daemon contact a registry (ErrAccess).
+func (a *als) get(ctx context.Context, key pool.LayerKey) (*pool.Layer, error) {
+	if err := a.access.check(ctx); err != nil {
+		return nil, err
+	}
+	return a.pool.Get(ctx, key)
 }
 
 // Mounts are a pool's FUSE mounts under one ALS root.
@@ -42,16 +72,20 @@ type Mounts struct {
 
 // Mount serves p at <root>/.pool and, unless o.InPlaceTrees, its trees at
 // <root>/.trees, clearing mounts a killed daemon left there. It creates
-// root with the pool's Access, or warns if an existing one lets in more
-// (see PrepareRoot). It must be called before p serves anything (it sets
-// the pool's trees mount).
-func Mount(root string, p *Pool, o MountOptions) (*Mounts, error) {
-	if err := PrepareRoot(root, p.access, p.log); err != nil {
+// root with o.Access, or warns if an existing one lets in more (see
+// PrepareRoot).
+func Mount(root string, p *pool.Pool, o Options) (*Mounts, error) {
+	if o.Log == nil {
+		o.Log = logrus.NewEntry(logrus.StandardLogger())
+	}
+	if err := PrepareRoot(root, o.Access, o.Log); err != nil {
 		return nil, err
 	}
-	m := &Mounts{PoolDir: filepath.Join(root, MountDir)}
+	a := &als{pool: p, access: o.Access, log: o.Log, prefers: map[*pool.Layer]bool{}}
+	m := &Mounts{PoolDir: filepath.Join(root, alspath.MountDir)}
 	if !o.InPlaceTrees {
-		m.TreesDir = filepath.Join(root, TreesDir)
+		m.TreesDir = filepath.Join(root, alspath.TreesDir)
+		a.trees = alspath.TreesDir
 		if err := mountpoint.Prepare(m.TreesDir); err != nil {
 			return nil, err
 		}
@@ -61,18 +95,17 @@ func Mount(root string, p *Pool, o MountOptions) (*Mounts, error) {
 		opts.FsName = "poolfs-trees"
 		// Opens cost nothing there: layers that would rather have
 		// passthrough are served in place instead (see treeNode).
-		srv, err := layerfs.Mount(m.TreesDir, NewTrees(p), opts, layerfs.ServeOptions{Observer: o.Observer, FreeOpens: true})
+		srv, err := layerfs.Mount(m.TreesDir, newTrees(a), opts, layerfs.ServeOptions{Observer: o.Observer, FreeOpens: true})
 		if err != nil {
 			return nil, fmt.Errorf("mounting layer trees at %s: %w", m.TreesDir, err)
 		}
 		m.trees = srv
-		p.SetTreesMount(TreesDir)
 	}
 	if err := mountpoint.Prepare(m.PoolDir); err != nil {
 		m.unmountTrees()
 		return nil, err
 	}
-	srv, err := layerfs.Mount(m.PoolDir, NewRoot(p), layerfs.Options(), layerfs.ServeOptions{Observer: o.Observer})
+	srv, err := layerfs.Mount(m.PoolDir, newRoot(a), layerfs.Options(), layerfs.ServeOptions{Observer: o.Observer})
 	if err != nil {
 		m.unmountTrees()
 		return nil, fmt.Errorf("mounting pool at %s: %w", m.PoolDir, err)

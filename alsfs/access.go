@@ -1,4 +1,4 @@
-package pool
+package alsfs
 
 import (
 	"bufio"
@@ -26,7 +26,7 @@ import (
 // carry these modes, and both mounts use default_permissions, so a lookup
 // by anyone else is refused before it reaches the daemon. The daemon checks
 // the caller again before a lookup can make it contact a registry (see
-// Pool.Get), for callers the kernel lets through on capabilities alone.
+// als.get), for callers the kernel lets through on capabilities alone.
 type Access struct {
 	// Group lets the members of group GID read the store and make the
 	// daemon fetch on their behalf (for rootless podman users who share it).

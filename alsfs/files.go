@@ -1,4 +1,4 @@
-package pool
+package alsfs
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	layerfs "github.com/poolfs/poolfs/fs"
+	"github.com/poolfs/poolfs/pool"
 )
 
 // readOnlyFile is what the synthetic files share: EROFS for changes and
@@ -65,7 +66,7 @@ func (f *bytesFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 // readOnlyFile): a second reader gets them without asking.
 type blobFile struct {
 	readOnlyFile
-	layer *Layer
+	layer *pool.Layer
 	log   *logrus.Entry
 }
 
@@ -86,20 +87,4 @@ func (f *blobFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 		return nil, syscall.EIO
 	}
 	return fuse.ReadResultData(dest[:n]), 0
-}
-
-// ReadBlob reads the compressed blob at off (see blobStream). It returns
-// fewer bytes than len(p) only at the end of the blob.
-func (l *Layer) ReadBlob(ctx context.Context, p []byte, off int64) (int, error) {
-	l.streamOnce.Do(func() {
-		// The tail fetched with the TOC, if the tree is loaded; without
-		// it the stream only fetches that last MiB again.
-		var off int64
-		var tail []byte
-		if v, err := l.View(ctx); err == nil {
-			off, tail = v.FetchedTail()
-		}
-		l.stream = newBlobStream(l.Blob, off, tail)
-	})
-	return l.stream.ReadAt(ctx, p, off)
 }

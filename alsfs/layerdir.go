@@ -1,4 +1,4 @@
-package pool
+package alsfs
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/pool"
 )
 
 // useFile is the name the containers/storage client creates to say "one
@@ -21,8 +22,8 @@ const useFile = "use"
 // layerDir is <ref>/<digest> of grammar 2: diff, info and blob.
 type layerDir struct {
 	syntheticDir
-	pool   *Pool
-	layer  *Layer
+	als    *als
+	layer  *pool.Layer
 	diffID digest.Digest // from the config of the image the path names
 	log    *logrus.Entry
 }
@@ -33,14 +34,14 @@ var (
 	_ gofs.NodeCreater  = (*layerDir)(nil)
 )
 
-func newLayerDir(p *Pool, l *Layer, diffID digest.Digest, log *logrus.Entry) *layerDir {
-	return &layerDir{syntheticDir: syntheticDir{access: p.access}, pool: p, layer: l, diffID: diffID, log: log}
+func newLayerDir(a *als, l *pool.Layer, diffID digest.Digest, log *logrus.Entry) *layerDir {
+	return &layerDir{syntheticDir: syntheticDir{access: a.access}, als: a, layer: l, diffID: diffID, log: log}
 }
 
 // OnAdd builds the three files up front: the client stats all of them
 // before it believes the layer exists.
 func (d *layerDir) OnAdd(ctx context.Context) {
-	tree, mode := d.pool.treeNode(d.layer, 2, d.log) // below <ref>/<digest>
+	tree, mode := d.als.treeNode(ctx, d.layer, 2, d.log) // below <ref>/<digest>
 	diff := d.NewPersistentInode(ctx, tree, gofs.StableAttr{Mode: mode})
 	d.AddChild("diff", diff, false)
 	info := d.NewPersistentInode(ctx, &bytesFile{readOnlyFile: readOnlyFile{access: d.access, groupRead: true}, data: layerInfo(ctx, d.layer, d.diffID)}, gofs.StableAttr{Mode: syscall.S_IFREG})
@@ -71,8 +72,7 @@ func (d *layerDir) Create(ctx context.Context, name string, flags uint32, mode u
 	if name != useFile {
 		return nil, nil, 0, syscall.EROFS
 	}
-	n := d.layer.uses.Add(1)
-	d.log.WithField("uses", n).Debug("layer used")
+	d.log.WithField("uses", d.layer.AddUse()).Debug("layer used")
 	return nil, nil, 0, syscall.ENOENT
 }
 
@@ -103,7 +103,7 @@ const uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
 
 // layerInfo is l's info as seen through an image whose config gives it
 // diffID ("" if it gives none).
-func layerInfo(ctx context.Context, l *Layer, diffID digest.Digest) []byte {
+func layerInfo(ctx context.Context, l *pool.Layer, diffID digest.Digest) []byte {
 	in := info{
 		CompressedDigest:   l.Desc.Digest.String(),
 		CompressedSize:     l.Desc.Size,
@@ -111,7 +111,7 @@ func layerInfo(ctx context.Context, l *Layer, diffID digest.Digest) []byte {
 		TOCDigest:          l.Desc.TOCDigest.String(),
 		CompressionType:    compressionGzip,
 	}
-	if l.format == layer.FormatZstdChunked {
+	if l.Format() == layer.FormatZstdChunked {
 		in.CompressionType = compressionZstd
 	}
 	if diffID != "" {

@@ -1,4 +1,4 @@
-package pool
+package alspath
 
 import (
 	"encoding/base64"
@@ -26,8 +26,10 @@ const (
 // Limits that keep hostile paths cheap. A name longer than the kernel's
 // NAME_MAX never reaches us; these bound what a path can make us hold.
 const (
-	maxElementLen  = 255
-	maxAnnotations = 64
+	maxElementLen = 255
+	// MaxAnnotations is the most annotation elements one grammar-1 path
+	// may have.
+	MaxAnnotations = 64
 	maxRefLen      = 4096
 	maxLayerIDLen  = 255
 )
@@ -142,7 +144,10 @@ func ParseDigest(s string) (digest.Digest, error) {
 	return d, nil
 }
 
-// LayerKey is what a grammar-1 path asks for.
+// LayerKey is what a path asks for: the layer Digest (its blob or TOC
+// digest) of image Ref, and for grammar 1 the TOC digest the layer must
+// have, if the path names one. It has the fields of pool.LayerKey, which
+// the pool is asked for; this package does not import the pool.
 type LayerKey struct {
 	Ref       string
 	Digest    digest.Digest
