@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -36,6 +37,10 @@ var (
 	// profile. Kept apart from the layer record: a profile may come (by
 	// import) before the daemon ever opened its layer.
 	bucketProfiles = []byte("profiles")
+	// bucketProfileTimes: blob digest -> when its profile was stored (Unix
+	// seconds, decimal), so that Prune can forget an imported profile
+	// whose layer is never opened (it has no layer record to age with).
+	bucketProfileTimes = []byte("profile_times")
 	// ref -> JSON Manifest: which layers a reference's manifest lists.
 	bucketManifests = []byte("manifests")
 )
@@ -73,7 +78,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("opening metadata store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketProfiles, bucketManifests} {
+		for _, b := range [][]byte{bucketRefs, bucketLayers, bucketTOCs, bucketProfiles, bucketProfileTimes, bucketManifests} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -274,7 +279,7 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 			if err := tb.Delete(st[1]); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketProfiles).Delete(st[0]); err != nil {
+			if err := deleteProfile(tx, st[0]); err != nil {
 				return err
 			}
 			if err := lb.Delete(st[0]); err != nil {
@@ -298,12 +303,60 @@ func (s *Store) Prune(cutoff time.Time, inUse map[digest.Digest]bool) (int, erro
 				return err
 			}
 		}
+		if err := pruneProfiles(tx, cutoff, stamp, inUse); err != nil {
+			return err
+		}
 		return pruneManifests(tx, cutoff)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("pruning layer records: %w", err)
 	}
 	return len(gone), nil
+}
+
+// pruneProfiles forgets the profiles of layers with no record (imported,
+// their layer never opened here) stored before cutoff. A profile whose
+// layer has a record goes with the record; one from before its store time
+// was kept starts aging now (stamp), as a layer record without UsedAt
+// does.
+func pruneProfiles(tx *bolt.Tx, cutoff time.Time, stamp int64, inUse map[digest.Digest]bool) error {
+	lb, times := tx.Bucket(bucketLayers), tx.Bucket(bucketProfileTimes)
+	var stale, unstamped [][]byte
+	err := tx.Bucket(bucketProfiles).ForEach(func(k, _ []byte) error {
+		if lb.Get(k) != nil || inUse[digest.Digest(k)] {
+			return nil
+		}
+		at, err := strconv.ParseInt(string(times.Get(k)), 10, 64)
+		switch {
+		case err != nil:
+			unstamped = append(unstamped, append([]byte(nil), k...))
+		case at < cutoff.Unix():
+			stale = append(stale, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range unstamped {
+		if err := times.Put(k, []byte(strconv.FormatInt(stamp, 10))); err != nil {
+			return err
+		}
+	}
+	for _, k := range stale {
+		if err := deleteProfile(tx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteProfile forgets the profile stored under key (a blob digest).
+func deleteProfile(tx *bolt.Tx, key []byte) error {
+	if err := tx.Bucket(bucketProfileTimes).Delete(key); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketProfiles).Delete(key)
 }
 
 // PutProfile stores p as the startup profile of its layer (p.Blob),
@@ -314,7 +367,11 @@ func (s *Store) PutProfile(p *profile.Profile) error {
 		return fmt.Errorf("encoding profile of layer %s: %w", p.Blob, err)
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketProfiles).Put([]byte(p.Blob.String()), b)
+		key := []byte(p.Blob.String())
+		if err := tx.Bucket(bucketProfileTimes).Put(key, []byte(strconv.FormatInt(now().Unix(), 10))); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketProfiles).Put(key, b)
 	})
 	if err != nil {
 		return fmt.Errorf("storing profile of layer %s: %w", p.Blob, err)

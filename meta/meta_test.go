@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/poolfs/poolfs/layer"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -226,5 +227,86 @@ func TestStoreTOCMember(t *testing.T) {
 		if !reflect.DeepEqual(got.TOC, rec.TOC) {
 			t.Errorf("format %q: TOC %+v, want %+v", format, got.TOC, rec.TOC)
 		}
+	}
+}
+
+// TestPruneImportedProfiles: a profile whose layer has no record (imported,
+// the layer never opened) is forgotten once stored before the cutoff,
+// unless its layer is open; one stored later, or whose layer has a record,
+// stays; one from before store times were kept starts aging at the prune.
+func TestPruneImportedProfiles(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := t0
+	now = func() time.Time { return clock }
+	t.Cleanup(func() { now = time.Now })
+	s, err := Open(filepath.Join(t.TempDir(), "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	prof := func(name string) *profile.Profile {
+		return &profile.Profile{Blob: digest.FromString(name), TOC: digest.FromString(name + " toc"),
+			Chunks: []profile.Chunk{{Offset: 0, End: 10, Digest: digest.FromString(name + " chunk")}}}
+	}
+	putProf := func(p *profile.Profile) {
+		t.Helper()
+		if err := s.PutProfile(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	imported, open, withRecord, late, legacy := prof("imported"), prof("open"), prof("with record"), prof("late"), prof("legacy")
+	for _, p := range []*profile.Profile{imported, open, withRecord, legacy} {
+		putProf(p)
+	}
+	rec := Record{Desc: remote.LayerDesc{Ref: "registry.example/a:1", Digest: withRecord.Blob}, TOC: layer.TOC{Digest: withRecord.TOC, Offset: 10, JSON: []byte(`{"version":1,"entries":[]}`)}}
+	if err := s.Put(rec.Desc.Ref, rec.Desc.Digest, rec); err != nil {
+		t.Fatal(err)
+	}
+	// Stored before profile times were kept.
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketProfileTimes).Delete([]byte(legacy.Blob.String()))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	clock = t0.Add(20 * 24 * time.Hour)
+	putProf(late)
+	// The record is used now and then: only the profiles without one age.
+	if err := s.Touch(withRecord.Blob); err != nil {
+		t.Fatal(err)
+	}
+
+	clock = t0.Add(40 * 24 * time.Hour)
+	if _, err := s.Prune(clock.Add(-30*24*time.Hour), map[digest.Digest]bool{open.Blob: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		p    *profile.Profile
+		kept bool
+	}{{imported, false}, {open, true}, {withRecord, true}, {late, true}, {legacy, true}} {
+		_, err := s.Profile(tc.p.Blob)
+		if tc.kept && err != nil {
+			t.Errorf("profile of %s: %v, want it kept", tc.p.Blob, err)
+		}
+		if !tc.kept && !errors.Is(err, ErrNotFound) {
+			t.Errorf("profile of %s: %v, want it pruned", tc.p.Blob, err)
+		}
+	}
+	// 31 days on, with nothing open: the legacy one (aging since the
+	// prune), the open one's and the late one go; the recorded layer's
+	// profile stays with its record until the record goes.
+	clock = clock.Add(31 * 24 * time.Hour)
+	if err := s.Touch(withRecord.Blob); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prune(clock.Add(-30*24*time.Hour), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*profile.Profile{open, late, legacy} {
+		if _, err := s.Profile(p.Blob); !errors.Is(err, ErrNotFound) {
+			t.Errorf("profile of %s after the second prune: %v, want it pruned", p.Blob, err)
+		}
+	}
+	if _, err := s.Profile(withRecord.Blob); err != nil {
+		t.Errorf("profile of a used layer: %v", err)
 	}
 }

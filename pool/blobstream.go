@@ -27,7 +27,12 @@ const (
 	// streamWindow is how many bytes of finished segments a layer's
 	// stream keeps for reads the kernel sends late, out of order, or
 	// again. Segments still arriving come on top: at most two per run.
-	streamWindow = 16 << 20
+	// A read landing in a segment asked for ahead asks for the next one
+	// at once, while reads a little behind it (the kernel has several in
+	// flight, and a busy machine delays some) still need the segment
+	// before: so the window holds that one, the one being read and the
+	// new one, or a late read would fetch its segment again.
+	streamWindow = 3 * maxSegment
 	// streamIdle is how long a stream nobody reads keeps its window.
 	streamIdle = 30 * time.Second
 )
@@ -132,7 +137,22 @@ func (s *blobStream) segmentFor(pos, want int64) *segment {
 	s.touchLocked()
 	g := s.coveringLocked(pos)
 	if g == nil {
-		g = s.startLocked(pos, max(want, firstSegment), false)
+		if prev := s.endingBeforeLocked(pos); prev != nil {
+			// A read a little past the end of a run is mostly a sequential
+			// reader's that came before the reads just behind it (the
+			// kernel sends several at once): the run goes on from its end,
+			// where the reads behind will land, rather than a new run
+			// starting at pos and an old one growing into it in pieces.
+			prev.next = true
+			start := prev.end()
+			g = s.startLocked(start, max(pos+want-start, firstSegment), false)
+			if pos >= g.end() {
+				g = nil // clipped by a segment after the run's end
+			}
+		}
+		if g == nil {
+			g = s.startLocked(pos, max(want, firstSegment), false)
+		}
 	}
 	if !g.next && g.end() < s.size && (g.ahead || pos >= g.off+int64(len(g.buf))/2) {
 		g.next = true
@@ -141,6 +161,21 @@ func (s *blobStream) segmentFor(pos, want int64) *segment {
 		}
 	}
 	return g
+}
+
+// endingBeforeLocked returns the segment that ends less than firstSegment
+// bytes before pos with nothing after it up to pos, if there is one.
+func (s *blobStream) endingBeforeLocked(pos int64) *segment {
+	var prev *segment
+	for _, g := range s.segs {
+		if e := g.end(); e <= pos && pos-e < firstSegment && (prev == nil || e > prev.end()) {
+			prev = g
+		}
+	}
+	if prev == nil || s.coveringLocked(prev.end()) != nil {
+		return nil
+	}
+	return prev
 }
 
 // coveringLocked returns the newest segment holding the byte at pos.

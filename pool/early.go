@@ -12,18 +12,28 @@ import (
 	"github.com/poolfs/poolfs/remote"
 )
 
-// earlyRanges is a remote.Blob that fetches the ranges a stored profile's
+// earlyRanges is a remote.Blob that fetches the ranges a profile's
 // replay will ask for from when the layer's TOC read is about a round trip
 // from done (remote.NearTheEnd, as the head stream does), or its bytes are
-// in (TailRead), before the TOC is decoded and the replay can start: the replay's runs
-// (layer.ReplayRuns, the same plan) then find their bytes in flight, and
-// the link is not idle for the decoding and a round trip. A read inside a
-// range is served from it as its bytes arrive, each byte once (a run
-// retried after a failed verification goes to the registry); everything
-// else goes to the blob. Release drops what was not read.
+// in (TailRead), before the TOC is decoded and the replay can start: the
+// replay's runs (layer.ReplayRuns, the same plan) then find their bytes in
+// flight, and the link is not idle for the decoding and a round trip. A
+// read inside a range is served from it as its bytes arrive, each byte
+// once (a run retried after a failed verification goes to the registry);
+// everything else goes to the blob. Release drops what was not read.
+//
+// The plan is made at once for a stored profile (newEarlyRanges), or when
+// a published one arrives while the TOC is still being read (pendingEarly,
+// then plan): a plan that comes once the link is free starts at once, one
+// that comes after closePlans (the TOC is decoded: the replay itself
+// starts now) is not made.
 type earlyRanges struct {
 	remote.Blob
-	order []*earlyRange // in the replay's order
+
+	mu       sync.Mutex
+	order    []*earlyRange // in the replay's order; nil until planned
+	linkFree bool          // the TOC read is about done: a plan may start
+	closed   bool          // no plan is taken any more
 
 	startOnce sync.Once
 	ctx       context.Context
@@ -51,6 +61,24 @@ var _ layer.TailNotifier = (*earlyRanges)(nil)
 // cached and those in the window Open reads with the TOC; nil if nothing
 // is left to fetch.
 func newEarlyRanges(blob remote.Blob, p *profile.Profile, has func(digest.Digest) bool) *earlyRanges {
+	order := earlyPlan(blob, p, has)
+	if order == nil {
+		return nil
+	}
+	e := pendingEarly(blob)
+	e.order = order
+	return e
+}
+
+// pendingEarly is an earlyRanges on blob with no plan yet (see plan).
+func pendingEarly(blob remote.Blob) *earlyRanges {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &earlyRanges{Blob: blob, ctx: ctx, cancel: cancel}
+}
+
+// earlyPlan is the ranges of p's replay on blob (see newEarlyRanges); nil
+// if none.
+func earlyPlan(blob remote.Blob, p *profile.Profile, has func(digest.Digest) bool) []*earlyRange {
 	tailStart := layer.TailStart(blob.Size())
 	var chunks []profile.Chunk
 	for _, c := range p.Chunks {
@@ -58,25 +86,69 @@ func newEarlyRanges(blob remote.Blob, p *profile.Profile, has func(digest.Digest
 			chunks = append(chunks, c)
 		}
 	}
-	runs := layer.ReplayRuns(chunks)
-	if len(runs) == 0 {
-		return nil
+	var order []*earlyRange
+	for _, r := range layer.ReplayRuns(chunks) {
+		order = append(order, &earlyRange{start: r[0], end: r[1], more: make(chan struct{})})
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &earlyRanges{Blob: blob, ctx: ctx, cancel: cancel}
-	for _, r := range runs {
-		e.order = append(e.order, &earlyRange{start: r[0], end: r[1], more: make(chan struct{})})
+	return order
+}
+
+// plan plans p's replay on an earlyRanges made by pendingEarly, and starts
+// it if the TOC read is about done; it reports whether it did plan (not
+// after closePlans or Release, nor twice).
+func (e *earlyRanges) plan(p *profile.Profile, has func(digest.Digest) bool) bool {
+	order := earlyPlan(e.Blob, p, has)
+	e.mu.Lock()
+	if order == nil || e.order != nil || e.closed {
+		e.mu.Unlock()
+		return false
 	}
-	return e
+	e.order = order
+	free := e.linkFree
+	e.mu.Unlock()
+	if free {
+		e.start()
+	}
+	return true
+}
+
+// closePlans refuses plans from now on. A nil earlyRanges may be closed.
+func (e *earlyRanges) closePlans() {
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+}
+
+// ranges is the plan (nil: none yet).
+func (e *earlyRanges) ranges() []*earlyRange {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.order
 }
 
 // TailRead implements layer.TailNotifier: the TOC's bytes are in, the link
-// is free for the ranges.
-func (e *earlyRanges) TailRead() { e.start() }
+// is free for the ranges (and for the blob's own stream, if it has one).
+func (e *earlyRanges) TailRead() {
+	e.start()
+	if n, ok := e.Blob.(layer.TailNotifier); ok {
+		n.TailRead()
+	}
+}
 
-// start fetches the ranges, layer.ReplayParallel at a time, in plan order.
+// start fetches the ranges, layer.ReplayParallel at a time, in plan order;
+// without a plan it notes that the link is free, for plan.
 func (e *earlyRanges) start() {
 	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	e.linkFree = true
+	order := e.order
+	e.mu.Unlock()
+	if order == nil {
 		return
 	}
 	e.startOnce.Do(func() {
@@ -91,11 +163,11 @@ func (e *earlyRanges) start() {
 		}
 		go func() {
 			defer close(work)
-			for _, r := range e.order {
+			for _, r := range order {
 				select {
 				case work <- r:
 				case <-e.ctx.Done():
-					for _, r := range e.order {
+					for _, r := range order {
 						r.finish()
 					}
 					return
@@ -145,7 +217,11 @@ func (e *earlyRanges) Release() {
 	}
 	e.released.Store(true)
 	e.cancel()
-	for _, r := range e.order {
+	e.mu.Lock()
+	e.closed = true
+	order := e.order
+	e.mu.Unlock()
+	for _, r := range order {
 		r.mu.Lock()
 		r.buf = nil
 		r.mu.Unlock()
@@ -188,7 +264,7 @@ func (e *earlyRanges) claim(off, n int64) *earlyRange {
 	if e == nil || n <= 0 || e.released.Load() {
 		return nil
 	}
-	for _, r := range e.order {
+	for _, r := range e.ranges() {
 		if off < r.start || off+n > r.end {
 			continue
 		}

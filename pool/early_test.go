@@ -5,6 +5,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -95,5 +96,56 @@ func TestEarlyRanges(t *testing.T) {
 	read(3<<20, 10)
 	if n := len(b.reads()); n != 5 {
 		t.Errorf("%d blob reads after Release, want 5", n)
+	}
+}
+
+// TestEarlyRangesPlannedLate: a plan that comes after the TOC read is about
+// done starts at once, and its ranges serve the reads inside them; one that
+// comes after closePlans (the TOC is decoded) is not made.
+func TestEarlyRangesPlannedLate(t *testing.T) {
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(i * 3)
+	}
+	p := &profile.Profile{TOC: digest.FromString("toc"), Chunks: []profile.Chunk{
+		{Offset: 1 << 20, End: 1<<20 + 500, Digest: digest.FromString("a")},
+		{Offset: 3 << 20, End: 3<<20 + 1000, Digest: digest.FromString("b")},
+	}}
+	none := func(digest.Digest) bool { return false }
+
+	b := &countingBlob{data: data}
+	e := pendingEarly(b)
+	e.TailRead()
+	if got := b.reads(); len(got) != 0 {
+		t.Fatalf("reads with no plan: %v", got)
+	}
+	if !e.plan(p, none) {
+		t.Fatal("plan refused")
+	}
+	if e.plan(p, none) {
+		t.Error("planned twice")
+	}
+	buf := make([]byte, 1000)
+	if _, err := e.ReadAt(context.Background(), buf, 3<<20); err != nil || !bytes.Equal(buf, data[3<<20:3<<20+1000]) {
+		t.Fatalf("read inside a range: %v", err)
+	}
+	// The other range is fetched beside.
+	for deadline := time.Now().Add(5 * time.Second); len(b.reads()) < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if got := b.reads(); len(got) != 2 {
+		t.Errorf("blob reads %v, want the two planned ranges only", got)
+	}
+	e.Release()
+
+	b = &countingBlob{data: data}
+	e = pendingEarly(b)
+	e.closePlans()
+	if e.plan(p, none) {
+		t.Error("planned after closePlans")
+	}
+	e.TailRead()
+	if got := b.reads(); len(got) != 0 {
+		t.Errorf("reads after a refused plan: %v", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/poolfs/poolfs/layer"
 	"github.com/poolfs/poolfs/meta"
+	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/remote"
 )
 
@@ -74,7 +75,14 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	// its prioritized chunks are usually in the disk cache already.
 	l := p.newLayer(key, rec.Desc, blob, view, true, log)
 	l.prof.stored = p.storedProfile(rec.Desc.Digest, log)
-	l = p.adopt(l, nil, nil, log)
+	// A layer with no profile of its own (opened before but never read,
+	// or whose profile was lost) looks for a published one as a layer
+	// from the registry does: in the background, the open not waiting.
+	var found <-chan *profile.Profile
+	if l.prof.stored == nil {
+		found = p.lookupProfile(key.Ref, rec.Desc.Digest, rec.TOC.Digest, log)
+	}
+	l = p.adopt(l, nil, found, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	p.inBackground(func() {
 		if err := p.meta.Touch(rec.Desc.Digest); err != nil {

@@ -323,10 +323,19 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	var early *earlyRanges
 	if stored == nil {
 		viewBlob, head = p.startHead(blob, tocDigest.String())
+		if found != nil && tocDigest != "" {
+			// A published profile that comes while the TOC is on the
+			// wire is fetched like a stored one, from when the TOC read
+			// is about done.
+			early = pendingEarly(viewBlob)
+			viewBlob = early
+			found = p.planEarly(early, found, tocDigest)
+		}
 	} else if early = newEarlyRanges(blob, stored, p.cached); early != nil {
 		viewBlob = early
 	}
 	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, append(p.layerOptions(), layer.WithAnnotations(desc.Annotations))...)
+	early.closePlans() // the replay can start itself now
 	if err == nil {
 		head.Limit(view.PrioritizedHead())
 	} else {

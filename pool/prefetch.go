@@ -69,8 +69,15 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 	}
 	l.tree.mu.Unlock()
 	v.SetReadahead(o.Readahead)
+	// The early ranges are the stored profile's, or the found one's
+	// (stored is nil then): released after the replay that reads them.
 	if found != nil {
 		go func() {
+			defer func() {
+				if stored == nil {
+					l.prof.early.Release()
+				}
+			}()
 			if pr := <-found; pr != nil {
 				l.prof.mu.Lock()
 				l.prof.published = true // it came from where it is published
@@ -82,7 +89,9 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		}()
 	}
 	if o.NoPrioritized && !o.Background && stored == nil {
-		l.prof.early.Release()
+		if found == nil {
+			l.prof.early.Release()
+		}
 		head.Release()
 		return
 	}
@@ -91,7 +100,9 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
 		replayed := stored != nil && p.replay(ctx, l, stored, "store", log)
-		l.prof.early.Release()
+		if stored != nil {
+			l.prof.early.Release()
+		}
 		if !replayed && !o.NoPrioritized && len(v.Prioritized()) > 0 {
 			start := time.Now()
 			st, err := v.Prefetch(ctx)

@@ -150,6 +150,21 @@ func (p *Pool) lookupProfile(ref string, blob, toc digest.Digest, log *logrus.En
 	return ch
 }
 
+// planEarly plans the early ranges of the profile found gives (see
+// pendingEarly) as soon as it comes, if it is for the TOC toc, and passes
+// it on in the channel it returns.
+func (p *Pool) planEarly(e *earlyRanges, found <-chan *profile.Profile, toc digest.Digest) <-chan *profile.Profile {
+	out := make(chan *profile.Profile, 1)
+	go func() {
+		pr := <-found
+		if pr != nil && pr.TOC == toc {
+			e.plan(pr, p.cached)
+		}
+		out <- pr
+	}()
+	return out
+}
+
 // replay replays pr on l (source says where it came from) and logs what
 // it did; a profile the layer refuses is logged and ignored. It reports
 // whether the layer took the profile (its chunks may still have failed to

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -56,6 +57,14 @@ const (
 	// CreatedAnnotation orders an image's profile artifacts: the newest
 	// is used.
 	CreatedAnnotation = "org.opencontainers.image.created"
+	// BlobAnnotation and BlobSizeAnnotation name the artifact's profile
+	// blob in its manifest's annotations, which the referrers API (and
+	// the referrers tag's index) repeat in the artifact's descriptor: a
+	// lookup reads the blob right after the referrers, without the
+	// artifact manifest's round trip. Artifacts without them (pushed by an
+	// older poolfs) are read through their manifest.
+	BlobAnnotation     = "io.poolfs.profile.blob"
+	BlobSizeAnnotation = "io.poolfs.profile.blob.size"
 	// createdFormat is RFC 3339 in UTC with fixed-width fractions, so that
 	// the annotations sort as strings.
 	createdFormat = "2006-01-02T15:04:05.000000000Z07:00"
@@ -208,15 +217,17 @@ func (g *Registry) fetch(ctx context.Context, ref string, manifest digest.Digest
 	sort.SliceStable(refs, func(i, j int) bool {
 		return refs[i].Annotations[CreatedAnnotation] > refs[j].Annotations[CreatedAnnotation]
 	})
-	art, err := g.r.ReadArtifact(ctx, ref, refs[0].Digest)
-	if err != nil {
-		return nil, fmt.Errorf("profile lookup for %s: %w", ref, err)
-	}
-	var blob *remote.ArtifactBlob
-	for i := range art.Blobs {
-		if art.Blobs[i].MediaType == profile.MediaType {
-			blob = &art.Blobs[i]
-			break
+	blob := announcedBlob(refs[0].Annotations)
+	if blob == nil {
+		art, err := g.r.ReadArtifact(ctx, ref, refs[0].Digest)
+		if err != nil {
+			return nil, fmt.Errorf("profile lookup for %s: %w", ref, err)
+		}
+		for i := range art.Blobs {
+			if art.Blobs[i].MediaType == profile.MediaType {
+				blob = &art.Blobs[i]
+				break
+			}
 		}
 	}
 	if blob == nil || blob.Size > profile.MaxEncoded {
@@ -235,6 +246,20 @@ func (g *Registry) fetch(ctx context.Context, ref string, manifest digest.Digest
 	log.WithFields(logrus.Fields{"artifact": refs[0].Digest, "layers": len(set.Profiles),
 		"elapsed": time.Since(start).Round(time.Millisecond)}).Info("published profile found")
 	return &set, nil
+}
+
+// announcedBlob is the profile blob an artifact's annotations name (see
+// BlobAnnotation), or nil if they name none or name it badly.
+func announcedBlob(a map[string]string) *remote.ArtifactBlob {
+	d, err := digest.Parse(a[BlobAnnotation])
+	if err != nil {
+		return nil
+	}
+	size, err := strconv.ParseInt(a[BlobSizeAnnotation], 10, 64)
+	if err != nil || size <= 0 {
+		return nil
+	}
+	return &remote.ArtifactBlob{MediaType: profile.MediaType, Digest: d, Size: size}
 }
 
 // Push publishes set as a profile artifact of the image manifest ref
@@ -264,8 +289,12 @@ func (g *Registry) Push(ctx context.Context, ref string, set profile.Set) (remot
 	}
 	pushed, err := g.r.PushArtifact(ctx, ref, remote.Artifact{
 		ArtifactType: profile.ArtifactType,
-		Annotations:  map[string]string{CreatedAnnotation: time.Now().UTC().Format(createdFormat)},
-		Blobs:        []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: data}},
+		Annotations: map[string]string{
+			CreatedAnnotation:  time.Now().UTC().Format(createdFormat),
+			BlobAnnotation:     digest.FromBytes(data).String(),
+			BlobSizeAnnotation: strconv.Itoa(len(data)),
+		},
+		Blobs: []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: data}},
 	})
 	if err != nil {
 		return remote.Pushed{}, fmt.Errorf("push profiles: %w", err)

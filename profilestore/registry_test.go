@@ -121,6 +121,13 @@ func TestPushLookupRoundTrip(t *testing.T) {
 			if n := reg.Stats().ReferrersRequests; n != tc.firstLookup {
 				t.Errorf("%d referrers requests for the image's layers, want %d\n%s", n, tc.firstLookup, reg.RequestLog())
 			}
+			// The referrers name the profile blob: the artifact manifest's
+			// round trip is saved.
+			for _, r := range reg.Requests() {
+				if strings.Contains(r.Path, pushed.Digest.Encoded()) {
+					t.Errorf("the lookup asked for the artifact manifest: %s %s", r.Method, r.Path)
+				}
+			}
 		})
 	}
 }
@@ -152,6 +159,25 @@ func checkArtifact(t *testing.T, reg *fixture.Registry, ref string, pushed remot
 	}
 	if len(m.Layers) != 1 || string(m.Layers[0].MediaType) != profile.MediaType {
 		t.Errorf("artifact layers %+v, want one %s", m.Layers, profile.MediaType)
+	}
+}
+
+// TestLookupArtifactWithoutBlobAnnotation: an artifact whose manifest does
+// not name its profile blob in its annotations (pushed by an older poolfs
+// or another tool) is read through its manifest.
+func TestLookupArtifactWithoutBlobAnnotation(t *testing.T) {
+	reg := fixture.StartRegistry(t, fixture.WithReferrersAPI())
+	ref, _, layers := image(t, reg, "app/unannotated")
+	want := profileOf(layers[0], 2)
+	data, err := profile.MarshalSet(profile.Set{Profiles: []*profile.Profile{want}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishRaw(t, ref, data)
+	store, _ := newStore(profilestore.Options{})
+	got, err := store.Lookup(testCtx(t), ref, layers[0].Digest, layers[0].TOCDigest)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("looked up %+v, %v; want %+v", got, err, want)
 	}
 }
 

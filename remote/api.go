@@ -1,6 +1,11 @@
 // Package remote is poolfs's only door to registries: it resolves an image
 // reference to the descriptor of one of its layers and reads byte ranges of
 // layer blobs. Everything else in poolfs sees blobs as Blob values.
+//
+// Which credentials a registry gets (remote/keychain) and where a
+// reference is fetched from (registries.conf, remote/regconf) are decided
+// in packages of their own, handed in through Options; remote does the
+// handshake and the requests.
 package remote
 
 import (

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/poolfs/poolfs/remote/keychain/keychaintest"
 )
 
 // requireBasic refuses requests without the given basic credentials, with
@@ -35,46 +35,6 @@ func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
 	return &authn.Basic{Username: k.user, Password: k.pass}, nil
 }
 
-// isolateCredentials points every credential location NewKeychain reads
-// into an empty temp dir, so the developer's own files do not interfere.
-func isolateCredentials(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	t.Setenv("HOME", dir)
-	t.Setenv("REGISTRY_AUTH_FILE", "")
-	t.Setenv("XDG_RUNTIME_DIR", "")
-	t.Setenv("DOCKER_CONFIG", filepath.Join(dir, "docker"))
-	old := rootAuthFile
-	rootAuthFile = filepath.Join(dir, "run-containers-0-auth.json")
-	t.Cleanup(func() { rootAuthFile = old })
-	return dir
-}
-
-func writeAuthFile(t *testing.T, path string, entries map[string]string) {
-	t.Helper()
-	var b strings.Builder
-	b.WriteString(`{"auths":{`)
-	first := true
-	for k, v := range entries {
-		if !first {
-			b.WriteString(",")
-		}
-		first = false
-		b.WriteString(`"` + k + `":` + v)
-	}
-	b.WriteString("}}")
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func basicEntry(user, pass string) string {
-	return `{"auth":"` + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + `"}`
-}
-
 func TestBasicAuthRegistry(t *testing.T) {
 	const user, pass = "poolfs", "s3cr3t-pa55"
 	f := newFixture(t, func(h http.Handler) http.Handler { return requireBasic(user, pass, h) })
@@ -89,29 +49,29 @@ func TestBasicAuthRegistry(t *testing.T) {
 	}{
 		{"REGISTRY_AUTH_FILE", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, "auth.json")
-			writeAuthFile(t, p, map[string]string{f.host: basicEntry(user, pass)})
+			keychaintest.WriteAuthFile(t, p, map[string]string{f.host: keychaintest.BasicEntry(user, pass)})
 			t.Setenv("REGISTRY_AUTH_FILE", p)
 		}, true},
 		{"XDG_RUNTIME_DIR", func(t *testing.T, dir string) {
 			xdg := filepath.Join(dir, "xdg")
-			writeAuthFile(t, filepath.Join(xdg, "containers", "auth.json"), map[string]string{f.host + "/private": basicEntry(user, pass)})
+			keychaintest.WriteAuthFile(t, filepath.Join(xdg, "containers", "auth.json"), map[string]string{f.host + "/private": keychaintest.BasicEntry(user, pass)})
 			t.Setenv("XDG_RUNTIME_DIR", xdg)
 		}, true},
 		{"DOCKER_CONFIG legacy key", func(t *testing.T, dir string) {
-			writeAuthFile(t, filepath.Join(dir, "docker", "config.json"), map[string]string{"https://" + f.host + "/v1/": basicEntry(user, pass)})
+			keychaintest.WriteAuthFile(t, filepath.Join(dir, "docker", "config.json"), map[string]string{"https://" + f.host + "/v1/": keychaintest.BasicEntry(user, pass)})
 		}, true},
 		{"no credentials", func(t *testing.T, dir string) {}, false},
 		{"wrong password", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, "auth.json")
-			writeAuthFile(t, p, map[string]string{f.host: basicEntry(user, "nope")})
+			keychaintest.WriteAuthFile(t, p, map[string]string{f.host: keychaintest.BasicEntry(user, "nope")})
 			t.Setenv("REGISTRY_AUTH_FILE", p)
 		}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := isolateCredentials(t)
+			dir, kc := keychaintest.Isolate(t)
 			tc.setup(t, dir)
-			r, logs := newTestResolver(t, Options{Keychain: NewKeychain()})
+			r, logs := newTestResolver(t, Options{Keychain: kc})
 			ld, err := r.ResolveLayer(context.Background(), tagRef, ti.toc)
 			if !tc.ok {
 				var se *StatusError

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/poolfs/poolfs/remote/keychain"
 )
 
 // authEntry is an authenticated transport for one repository. rt is the
@@ -93,5 +95,21 @@ func (r *Resolver) dropAuth(repo name.Repository, failed *authEntry) {
 	defer r.authMu.Unlock()
 	if r.auths[key] == failed {
 		delete(r.auths, key)
+	}
+}
+
+// ForgetRegistry drops the cached authenticated transports of every
+// repository of registry, so that the next request authenticates with
+// credentials that changed (e.g. new ones from the auth helper) instead of
+// a token obtained with the old ones.
+func (r *Resolver) ForgetRegistry(registry string) {
+	registry = keychain.CanonicalRegistry(registry)
+	r.authMu.Lock()
+	defer r.authMu.Unlock()
+	for key := range r.auths {
+		reg, _, _ := strings.Cut(key, "/")
+		if keychain.CanonicalRegistry(reg) == registry {
+			delete(r.auths, key)
+		}
 	}
 }

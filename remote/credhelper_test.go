@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/poolfs/poolfs/remote/keychain"
+	"github.com/poolfs/poolfs/remote/keychain/keychaintest"
 )
 
 // fakeHelper installs docker-credential-<name> on PATH: it answers `get`
@@ -62,7 +64,7 @@ func TestCredentialHelpers(t *testing.T) {
 			return `{"credsStore":"store","auths":{"` + f.host + `":{}}}`
 		}, "store", true},
 		{"helper does not know the host, auths entry used", func(string) string {
-			return `{"credsStore":"other","auths":{"` + f.host + `":` + basicEntry(user, pass) + `}}`
+			return `{"credsStore":"other","auths":{"` + f.host + `":` + keychaintest.BasicEntry(user, pass) + `}}`
 		}, "", true},
 		{"helper for another host", func(string) string {
 			return `{"credHelpers":{"elsewhere.example":"fake"}}`
@@ -70,7 +72,7 @@ func TestCredentialHelpers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := isolateCredentials(t)
+			dir, kc := keychaintest.Isolate(t)
 			var asked string
 			switch tc.helper {
 			case "fake":
@@ -81,7 +83,7 @@ func TestCredentialHelpers(t *testing.T) {
 				fakeHelper(t, dir, "other", "nobody.example", "x", "y")
 			}
 			writeFile(t, filepath.Join(dir, "docker", "config.json"), tc.config(dir))
-			r, logs := newTestResolver(t, Options{Keychain: NewKeychain()})
+			r, logs := newTestResolver(t, Options{Keychain: kc})
 			ld, err := r.ResolveLayer(context.Background(), tagRef, ti.toc)
 			if !tc.ok {
 				var se *StatusError
@@ -168,12 +170,12 @@ func TestBearerTokenRefresh(t *testing.T) {
 			ti := makeImage(t, 1, 16<<10, 0, nil)
 			tagRef, _ := f.pushImage(t, "private/app", "v1", ti.img)
 			want := layerBytes(t, ti.layers[0])
-			dir := isolateCredentials(t)
+			dir, kc := keychaintest.Isolate(t)
 			p := filepath.Join(dir, "auth.json")
-			writeAuthFile(t, p, map[string]string{f.host: basicEntry(ts.user, ts.pass)})
+			keychaintest.WriteAuthFile(t, p, map[string]string{f.host: keychaintest.BasicEntry(ts.user, ts.pass)})
 			t.Setenv("REGISTRY_AUTH_FILE", p)
 
-			r, logs := newTestResolver(t, Options{Keychain: NewKeychain(), Retries: -1})
+			r, logs := newTestResolver(t, Options{Keychain: kc, Retries: -1})
 			ld, err := r.ResolveLayer(context.Background(), tagRef, ti.toc)
 			if err != nil {
 				t.Fatalf("ResolveLayer: %v\n%s", err, logs)
@@ -206,9 +208,9 @@ func TestSessionKeychain(t *testing.T) {
 	ti := makeImage(t, 1, 4<<10, 0, nil)
 	tagRef, _ := f.pushImage(t, "private/app", "v1", ti.img)
 	otherRef, _ := other.pushImage(t, "private/app", "v1", ti.img)
-	isolateCredentials(t)
+	_, files := keychaintest.Isolate(t)
 
-	kc := NewSessionKeychain(NewKeychain())
+	kc := keychain.NewSession(files)
 	r, _ := newTestResolver(t, Options{Keychain: kc})
 	if _, err := r.ResolveLayer(context.Background(), tagRef, ti.toc); err == nil {
 		t.Fatal("resolved without credentials")

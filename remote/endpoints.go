@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/poolfs/poolfs/remote/regconf"
 	"github.com/sirupsen/logrus"
 )
 
@@ -61,13 +62,13 @@ func (r *Resolver) fetchImageFrom(ctx context.Context, eps []name.Reference) (*i
 }
 
 // CheckRef reports whether ref may be served at all: it returns an error
-// wrapping ErrBlocked if registries.conf blocks its registry. It does no
+// wrapping regconf.ErrBlocked if registries.conf blocks its registry. It does no
 // I/O, so the pool can ask before serving an already open layer under a
 // new name.
 func (r *Resolver) CheckRef(ref string) error {
 	// Only a block is this check's business: a reference that does not
 	// parse fails where it is resolved, with that error.
-	if _, err := r.s.regs.Endpoints(ref); errors.Is(err, ErrBlocked) {
+	if _, err := r.s.regs.Endpoints(ref); errors.Is(err, regconf.ErrBlocked) {
 		return err
 	}
 	return nil

@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/poolfs/poolfs/remote/keychain"
+	"github.com/poolfs/poolfs/remote/regconf"
 	"github.com/sirupsen/logrus"
 )
 
@@ -16,12 +18,12 @@ type Options struct {
 	// An entry without a port matches the host on any port. Loopback hosts
 	// (127.0.0.0/8, localhost, ::1) always are.
 	Insecure []string
-	// Keychain supplies credentials; nil means NewKeychain().
+	// Keychain supplies credentials; nil means keychain.New().
 	Keychain authn.Keychain
 	// Registries maps references to mirrors and locations and blocks
 	// registries (registries.conf); nil fetches every reference from the
 	// registry it names.
-	Registries *Registries
+	Registries *regconf.Config
 	// Transport is the base transport; nil means a clone of
 	// http.DefaultTransport tuned for many parallel range reads per host.
 	Transport http.RoundTripper
@@ -72,7 +74,7 @@ const (
 type settings struct {
 	insecure  []string
 	keychain  authn.Keychain
-	regs      *Registries
+	regs      *regconf.Config
 	onFetch   func(FetchEvent)
 	base      http.RoundTripper
 	platform  v1.Platform
@@ -101,7 +103,7 @@ func (o Options) settings() settings {
 		tagTTL:    tagTTL,
 	}
 	if s.keychain == nil {
-		s.keychain = NewKeychain()
+		s.keychain = keychain.New()
 	}
 	if s.base == nil {
 		s.base = defaultTransport()

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -280,19 +281,76 @@ func (r *Resolver) referrersAPI(ctx context.Context, c *http.Client, repo name.R
 	if artifactType != "" {
 		u.RawQuery = url.Values{"artifactType": {artifactType}}.Encode()
 	}
-	body, ct, status, err := getSmall(ctx, c, u.String(), string(types.OCIImageIndex), maxArtifactManifest)
-	if err != nil {
-		return nil, err
+	var all *v1.IndexManifest
+	// A registry may answer in pages, each naming the next in a Link
+	// header (distribution spec); they are followed on the same registry,
+	// up to maxReferrersPages.
+	for page := 0; u != nil && page < maxReferrersPages; page++ {
+		body, ct, status, next, err := getPage(ctx, c, u, string(types.OCIImageIndex), maxArtifactManifest)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case page > 0 && status != http.StatusOK:
+			return nil, fmt.Errorf("referrers page %d: %w", page+1, &StatusError{StatusCode: status})
+		case status == http.StatusNotFound, status == http.StatusBadRequest, status == http.StatusNotAcceptable:
+			return nil, errNoReferrersAPI
+		case status != http.StatusOK:
+			return nil, &StatusError{StatusCode: status}
+		case ct != string(types.OCIImageIndex):
+			if page > 0 {
+				return nil, fmt.Errorf("referrers page %d is %q, not an index", page+1, ct)
+			}
+			return nil, errNoReferrersAPI
+		}
+		idx, err := parseIndex(body)
+		if err != nil {
+			return nil, err
+		}
+		if all == nil {
+			all = idx
+		} else {
+			all.Manifests = append(all.Manifests, idx.Manifests...)
+		}
+		u = next
 	}
-	switch {
-	case status == http.StatusNotFound, status == http.StatusBadRequest, status == http.StatusNotAcceptable:
-		return nil, errNoReferrersAPI
-	case status != http.StatusOK:
-		return nil, &StatusError{StatusCode: status}
-	case ct != string(types.OCIImageIndex):
-		return nil, errNoReferrersAPI
+	return all, nil
+}
+
+// maxReferrersPages bounds the pages of one referrers answer followed.
+const maxReferrersPages = 16
+
+// nextPage is the rel="next" target of a Link header of the answer to u,
+// resolved against u; nil if there is none, or it leads to another host
+// (the registry's credentials are not sent elsewhere).
+func nextPage(h http.Header, u *url.URL) *url.URL {
+	for _, link := range h.Values("Link") {
+		for _, part := range strings.Split(link, ",") {
+			target, params, ok := strings.Cut(strings.TrimSpace(part), ";")
+			if !ok || !strings.HasPrefix(target, "<") || !strings.HasSuffix(target, ">") {
+				continue
+			}
+			isNext := false
+			for _, p := range strings.Split(params, ";") {
+				k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+				if strings.EqualFold(k, "rel") && slices.Contains(strings.Fields(strings.Trim(v, `"`)), "next") {
+					isNext = true
+				}
+			}
+			if !isNext {
+				continue
+			}
+			next, err := u.Parse(target[1 : len(target)-1])
+			if err != nil || next.Host != u.Host {
+				return nil
+			}
+			if next.Scheme != u.Scheme {
+				next.Scheme = u.Scheme
+			}
+			return next
+		}
 	}
-	return parseIndex(body)
+	return nil
 }
 
 // referrersTag reads the referrers tag schema's index; a missing tag is
@@ -424,26 +482,37 @@ func registryURL(repo name.Repository, kind, ref string) *url.URL {
 // getSmall GETs a small document (at most limit bytes) once, returning its
 // body, media type and status. Bodies of non-200 answers are discarded.
 func getSmall(ctx context.Context, c *http.Client, u, accept string, limit int64) ([]byte, string, int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	pu, err := url.Parse(u)
 	if err != nil {
 		return nil, "", 0, err
+	}
+	body, ct, status, _, err := getPage(ctx, c, pu, accept, limit)
+	return body, ct, status, err
+}
+
+// getPage is getSmall that also returns the next page its answer names
+// (see nextPage).
+func getPage(ctx context.Context, c *http.Client, u *url.URL, accept string, limit int64) ([]byte, string, int, *url.URL, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, "", 0, nil, err
 	}
 	req.Header.Set("Accept", accept)
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, nil, err
 	}
 	defer drainClose(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return nil, "", resp.StatusCode, nil
+		return nil, "", resp.StatusCode, nil, nil
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, nil, err
 	}
 	if int64(len(body)) > limit {
-		return nil, "", 0, fmt.Errorf("%s: answer larger than %d bytes", u, limit)
+		return nil, "", 0, nil, fmt.Errorf("%s: answer larger than %d bytes", u, limit)
 	}
 	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	return body, ct, resp.StatusCode, nil
+	return body, ct, resp.StatusCode, nextPage(resp.Header, u), nil
 }

@@ -3,6 +3,7 @@ package remote
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -112,5 +113,62 @@ func TestReferrers(t *testing.T) {
 				t.Errorf("referrers of another repository's image: %+v, %v; want none", none, err)
 			}
 		})
+	}
+}
+
+// TestReferrersPaged: a referrers answer in pages (Link: <...>; rel="next")
+// is followed to its last page on the same registry; a next page on
+// another host is not asked for.
+func TestReferrersPaged(t *testing.T) {
+	const typeA = "application/vnd.test.a"
+	var rl referrerLog
+	desc := func(n int) string {
+		return fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":10,"artifactType":"%s","annotations":{"n":"%d"}}`,
+			digest.FromString(fmt.Sprint(n)), typeA, n)
+	}
+	pages := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.Contains(r.URL.Path, "/referrers/") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+			var body string
+			switch r.URL.Query().Get("last") {
+			case "":
+				w.Header().Set("Link", fmt.Sprintf(`<%s?n=1&last=a>; rel="next"`, r.URL.Path))
+				body = desc(1)
+			case "a":
+				w.Header().Add("Link", `<http://elsewhere.example/x>; rel="prev"`)
+				w.Header().Add("Link", fmt.Sprintf(`<%s?n=1&last=b>; rel="next"`, r.URL.Path))
+				body = desc(2)
+			case "b":
+				w.Header().Set("Link", `<http://elsewhere.example/v2/x/referrers/y?last=c>; rel="next"`)
+				body = desc(3)
+			default:
+				t.Errorf("asked for page %q", r.URL.RawQuery)
+			}
+			fmt.Fprintf(w, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}`, body)
+		})
+	}
+	f := newFixture(t, func(next http.Handler) http.Handler { return rl.middleware(pages(next)) }, registry.WithReferrersSupport(true))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, _ := newTestResolver(t, Options{})
+	tagRef, digestRef := f.pushImage(t, "app/paged", "v1", makeImage(t, 1, 100, -1, nil).img)
+	subject := digest.Digest(digestRef[strings.LastIndexByte(digestRef, '@')+1:])
+	got, err := r.Referrers(ctx, tagRef, subject, typeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ns []string
+	for _, g := range got {
+		ns = append(ns, g.Annotations["n"])
+	}
+	if strings.Join(ns, ",") != "1,2,3" {
+		t.Errorf("referrers %v, want those of the three pages", ns)
+	}
+	if reqs := rl.take(); len(reqs) != 3 {
+		t.Errorf("asked %q, want the three pages on the registry", reqs)
 	}
 }

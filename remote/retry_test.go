@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/poolfs/poolfs/remote/regconf"
 )
 
 // failFirst answers the first n requests matching match with status.
@@ -306,7 +308,7 @@ func TestReadAtProgress(t *testing.T) {
 				m.pushImage(t, "library/app", "v1", ti.img)
 				conf := filepath.Join(t.TempDir(), "registries.conf")
 				writeFile(t, conf, "[[registry]]\nprefix = \"registry.invalid\"\nlocation = \""+f.host+"\"\n[[registry.mirror]]\nlocation = \""+m.host+"\"\n")
-				rs, err := LoadRegistries(conf)
+				rs, err := regconf.Load(conf)
 				if err != nil {
 					t.Fatal(err)
 				}

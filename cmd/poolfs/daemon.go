@@ -21,6 +21,8 @@ import (
 	"github.com/poolfs/poolfs/profile"
 	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/remote"
+	"github.com/poolfs/poolfs/remote/keychain"
+	"github.com/poolfs/poolfs/remote/regconf"
 )
 
 // Defaults of the settings below.
@@ -50,7 +52,7 @@ func addDaemonFlags(fl *flag.FlagSet) *daemonFlags {
 	d := &daemonFlags{cacheMaxSize: config.Size{Percent: defaultCachePercent}}
 	fl.StringVar(&d.configPath, "config", config.DefaultPath, "configuration `FILE` (TOML); flags override it; a missing default file is fine")
 	fl.Var(&d.cacheMaxSize, "cache-max-size", "cap of the on-disk cache: `SIZE` like 20GiB, or a share of its filesystem like 10% (the default share is held to at most 20GiB; 0: no cap)")
-	fl.StringVar(&d.registriesConf, "registries-conf", "", "containers-registries.conf `FILE` for mirrors, rewrites, insecure and blocked registries (default: $CONTAINERS_REGISTRIES_CONF or "+remote.DefaultRegistriesConf+" and its .d directory)")
+	fl.StringVar(&d.registriesConf, "registries-conf", "", "containers-registries.conf `FILE` for mirrors, rewrites, insecure and blocked registries (default: $CONTAINERS_REGISTRIES_CONF or "+regconf.DefaultFile+" and its .d directory)")
 	fl.StringVar(&d.metricsAddr, "metrics-address", defaultMetricsAddress, "serve Prometheus /metrics on `ADDR` (host:port or unix:/path; empty: off)")
 	fl.StringVar(&d.controlSocket, "control-socket", control.DefaultSocket, "unix socket `PATH` for poolfs status, gc and auth-helper (root only)")
 	return d
@@ -103,20 +105,20 @@ func fileSets(f *config.File, key string) bool {
 
 // remoteSetup is what the resolver gets from these settings.
 type remoteSetup struct {
-	registries *remote.Registries
-	keychain   *remote.SessionKeychain
+	registries *regconf.Config
+	keychain   *keychain.Session
 	onFetch    func(remote.FetchEvent)
 }
 
 func (d *daemonFlags) remote() (remoteSetup, error) {
-	regs, err := remote.LoadRegistries(d.registriesConf)
+	regs, err := regconf.Load(d.registriesConf)
 	if err != nil {
 		return remoteSetup{}, err
 	}
 	d.newMetrics()
 	return remoteSetup{
 		registries: regs,
-		keychain:   remote.NewSessionKeychain(remote.NewKeychain()),
+		keychain:   keychain.NewSession(keychain.New()),
 		onFetch:    d.onFetch(),
 	}, nil
 }
@@ -151,7 +153,7 @@ type daemonState struct {
 	chunks    *cache.Tiered     // mem in front of disk, disk writes deferred
 	whole     *layer.WholeFiles // nil: --passthrough=false
 	resolver  *remote.Resolver
-	keychain  *remote.SessionKeychain
+	keychain  *keychain.Session
 	published *profilestore.Registry // profiles in registries
 	images    *imagestore.Daemon
 }

@@ -58,12 +58,16 @@ func (b *bench) cleanup() {
 
 // preparedWorkload is a workload with its images pushed and what it reads.
 type preparedWorkload struct {
-	image    string
-	w        workload
-	gzipRef  string
-	lazyRef  string
-	zstdRef  string // the same rootfs as zstd:chunked, which has no prioritized files: it stands for both unoptimized and optimized
-	optRef   string
+	image   string
+	w       workload
+	gzipRef string
+	lazyRef string
+	zstdRef string // the same rootfs as zstd:chunked, which has no prioritized files: it stands for both unoptimized and optimized
+	optRef  string
+	// profRef is the unoptimized image again, in a repository of its
+	// own: the profiled case's profile is pushed there, so that the other
+	// cases' registry lookups (the daemon's default) find none.
+	profRef  string
 	files    []string // regular files the workload opens, real paths in first-open order
 	needUnc  int64    // their uncompressed size
 	needComp int64    // their compressed size in the eStargz layer
@@ -148,6 +152,12 @@ func (b *bench) prepare(spec imageSpec) ([]*preparedWorkload, error) {
 			return nil, err
 		}
 		p.optPrio = len(ol.Prioritized())
+		if b.c.profiled {
+			p.profRef = fixture.ImageRef(b.reg.Host, fmt.Sprintf("bench/%s-profiled%d", spec.name, i), "estargz")
+			if err := lazyImg.Push(b.ctx, p.profRef); err != nil {
+				return nil, err
+			}
+		}
 		logf("%s %q opens %d files: %.1f MB, %.1f MB compressed; optimized image %s has %d prioritized files",
 			spec.name, w.name, len(files), mb(p.needUnc), mb(p.needComp), p.optRef, p.optPrio)
 		out = append(out, p)
@@ -240,14 +250,14 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	warm := add("poolfs optimized, daemon cache warm")
 	zc := add("poolfs, zstd:chunked (no prioritized order)")
 	var profiled *caseResult
-	var prof []byte
 	if b.c.profiled {
 		// The profile comes from a cold run of the unoptimized image on
-		// another daemon with an empty cache, exported from that daemon
-		// and imported into each timed daemon before its run.
+		// another daemon with an empty cache, which pushes it to the
+		// registry (`poolfs profile push`); each timed daemon finds it
+		// there with its default lookup, through the emulated link.
 		profiled = add("poolfs, eStargz + profile")
 		rec := &caseResult{name: "(recording run, not counted)"}
-		if err := b.runCase(p, p.lazyRef, true, b.c.daemonArg, rec, nil, &profileIO{export: &prof}); err != nil {
+		if err := b.runCase(p, p.profRef, true, b.c.daemonArg, rec, nil, &profileIO{push: true}); err != nil {
 			return nil, fmt.Errorf("recording the profile: %w", err)
 		}
 	}
@@ -275,7 +285,7 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 		func() error { return b.runImageStoreCase(p, p.optRef, b.c.daemonArg, isOpt, isWarm) })
 	if profiled != nil {
 		round = append(round, func() error {
-			return b.runCase(p, p.lazyRef, true, b.c.daemonArg, profiled, nil, &profileIO{load: prof})
+			return b.runCase(p, p.profRef, true, b.c.daemonArg, profiled, nil, &profileIO{published: true})
 		})
 	}
 	for j, v := range b.c.variants {
@@ -302,11 +312,12 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	return r, nil
 }
 
-// profileIO moves a startup profile into a daemon before a run (load) or
-// out of it after the run (export), with `poolfs profile import/export`.
+// profileIO says what a run does with startup profiles: push what its
+// daemon recorded to the registry after the run (`poolfs profile push`),
+// or check that its daemon replayed a profile found in the registry.
 type profileIO struct {
-	load   []byte
-	export *[]byte
+	push      bool
+	published bool
 }
 
 // startDaemon starts poolfs serve on dir/store with its cache in
@@ -343,8 +354,7 @@ func (b *bench) runDir() (string, error) {
 }
 
 // runCase runs the workload once cold: fresh podman store, and with
-// poolfs a fresh daemon with an empty cache (given the profile prof.load
-// if set). If local is not nil, the workload runs a second time from the
+// poolfs a fresh daemon with an empty cache (see profileIO for prof). If local is not nil, the workload runs a second time from the
 // now local image.
 func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs []string, c, local *caseResult, prof *profileIO) error {
 	dir, err := b.runDir()
@@ -377,26 +387,20 @@ func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs [
 	if err := b.initStore(ctx, pm); err != nil {
 		return err
 	}
-	if prof != nil && prof.load != nil {
-		f := filepath.Join(dir, "profile.json")
-		if err := os.WriteFile(f, prof.load, 0o644); err != nil {
-			return err
-		}
-		if err := b.poolfsCmd(ctx, "profile", "import", "--socket", fixture.ControlSocketFor(als), f); err != nil {
-			return err
-		}
-	}
 
 	args := append([]string{"run", "--rm", "--network=none", "--tls-verify=false", ref}, p.w.argv...)
 	if err := b.timedRun(ctx, pm, d, dir, p, args, c); err != nil {
 		return err
 	}
-	if prof != nil && prof.export != nil {
-		f := filepath.Join(dir, "profile.json")
-		if err := b.poolfsCmd(ctx, "profile", "export", "--socket", fixture.ControlSocketFor(als), ref, f); err != nil {
+	if prof != nil && prof.published {
+		if err := b.checkPublishedReplay(ctx, d, als); err != nil {
 			return err
 		}
-		if *prof.export, err = os.ReadFile(f); err != nil {
+	}
+	if prof != nil && prof.push {
+		// The recording window closes after a pause in reads; push sends
+		// what the daemon holds so far, the whole start by now.
+		if err := b.poolfsCmd(ctx, "profile", "push", "--socket", fixture.ControlSocketFor(als), ref); err != nil {
 			return err
 		}
 	}
@@ -490,6 +494,35 @@ func (b *bench) timedRun(ctx context.Context, pm *fixture.Podman, d *fixture.Dae
 	c.blobReqs = append(c.blobReqs, st.BlobGets)
 	logf("  %-34s %7.3f s  %8.2f MB  %3d requests (%d blob GETs)%s", c.name, took.Seconds(), mb(st.BlobBytes), st.Requests, st.BlobGets, daemonCost)
 	return nil
+}
+
+// checkPublishedReplay fails unless the daemon serving als replayed, for
+// every layer it opened, a profile it found in the registry: a profiled
+// case timed without its profile would be reported as if it had one.
+func (b *bench) checkPublishedReplay(ctx context.Context, d *fixture.Daemon, als string) error {
+	c := control.NewClient(fixture.ControlSocketFor(als))
+	// The replay may still be starting when a short run ends.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("status of the profiled run's daemon: %w", err)
+		}
+		var missing []string
+		for _, l := range st.Layers {
+			if p := l.Profile; p == nil || !p.Loaded || p.Source != "source" {
+				missing = append(missing, fmt.Sprintf("%s: %+v", l.Digest, p))
+			}
+		}
+		if len(st.Layers) > 0 && len(missing) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("profiled run: the daemon did not replay a profile found in the registry for %d of %d layers (%s)\npoolfs log:\n%s",
+				len(missing), len(st.Layers), strings.Join(missing, "; "), d.LogTail(8<<10))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // poolfsCmd runs the poolfs binary (a client command).

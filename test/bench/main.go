@@ -100,7 +100,7 @@ func main() {
 	flag.BoolVar(&c.newStore, "new-store", false, "time cold runs on a podman store never used before (default: a store with no images, initialized by one `podman images`)")
 	flag.BoolVar(&c.hold, "hold", false, "push the images, then serve them behind the link until interrupted (for experiments by hand)")
 	flag.BoolVar(&c.noPull, "no-pull", false, "skip the full pull and local cases (no lower bound; for quick iterations)")
-	flag.BoolVar(&c.profiled, "profiled", false, "add the case of the unoptimized image with a startup profile recorded by an earlier cold run on another daemon (exported and imported with `poolfs profile`)")
+	flag.BoolVar(&c.profiled, "profiled", false, "add the case of the unoptimized image with a startup profile recorded by an earlier cold run on another daemon, pushed to the registry (`poolfs profile push`) and found there by the timed daemons' lookup")
 	slow := flag.Bool("slow-link", false, "emulate the slow link: 80 ms per request, 50 Mbit/s (overrides -delay and -bandwidth)")
 	flag.Parse()
 	if *slow {
@@ -179,7 +179,9 @@ func run(c config) error {
 		return err
 	}
 
-	reg, err := fixture.NewRegistryServer("127.0.0.1:0")
+	// With the referrers API, as the registries profiles are published to
+	// have it; the others cost the profile lookup one more round trip.
+	reg, err := fixture.NewRegistryServer("127.0.0.1:0", fixture.WithReferrersAPI())
 	if err != nil {
 		return err
 	}

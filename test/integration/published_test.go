@@ -141,3 +141,84 @@ func TestProfileLookupNeverDelaysOpen(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishedProfileAfterRestart: a layer reopened from meta.db after a
+// restart, with no profile of its own (the first run opened it but read
+// nothing), looks for a published one as a layer opened from the registry
+// does: the open does not wait for the lookup (its referrers request is
+// held until the layer has served a lookup), and the profile found is
+// replayed, so that the start then makes no blob request.
+func TestPublishedProfileAfterRestart(t *testing.T) {
+	reg := fixture.StartRegistry(t, fixture.WithReferrersAPI())
+	ref, layers := pushImage(t, reg, "test/restart-published", [][]byte{layerTar(45, 60)}, fixture.ImageOptions{ChunkSize: 64 << 10})
+	li := layers[0]
+	diff := func(m *mounted) string { return filepath.Join(m.grammar2(ref, li.Digest.String()), "diff") }
+	metaPath := filepath.Join(t.TempDir(), "meta.db")
+
+	// The first run opens the layer (its record goes to meta.db) and reads
+	// nothing: no profile is recorded. Nothing is published yet either.
+	store, closeStore := openMeta(t, metaPath)
+	first := mountPoolOpts(t, reg, mountOpts{Meta: store, Quiet: true, ProfileLookup: true})
+	if _, err := os.Stat(diff(first)); err != nil {
+		t.Fatal(err)
+	}
+	first.Pool.Flush()
+	if _, err := store.Profile(li.Digest); err == nil {
+		t.Fatal("a profile was stored for a layer nobody read")
+	}
+	closeStore()
+
+	// Another node records the start and publishes it.
+	rec := mountPoolOpts(t, reg, mountOpts{Quiet: true})
+	readProfileFiles(t, diff(rec))
+	set := rec.Pool.Profiles(ref)
+	if len(set.Profiles) != 1 || len(set.Profiles[0].Chunks) == 0 {
+		t.Fatalf("recorded %d profiles", len(set.Profiles))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := rec.Published.Push(ctx, ref, set); err != nil {
+		t.Fatal(err)
+	}
+
+	// The restart, with an empty chunk cache.
+	release := make(chan struct{})
+	var answered atomic.Int32
+	reg.SetMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if strings.Contains(req.URL.Path, "/referrers/") {
+				select {
+				case <-release:
+				case <-time.After(10 * time.Second):
+				}
+				defer answered.Add(1)
+			}
+			next.ServeHTTP(w, req)
+		})
+	})
+	store, _ = openMeta(t, metaPath)
+	reg.ResetStats()
+	m := mountPoolOpts(t, reg, mountOpts{Meta: store, Quiet: true, ProfileLookup: true})
+	if _, err := os.Stat(diff(m)); err != nil {
+		t.Fatal(err)
+	}
+	if answered.Load() != 0 {
+		t.Error("the referrers request was answered before the reopened layer was served: the open waited for it")
+	}
+	if n := len(blobRanges(t, reg, li.Digest)); n != 0 {
+		t.Errorf("the layer was not reopened from meta.db: %d blob requests before the profile came\n%s", n, reg.RequestLog())
+	}
+	close(release)
+	pi := waitReplayed(t, m.Pool)
+	if pi.Source != "source" || !pi.Published || pi.Chunks != len(set.Profiles[0].Chunks) || pi.Fetched != pi.Chunks {
+		t.Errorf("replayed %+v, want all %d chunks of the pushed profile fetched, from the registry, published", pi, len(set.Profiles[0].Chunks))
+	}
+	if n := reg.Stats().ReferrersRequests; n != 1 {
+		t.Errorf("%d referrers requests, want 1", n)
+	}
+	reg.ResetStats()
+	readProfileFiles(t, diff(m))
+	if st := reg.Stats(); st.BlobGets != 0 {
+		t.Errorf("the start after the replay made %d blob requests (%d bytes)\n%s", st.BlobGets, st.BlobBytes, reg.RequestLog())
+	}
+}

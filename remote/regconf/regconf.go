@@ -1,4 +1,8 @@
-package remote
+// Package regconf reads containers-registries.conf(5), version 2, the file
+// podman reads to decide where an image is fetched from, and answers that
+// question for a reference: mirrors to try, the location it is rewritten
+// to, plain HTTP or not, or blocked. It does no I/O on registries.
+package regconf
 
 import (
 	"errors"
@@ -19,11 +23,11 @@ var ErrBlocked = errors.New("registry is blocked in registries.conf")
 
 // Default locations of containers-registries.conf(5), as podman reads them.
 const (
-	DefaultRegistriesConf    = "/etc/containers/registries.conf"
-	DefaultRegistriesConfDir = "/etc/containers/registries.conf.d"
+	DefaultFile = "/etc/containers/registries.conf"
+	DefaultDir  = "/etc/containers/registries.conf.d"
 )
 
-// Registries is the part of containers-registries.conf(5) version 2 that
+// Config is the part of containers-registries.conf(5) version 2 that
 // decides where an image is fetched from: [[registry]] tables with prefix,
 // location, insecure, blocked, mirror-by-digest-only and [[registry.mirror]]
 // entries. Everything else in the file (search registries, short names,
@@ -31,12 +35,12 @@ const (
 //
 // The zero value (and nil) has no entries: every reference is fetched from
 // the registry it names.
-type Registries struct {
-	entries []RegistryConf
+type Config struct {
+	entries []Registry
 }
 
-// RegistryConf is one [[registry]] table.
-type RegistryConf struct {
+// Registry is one [[registry]] table.
+type Registry struct {
 	Prefix   string // what references must start with; defaults to Location
 	Location string // where they are fetched from instead ("" with a wildcard prefix: unchanged)
 	Insecure bool
@@ -44,11 +48,11 @@ type RegistryConf struct {
 	// MirrorByDigestOnly limits mirrors to references by digest (tags
 	// could resolve to something else on a mirror).
 	MirrorByDigestOnly bool
-	Mirrors            []MirrorConf
+	Mirrors            []Mirror
 }
 
-// MirrorConf is one [[registry.mirror]] table.
-type MirrorConf struct {
+// Mirror is one [[registry.mirror]] table.
+type Mirror struct {
 	Location string
 	Insecure bool
 	// PullFromMirror is "all" (or ""), "digest-only" or "tag-only".
@@ -71,13 +75,13 @@ type registriesFile struct {
 	} `toml:"registry"`
 }
 
-// LoadRegistries reads the registries configuration the way podman does:
+// Load reads the registries configuration the way podman does:
 // the file named by $CONTAINERS_REGISTRIES_CONF alone if that is set,
-// otherwise DefaultRegistriesConf followed by DefaultRegistriesConfDir/*.conf
+// otherwise DefaultFile followed by DefaultDir/*.conf
 // in name order. path, if not empty, replaces the main file (its drop-in
 // directory is then path + ".d"). Missing files are no error: without them
 // references are fetched from where they point.
-func LoadRegistries(path string) (*Registries, error) {
+func Load(path string) (*Config, error) {
 	var files []string
 	switch env := os.Getenv("CONTAINERS_REGISTRIES_CONF"); {
 	case path != "":
@@ -85,9 +89,9 @@ func LoadRegistries(path string) (*Registries, error) {
 	case env != "":
 		files = []string{env}
 	default:
-		files = append([]string{DefaultRegistriesConf}, dropIns(DefaultRegistriesConfDir)...)
+		files = append([]string{DefaultFile}, dropIns(DefaultDir)...)
 	}
-	rs := &Registries{}
+	rs := &Config{}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -96,7 +100,7 @@ func LoadRegistries(path string) (*Registries, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading registries configuration: %w", err)
 		}
-		entries, err := ParseRegistries(data)
+		entries, err := Parse(data)
 		if err != nil {
 			return nil, fmt.Errorf("registries configuration %s: %w", f, err)
 		}
@@ -113,7 +117,7 @@ func dropIns(dir string) []string {
 
 // merge adds entries; one with the prefix of an earlier entry replaces it,
 // as a later drop-in file overrides an earlier one in containers/image.
-func (rs *Registries) merge(entries []RegistryConf) {
+func (rs *Config) merge(entries []Registry) {
 	for _, e := range entries {
 		replaced := false
 		for i := range rs.entries {
@@ -128,16 +132,16 @@ func (rs *Registries) merge(entries []RegistryConf) {
 	}
 }
 
-// ParseRegistries parses one registries.conf file and checks its
+// Parse parses one registries.conf file and checks its
 // [[registry]] tables.
-func ParseRegistries(data []byte) ([]RegistryConf, error) {
+func Parse(data []byte) ([]Registry, error) {
 	var f registriesFile
 	if _, err := toml.Decode(string(data), &f); err != nil {
 		return nil, fmt.Errorf("parsing TOML: %w", err)
 	}
-	out := make([]RegistryConf, 0, len(f.Registry))
+	out := make([]Registry, 0, len(f.Registry))
 	for i, r := range f.Registry {
-		e := RegistryConf{
+		e := Registry{
 			Prefix:             strings.TrimRight(r.Prefix, "/"),
 			Location:           strings.TrimRight(r.Location, "/"),
 			Insecure:           r.Insecure,
@@ -161,7 +165,7 @@ func ParseRegistries(data []byte) ([]RegistryConf, error) {
 			return nil, fmt.Errorf("registry %d: prefix %q: a wildcard is only allowed as a leading *.", i+1, e.Prefix)
 		}
 		for j, m := range r.Mirror {
-			mc := MirrorConf{Location: strings.TrimRight(m.Location, "/"), Insecure: m.Insecure, PullFromMirror: m.PullFromMirror}
+			mc := Mirror{Location: strings.TrimRight(m.Location, "/"), Insecure: m.Insecure, PullFromMirror: m.PullFromMirror}
 			if mc.Location == "" {
 				return nil, fmt.Errorf("registry %q: mirror %d has no location", e.Prefix, j+1)
 			}
@@ -189,13 +193,13 @@ type Endpoint struct {
 // reference) is fetched from: the mirrors of the registry entry with the
 // longest matching prefix, then the entry's location. A blocked entry
 // returns ErrBlocked.
-func (rs *Registries) Endpoints(ref string) ([]Endpoint, error) {
+func (rs *Config) Endpoints(ref string) ([]Endpoint, error) {
 	parsed, err := name.ParseReference(ref)
 	if err != nil {
 		return nil, fmt.Errorf("parse image reference %q: %w", ref, err)
 	}
 	full := podmanName(parsed)
-	var e *RegistryConf
+	var e *Registry
 	best := -1
 	if rs != nil {
 		for i := range rs.entries {

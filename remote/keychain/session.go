@@ -1,40 +1,39 @@
-package remote
+package keychain
 
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 )
 
-// SessionKeychain holds credentials handed to the running daemon (by
+// Session holds credentials handed to the running daemon (by
 // `poolfs auth-helper`, which podman runs at each pull) in front of another
 // keychain. Credentials given for an image reference are used for that
 // reference's registry only; registries nobody gave credentials for are
 // resolved by the next keychain.
-type SessionKeychain struct {
+type Session struct {
 	next authn.Keychain
 
 	mu    sync.RWMutex
 	creds map[string]authn.AuthConfig // by normalised registry host
 }
 
-// NewSessionKeychain returns an empty SessionKeychain in front of next.
-func NewSessionKeychain(next authn.Keychain) *SessionKeychain {
-	return &SessionKeychain{next: next, creds: map[string]authn.AuthConfig{}}
+// NewSession returns an empty Session in front of next.
+func NewSession(next authn.Keychain) *Session {
+	return &Session{next: next, creds: map[string]authn.AuthConfig{}}
 }
 
 // Set records cfg for the registry of image reference ref and returns that
 // registry's name. Empty credentials remove what was recorded.
-func (k *SessionKeychain) Set(ref string, cfg authn.AuthConfig) (string, error) {
+func (k *Session) Set(ref string, cfg authn.AuthConfig) (string, error) {
 	parsed, err := name.ParseReference(ref)
 	if err != nil {
 		return "", fmt.Errorf("credentials for %q: %w", ref, err)
 	}
-	reg := normRegistry(parsed.Context().RegistryStr())
+	reg := CanonicalRegistry(parsed.Context().RegistryStr())
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if cfg.Username == "" && cfg.Password == "" && cfg.IdentityToken == "" && cfg.RegistryToken == "" && cfg.Auth == "" {
@@ -46,7 +45,7 @@ func (k *SessionKeychain) Set(ref string, cfg authn.AuthConfig) (string, error) 
 }
 
 // Registries lists the registries credentials were given for (names only).
-func (k *SessionKeychain) Registries() []string {
+func (k *Session) Registries() []string {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	out := make([]string, 0, len(k.creds))
@@ -56,14 +55,14 @@ func (k *SessionKeychain) Registries() []string {
 	return out
 }
 
-func (k *SessionKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+func (k *Session) Resolve(target authn.Resource) (authn.Authenticator, error) {
 	return k.ResolveContext(context.Background(), target)
 }
 
 // ResolveContext implements authn.ContextKeychain.
-func (k *SessionKeychain) ResolveContext(ctx context.Context, target authn.Resource) (authn.Authenticator, error) {
+func (k *Session) ResolveContext(ctx context.Context, target authn.Resource) (authn.Authenticator, error) {
 	k.mu.RLock()
-	cfg, ok := k.creds[normRegistry(target.RegistryStr())]
+	cfg, ok := k.creds[CanonicalRegistry(target.RegistryStr())]
 	k.mu.RUnlock()
 	if ok {
 		return authn.FromConfig(cfg), nil
@@ -72,20 +71,4 @@ func (k *SessionKeychain) ResolveContext(ctx context.Context, target authn.Resou
 		return authn.Anonymous, nil
 	}
 	return authn.Resolve(ctx, k.next, target)
-}
-
-// ForgetRegistry drops the cached authenticated transports of every
-// repository of registry, so that the next request authenticates with
-// credentials that changed (e.g. new ones from the auth helper) instead of
-// a token obtained with the old ones.
-func (r *Resolver) ForgetRegistry(registry string) {
-	registry = normRegistry(registry)
-	r.authMu.Lock()
-	defer r.authMu.Unlock()
-	for key := range r.auths {
-		reg, _, _ := strings.Cut(key, "/")
-		if normRegistry(reg) == registry {
-			delete(r.auths, key)
-		}
-	}
 }

@@ -1,4 +1,10 @@
-package remote
+// Package keychain says which credentials poolfs presents to a registry:
+// those podman and docker keep in their files (auth.json, config.json,
+// docker-credential-* helpers), and those handed to the running daemon by
+// `poolfs auth-helper`, in front of the files. It is an authn.Keychain for
+// go-containerregistry; the handshake that uses it is remote's. Secrets are
+// never put in an error or a log line.
+package keychain
 
 import (
 	"context"
@@ -15,16 +21,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 )
 
-// rootAuthFile is where podman keeps root's credentials when
-// XDG_RUNTIME_DIR is unset. A variable so tests can point it elsewhere.
-var rootAuthFile = "/run/containers/0/auth.json"
+// defaultRootAuthFile is where podman keeps root's credentials when
+// XDG_RUNTIME_DIR is unset.
+const defaultRootAuthFile = "/run/containers/0/auth.json"
 
-// NewKeychain returns the keychain poolfs uses by default. Credentials come
+// New returns the keychain poolfs uses by default. Credentials come
 // from the first of these files that has an entry for the registry:
 // $REGISTRY_AUTH_FILE, ${XDG_RUNTIME_DIR}/containers/auth.json,
-// /run/containers/0/auth.json, and $DOCKER_CONFIG/config.json or else
-// ~/.docker/config.json. Missing files are skipped; with no entry anywhere
-// access is anonymous. Files are read at each Resolve, which happens once
+// /run/containers/0/auth.json (or the file WithRootAuthFile names), and
+// $DOCKER_CONFIG/config.json or else ~/.docker/config.json. Missing files
+// are skipped; with no entry anywhere access is anonymous. Files are read at each Resolve, which happens once
 // per repository handshake, so credentials written by a later "podman
 // login" are picked up when a token is renewed.
 //
@@ -36,12 +42,30 @@ var rootAuthFile = "/run/containers/0/auth.json"
 // A file's credHelpers entry for the registry host, or else its credsStore,
 // names a docker-credential-<name> program that is asked first; an entry in
 // "auths" is used if the helper knows nothing of the registry.
-func NewKeychain() authn.Keychain { return fileKeychain{} }
+func New(opts ...Option) authn.Keychain {
+	k := fileKeychain{rootAuthFile: defaultRootAuthFile}
+	for _, o := range opts {
+		o(&k)
+	}
+	return k
+}
 
-type fileKeychain struct{}
+// Option tunes the keychain New returns.
+type Option func(*fileKeychain)
+
+// WithRootAuthFile reads path where podman's /run/containers/0/auth.json
+// would be: tests point it at a file of their own, as the other locations
+// are pointed by environment variables.
+func WithRootAuthFile(path string) Option {
+	return func(k *fileKeychain) { k.rootAuthFile = path }
+}
+
+type fileKeychain struct {
+	rootAuthFile string
+}
 
 // authFiles lists candidate files in priority order.
-func authFiles() []string {
+func (k fileKeychain) authFiles() []string {
 	var files []string
 	if f := os.Getenv("REGISTRY_AUTH_FILE"); f != "" {
 		files = append(files, f)
@@ -49,7 +73,7 @@ func authFiles() []string {
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
 		files = append(files, filepath.Join(d, "containers", "auth.json"))
 	}
-	files = append(files, rootAuthFile)
+	files = append(files, k.rootAuthFile)
 	if d := os.Getenv("DOCKER_CONFIG"); d != "" {
 		files = append(files, filepath.Join(d, "config.json"))
 	} else if home, err := os.UserHomeDir(); err == nil {
@@ -80,9 +104,9 @@ func (k fileKeychain) Resolve(target authn.Resource) (authn.Authenticator, error
 
 // ResolveContext implements authn.ContextKeychain so that a credential
 // helper run stops with the handshake that needed it.
-func (fileKeychain) ResolveContext(ctx context.Context, target authn.Resource) (authn.Authenticator, error) {
+func (k fileKeychain) ResolveContext(ctx context.Context, target authn.Resource) (authn.Authenticator, error) {
 	keys, registry := lookupKeys(target)
-	for _, path := range authFiles() {
+	for _, path := range k.authFiles() {
 		data, err := os.ReadFile(path)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 			// Not ours to read (e.g. another user's runtime dir): skip like
@@ -142,7 +166,7 @@ func lookupKeys(target authn.Resource) ([]string, string) {
 	if host == "docker.io" {
 		keys = append(keys, "index.docker.io")
 	}
-	return keys, normRegistry(reg)
+	return keys, CanonicalRegistry(reg)
 }
 
 func findEntry(auths map[string]authEntryJSON, keys []string, registry string) (string, authEntryJSON, bool) {
@@ -173,10 +197,13 @@ func normAuthKey(k string) string {
 	if s != k {
 		s, _, _ = strings.Cut(s, "/")
 	}
-	return normRegistry(s)
+	return CanonicalRegistry(s)
 }
 
-func normRegistry(r string) string {
+// CanonicalRegistry names Docker Hub by one name whatever alias a
+// reference or a file uses (docker.io, registry-1.docker.io), and leaves
+// other registry names alone: credentials are kept and compared under it.
+func CanonicalRegistry(r string) string {
 	switch r {
 	case "docker.io", "registry-1.docker.io":
 		return "index.docker.io"

@@ -1,4 +1,4 @@
-package remote
+package keychain
 
 import (
 	"bytes"
@@ -64,7 +64,7 @@ func helperGet(ctx context.Context, helper, serverURL string) (authn.AuthConfig,
 // to ask it for. Docker Hub is known to helpers by its legacy URL.
 func (f authFile) helperFor(registry string) (helper, server string) {
 	host := registry
-	if normRegistry(registry) == "index.docker.io" {
+	if CanonicalRegistry(registry) == "index.docker.io" {
 		host = "docker.io"
 	}
 	server = host
