@@ -11,10 +11,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/poolfs/poolfs/control"
 	"github.com/poolfs/poolfs/imagestore"
+	"github.com/poolfs/poolfs/internal/progress"
 )
 
 const imageUsage = `Usage:
@@ -23,7 +22,7 @@ const imageUsage = `Usage:
   poolfs image ls [--json]    list the image store
   poolfs image sync           resolve the store's tags again; a moved tag gets its new image
 
-Every image's layers must be eStargz. Flags: --socket PATH (the daemon's control socket).
+Every image's layers must be eStargz or zstd:chunked. Flags: --socket PATH (the daemon's control socket).
 `
 
 // imageAddTimeout bounds one `image add` or `image sync`: resolving a big
@@ -53,9 +52,9 @@ func image(ctx context.Context, args []string, out, errOut io.Writer) error {
 		}
 		ctx, cancel := context.WithTimeout(ctx, imageAddTimeout)
 		defer cancel()
-		p := newProgressLine(errOut)
-		added, err := c.AddImages(ctx, pos, p.show)
-		p.done()
+		p := progressFor(errOut)
+		added, err := c.AddImages(ctx, pos, showResolved(p))
+		p.Done()
 		for _, im := range added {
 			fmt.Fprintf(out, "%s %s\n", im.ID, strings.Join(im.Names, " "))
 		}
@@ -94,9 +93,9 @@ func image(ctx context.Context, args []string, out, errOut io.Writer) error {
 	case "sync":
 		ctx, cancel := context.WithTimeout(ctx, imageAddTimeout)
 		defer cancel()
-		p := newProgressLine(errOut)
-		synced, err := c.SyncImages(ctx, p.show)
-		p.done()
+		p := progressFor(errOut)
+		synced, err := c.SyncImages(ctx, showResolved(p))
+		p.Done()
 		for _, s := range synced {
 			switch {
 			case s.Error != "":
@@ -116,36 +115,9 @@ func image(ctx context.Context, args []string, out, errOut io.Writer) error {
 	return fmt.Errorf("unknown subcommand %q", sub)
 }
 
-// progressLine shows "REF: layers resolved N/M" on one terminal line,
-// rewritten in place; on anything but a terminal it shows nothing.
-type progressLine struct {
-	w    io.Writer
-	tty  bool
-	last string
-}
-
-func newProgressLine(w io.Writer) *progressLine {
-	p := &progressLine{w: w}
-	if f, ok := w.(*os.File); ok {
-		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-		p.tty = err == nil
-	}
-	return p
-}
-
-func (p *progressLine) show(pr control.ImageProgress) {
-	if !p.tty {
-		return
-	}
-	line := fmt.Sprintf("%s: layers resolved %d/%d", pr.Ref, pr.Resolved, pr.Total)
-	fmt.Fprintf(p.w, "\r\033[K%s", line)
-	p.last = line
-}
-
-func (p *progressLine) done() {
-	if p.tty && p.last != "" {
-		fmt.Fprintln(p.w)
-	}
+// showResolved puts "REF: layers resolved N/M" on l's status line.
+func showResolved(l *progress.Line) func(control.ImageProgress) {
+	return func(pr control.ImageProgress) { l.Show("%s: layers resolved %d/%d", pr.Ref, pr.Resolved, pr.Total) }
 }
 
 // The control socket's image requests, on the daemon's image store.
@@ -182,4 +154,13 @@ func imageStatuses(ims []imagestore.Image) []control.ImageStatus {
 		out = append(out, imageStatus(im))
 	}
 	return out
+}
+
+// progressFor is the progress line of a command's error output: a status
+// line if it is a terminal, plain lines otherwise.
+func progressFor(w io.Writer) *progress.Line {
+	if f, ok := w.(*os.File); ok {
+		return progress.For(f)
+	}
+	return progress.New(w, 0, nil)
 }

@@ -57,7 +57,7 @@ func main() {
 	case "link":
 		err = link(ctx, os.Args[2:], os.Stdout)
 	case "optimize":
-		err = optimize(ctx, os.Args[2:])
+		err = optimize(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	case "image":
 		err = image(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	case "status":

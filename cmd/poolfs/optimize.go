@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -23,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/poolfs/poolfs/internal/progress"
 	"github.com/poolfs/poolfs/internal/trace"
 )
 
@@ -38,7 +40,10 @@ Flags:
 `
 
 // optimize is "poolfs optimize".
-func optimize(ctx context.Context, args []string) error {
+// Its progress goes to errOut: on a terminal a status line (extracting,
+// the workload's run, layers read and converted, bytes pushed), elsewhere
+// one plain line per step; the pushed image's reference goes to out.
+func optimize(ctx context.Context, args []string, out, errOut io.Writer) error {
 	fl := flag.NewFlagSet("optimize", flag.ContinueOnError)
 	var insecure listFlag
 	fl.Var(&insecure, "insecure-registry", "registry `HOST[:PORT]` reached over plain HTTP (repeatable; loopback registries always are)")
@@ -90,6 +95,9 @@ func optimize(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("fetching %s: %w", src, err)
 	}
+	p := progressFor(errOut)
+	defer p.Done()
+	logf := func(format string, args ...any) { p.Log("poolfs optimize: "+format, args...) }
 
 	// 1. The workload's files, in the order it opens them.
 	root, err := os.MkdirTemp("", "poolfs-optimize-")
@@ -97,14 +105,19 @@ func optimize(ctx context.Context, args []string) error {
 		return err
 	}
 	defer os.RemoveAll(root)
-	if err := extractFlat(img, root); err != nil {
-		return err
+	extracted, err := extractFlat(img, root, func(n int64) { p.Show("extracting %s: %s", src, humanBytes(n)) })
+	if err != nil {
+		return fmt.Errorf("extracting %s: %w", src, err)
 	}
+	logf("extracted %s: %s", src, humanBytes(extracted))
+	workload := strings.Join(cmdArgs, " ")
+	stopClock := showClock(p, "running "+workload)
 	files, err := trace.FilesOpened(root, cmdArgs)
+	took := stopClock()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "poolfs optimize: %s opened %d files\n", strings.Join(cmdArgs, " "), len(files))
+	logf("%s opened %d files (%.1f s under strace)", workload, len(files), took.Seconds())
 
 	// 2. Each file belongs to the topmost layer that has it.
 	layers, err := img.Layers()
@@ -116,12 +129,14 @@ func optimize(ctx context.Context, args []string) error {
 	for i, l := range layers {
 		rc, err := l.Uncompressed()
 		if err != nil {
-			return err
+			return fmt.Errorf("reading layer %d of %s: %w", i, src, err)
 		}
-		tars[i], err = io.ReadAll(rc)
+		tars[i], err = io.ReadAll(&countingReader{r: rc, seen: func(n int64) {
+			p.Show("reading layer %d/%d: %s", i+1, len(layers), humanBytes(n))
+		}})
 		rc.Close()
 		if err != nil {
-			return err
+			return fmt.Errorf("reading layer %d of %s: %w", i, src, err)
 		}
 		tr := tar.NewReader(bytes.NewReader(tars[i]))
 		for {
@@ -149,9 +164,10 @@ func optimize(ctx context.Context, args []string) error {
 	}
 	cfg = cfg.DeepCopy()
 	cfg.RootFS.DiffIDs = nil
-	out := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	out = mutate.ConfigMediaType(out, types.OCIConfigJSON)
+	built := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	built = mutate.ConfigMediaType(built, types.OCIConfigJSON)
 	for i, t := range tars {
+		p.Show("converting layer %d/%d (%s tar)", i+1, len(tars), humanBytes(int64(len(t))))
 		eopts := []estargz.Option{estargz.WithPrioritizedFiles(prio[i])}
 		var missed []string
 		eopts = append(eopts, estargz.WithAllowPrioritizeNotFound(&missed))
@@ -174,40 +190,107 @@ func optimize(ctx context.Context, args []string) error {
 			return err
 		}
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diffID)
-		out, err = mutate.Append(out, mutate.Addendum{Layer: l, Annotations: map[string]string{
+		built, err = mutate.Append(built, mutate.Addendum{Layer: l, Annotations: map[string]string{
 			estargz.TOCJSONDigestAnnotation:         blob.TOCDigest().String(),
 			estargz.StoreUncompressedSizeAnnotation: fmt.Sprint(usize),
 		}})
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "poolfs optimize: layer %d: %d prioritized files, %d bytes eStargz\n", i, len(prio[i])-len(missed), len(b))
+		logf("layer %d/%d converted: %d prioritized files, %d bytes eStargz", i+1, len(tars), len(prio[i])-len(missed), len(b))
 	}
-	if out, err = mutate.ConfigFile(out, cfg); err != nil {
+	if built, err = mutate.ConfigFile(built, cfg); err != nil {
 		return err
 	}
-	if err := ggcrremote.Write(dst, out, ggcrremote.WithContext(ctx)); err != nil {
+	pushed, err := push(ctx, dst, built, p)
+	if err != nil {
 		return fmt.Errorf("pushing %s: %w", dst, err)
 	}
-	d, err := out.Digest()
+	logf("pushed %s: %s", dst, humanBytes(pushed))
+	d, err := built.Digest()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s@%s\n", dst.Context().Name(), d)
+	p.Done() // stdout may be the same terminal
+	fmt.Fprintf(out, "%s@%s\n", dst.Context().Name(), d)
 	return nil
 }
 
+// push writes img to dst, showing the bytes pushed on p's status line,
+// and returns how many were (blobs the registry has already are not).
+func push(ctx context.Context, dst name.Reference, img v1.Image, p *progress.Line) (int64, error) {
+	// Buffered: the writer blocks on a full channel. Write closes it.
+	updates := make(chan v1.Update, 64)
+	done := make(chan int64)
+	go func() {
+		var complete int64
+		for u := range updates {
+			if u.Error == nil {
+				complete = u.Complete
+				p.Show("pushing %s: %s of %s", dst, humanBytes(u.Complete), humanBytes(u.Total))
+			}
+		}
+		done <- complete
+	}()
+	err := ggcrremote.Write(dst, img, ggcrremote.WithContext(ctx), ggcrremote.WithProgress(updates))
+	return <-done, err
+}
+
+// showClock shows "WHAT: N s" on p's status line, counting, until the
+// returned function is called; that returns the time taken.
+func showClock(p *progress.Line, what string) (stop func() time.Duration) {
+	start := time.Now()
+	quit, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		if !p.Terminal() {
+			return
+		}
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			p.Show("%s: %.0f s", what, time.Since(start).Seconds())
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() time.Duration {
+		close(quit)
+		<-exited
+		return time.Since(start)
+	}
+}
+
+// countingReader calls seen with the bytes read so far after each read.
+type countingReader struct {
+	r    io.Reader
+	n    int64
+	seen func(int64)
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	c.seen(c.n)
+	return n, err
+}
+
 // extractFlat writes the image's flattened file system (whiteouts applied)
-// into dir, owners and modes kept.
-func extractFlat(img v1.Image, dir string) error {
+// into dir, owners and modes kept, calling seen with the tar bytes
+// extracted so far, and returns their total.
+func extractFlat(img v1.Image, dir string, seen func(int64)) (int64, error) {
 	rc := mutate.Extract(img)
 	defer rc.Close()
+	cr := &countingReader{r: rc, seen: seen}
 	cmd := exec.Command("tar", "-C", dir, "--numeric-owner", "-xpf", "-")
-	cmd.Stdin = rc
+	cmd.Stdin = cr
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("extracting the image: %w: %s", err, out)
+		return cr.n, fmt.Errorf("tar: %w: %s", err, out)
 	}
-	return nil
+	return cr.n, nil
 }
 
 // builtLayer is an eStargz blob as a go-containerregistry layer with the

@@ -121,7 +121,7 @@ func (rep report) write(path string) error {
 	fmt.Fprintf(&b, "Link: %v per request, %g Mbit/s shared by all responses (in-process registry on 127.0.0.1 behind a user-space delay and token bucket). "+
 		"%d cold run(s) per case, in rounds that run every case once in a shuffled order; medians shown (all runs in the last column, in the order they ran, seconds). Flags: `%s`.\n\n",
 		c.delay, c.mbit, c.runs, strings.Join(os.Args[1:], " "))
-	store := "a podman store holding no images, initialized beforehand by one `podman images` (its database and the overlay driver's feature probes, which a machine pays once, not per container start)"
+	store := "a podman store holding no images, initialized beforehand by `podman images` and one container of an image removed afterwards (its database and the overlay driver's feature probes, which a machine pays once, not per container start)"
 	if c.newStore {
 		store = "a podman store never used before (-new-store: its setup is timed too)"
 	}
@@ -134,6 +134,7 @@ func (rep report) write(path string) error {
 		"*Image store* cases run the image from the daemon's image store (docs/image-store.md), with no pull: `poolfs image add` on a first daemon, "+
 		"then, cold, a daemon started again on the same ROOT with the chunks removed from its cache (it keeps the image records and the layers' TOCs) and the run begun as soon as it serves, "+
 		"its startup prefetch of the store's layers racing the container; *daemon cache warm* is a second run on the same daemon from another fresh podman store. "+
+		"A warm run starts once its daemon has settled (no registry request for 0.5 s, no chunk waiting for the disk): the cold run's prefetch is over. "+
 		"The ratios compare cases measured side by side in this run.")
 	fmt.Fprintln(&b)
 	for _, r := range rep.workloads {

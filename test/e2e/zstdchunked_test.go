@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,11 +145,51 @@ func TestZstdChunkedPodman4(t *testing.T) {
 		}
 	}
 
-	// The run first: comparing the views reads every file.
+	// The runs first, each on a daemon of its own with an empty cache:
+	// comparing the views reads every file.
+	runHelloFromImageStore(t, ctx, reg, ref, layers)
 	_, als := startDaemon(t, reg)
 	pm := newPodman(t, als, reg)
 	runHelloFromPool(t, ctx, reg, pm, ref, layers)
 	compareZstdViews(t, als, ref, layers)
+}
+
+// runHelloFromImageStore puts the image in the image store of a daemon of
+// its own (`poolfs image add`), and podman 4.3.1, given that store as an
+// additional image store, lists it and runs `cat /hello.txt` with no pull:
+// no request of its own, no manifest or whole blob fetched by anyone, and
+// of the app layer only a small part.
+func runHelloFromImageStore(t *testing.T, ctx context.Context, reg *fixture.Registry, ref string, layers []zstdLayer) {
+	t.Helper()
+	dir := tempDir(t)
+	als := filepath.Join(dir, "als")
+	startDaemonIn(t, reg, dir, "poolfs.images.log", true)
+	pm, err := fixture.NewPodman(tempDir(t), fixture.PodmanOptions{ALS: als, ImageStore: filepath.Join(als, "images"), InsecureRegistries: []string{reg.Host}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pm.Cleanup() })
+	if out, stderr, err := poolfsCLI(ctx, t, als, "image", "add", ref); err != nil {
+		t.Fatalf("image add of a zstd:chunked image: %v\n%s", err, stderr)
+	} else {
+		t.Logf("image add: %s", strings.TrimSpace(out))
+	}
+	if list := podmanImages(ctx, t, pm); !strings.Contains(list, ref+" ") {
+		t.Fatalf("podman images does not list %s:\n%s", ref, list)
+	}
+	reg.ResetStats()
+	out, stderr, err := pm.Run(ctx, "run", "--rm", "--network=none", "--pull=never", ref, "cat", "/hello.txt")
+	if err != nil {
+		t.Fatalf("run from the image store: %v", err)
+	}
+	if out != helloText {
+		t.Errorf("run from the image store: output %q, want %q\nstderr:\n%s", out, helloText, stderr)
+	}
+	checkNoPull(t, reg, 0, "zstd:chunked run from the image store")
+	st := reg.Stats()
+	if app := layers[len(layers)-1]; st.PerBlob[app.Digest].Bytes > app.Size/4 {
+		t.Errorf("image store: app layer: %d of %d bytes fetched, though only hello.txt was read", st.PerBlob[app.Digest].Bytes, app.Size)
+	}
 }
 
 // compareZstdViews compares the pool's view of every layer with its tar,
