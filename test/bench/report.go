@@ -235,9 +235,15 @@ const reportNotes = `### Notes
 - "Faster than full pull" is bounded by the lower bound's own figure in
   that column: no start that pulls the image into a store, lazily or not,
   gets further ahead of a full pull than the lower bound does.
-- java's *daemon cache warm* run fetches a few MB: the first run's prefetch
-  of all of lib/modules (see above) is still going when the container has
-  already exited, and its last requests land in the second run.
+- A *daemon cache warm* run starts once the daemon has settled (no
+  registry request for 0.5 s, nothing waiting for the disk): java's first
+  run is over long before its prefetch of all of lib/modules (see above)
+  is, and a warm run started at once would share the link and the CPUs
+  with the end of that prefetch.
+- Every fresh podman store (all cases) has run and removed one container
+  of a small image before its timed run, as a machine's store has: the
+  overlay driver's first-mount probes are paid once per boot, not per
+  start, and the local case (a second run on its store) does not pay them.
 - The registry, podman and the daemon share the machine's CPUs; on a busy
   machine the times spread (see the runs column).
 `
