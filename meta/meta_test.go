@@ -93,19 +93,26 @@ func TestStoreLockedByAnotherOpen(t *testing.T) {
 	}
 }
 
+// openWithClock opens a new store whose clock reads *clock, closed (and
+// the clock restored) when the test ends.
+func openWithClock(t *testing.T, clock *time.Time) *Store {
+	t.Helper()
+	now = func() time.Time { return *clock }
+	t.Cleanup(func() { now = time.Now })
+	s, err := Open(filepath.Join(t.TempDir(), "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // TestPrune: layers unused since before the cutoff go (record, TOC and the
 // refs leading to them); used, in-use and legacy records stay.
 func TestPrune(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := t0
-	now = func() time.Time { return clock }
-	t.Cleanup(func() { now = time.Now })
-
-	s, err := Open(filepath.Join(t.TempDir(), "meta.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openWithClock(t, &clock)
 	record := func(name string) Record {
 		toc := []byte(`{"version":1,"entries":[{"name":"` + name + `","type":"reg"}]}`)
 		return Record{
@@ -237,13 +244,7 @@ func TestStoreTOCMember(t *testing.T) {
 func TestPruneImportedProfiles(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := t0
-	now = func() time.Time { return clock }
-	t.Cleanup(func() { now = time.Now })
-	s, err := Open(filepath.Join(t.TempDir(), "meta.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openWithClock(t, &clock)
 	prof := func(name string) *profile.Profile {
 		return &profile.Profile{Blob: digest.FromString(name), TOC: digest.FromString(name + " toc"),
 			Chunks: []profile.Chunk{{Offset: 0, End: 10, Digest: digest.FromString(name + " chunk")}}}

@@ -17,6 +17,25 @@ import (
 // daemon, found by another when it opens the layer, without the lookup
 // ever holding up the open.
 
+// recordAndPublish records a start of ref's layer (its files read through
+// diff) on a pool of its own and pushes the profile as an artifact of ref,
+// as another node would; it returns the profile's number of chunks.
+func recordAndPublish(t *testing.T, reg *fixture.Registry, ref string, diff func(*mounted) string) int {
+	t.Helper()
+	rec := mountPoolOpts(t, reg, mountOpts{Quiet: true})
+	readProfileFiles(t, diff(rec))
+	set := rec.Pool.Profiles(ref)
+	if len(set.Profiles) != 1 || len(set.Profiles[0].Chunks) == 0 {
+		t.Fatalf("recorded %d profiles", len(set.Profiles))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := rec.Published.Push(ctx, ref, set); err != nil {
+		t.Fatal(err)
+	}
+	return len(set.Profiles[0].Chunks)
+}
+
 // TestPublishedProfileRoundTrip: a start recorded on one pool is pushed as
 // an artifact of the image, and a fresh pool with an empty cache finds it
 // in the registry and replays it (status: loaded from the source,
@@ -36,17 +55,7 @@ func TestPublishedProfileRoundTrip(t *testing.T) {
 			li := layers[0]
 			diff := func(m *mounted) string { return filepath.Join(m.grammar2(ref, li.Digest.String()), "diff") }
 
-			rec := mountPoolOpts(t, reg, mountOpts{Quiet: true})
-			readProfileFiles(t, diff(rec))
-			set := rec.Pool.Profiles(ref)
-			if len(set.Profiles) != 1 || len(set.Profiles[0].Chunks) == 0 {
-				t.Fatalf("recorded %d profiles", len(set.Profiles))
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if _, err := rec.Published.Push(ctx, ref, set); err != nil {
-				t.Fatal(err)
-			}
+			chunks := recordAndPublish(t, reg, ref, diff)
 
 			reg.ResetStats()
 			m := mountPoolOpts(t, reg, mountOpts{Quiet: true, ProfileLookup: true})
@@ -54,8 +63,8 @@ func TestPublishedProfileRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			pi := waitReplayed(t, m.Pool)
-			if pi.Source != "source" || !pi.Published || pi.Chunks != len(set.Profiles[0].Chunks) {
-				t.Errorf("replayed %+v, want the %d chunks of the pushed profile, from the registry, published", pi, len(set.Profiles[0].Chunks))
+			if pi.Source != "source" || !pi.Published || pi.Chunks != chunks {
+				t.Errorf("replayed %+v, want the %d chunks of the pushed profile, from the registry, published", pi, chunks)
 			}
 			readProfileFiles(t, diff(m))
 			if n := reg.Stats().ReferrersRequests; n < 1 || n > 2 {
@@ -169,17 +178,7 @@ func TestPublishedProfileAfterRestart(t *testing.T) {
 	closeStore()
 
 	// Another node records the start and publishes it.
-	rec := mountPoolOpts(t, reg, mountOpts{Quiet: true})
-	readProfileFiles(t, diff(rec))
-	set := rec.Pool.Profiles(ref)
-	if len(set.Profiles) != 1 || len(set.Profiles[0].Chunks) == 0 {
-		t.Fatalf("recorded %d profiles", len(set.Profiles))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := rec.Published.Push(ctx, ref, set); err != nil {
-		t.Fatal(err)
-	}
+	chunks := recordAndPublish(t, reg, ref, diff)
 
 	// The restart, with an empty chunk cache.
 	release := make(chan struct{})
@@ -210,8 +209,8 @@ func TestPublishedProfileAfterRestart(t *testing.T) {
 	}
 	close(release)
 	pi := waitReplayed(t, m.Pool)
-	if pi.Source != "source" || !pi.Published || pi.Chunks != len(set.Profiles[0].Chunks) || pi.Fetched != pi.Chunks {
-		t.Errorf("replayed %+v, want all %d chunks of the pushed profile fetched, from the registry, published", pi, len(set.Profiles[0].Chunks))
+	if pi.Source != "source" || !pi.Published || pi.Chunks != chunks || pi.Fetched != pi.Chunks {
+		t.Errorf("replayed %+v, want all %d chunks of the pushed profile fetched, from the registry, published", pi, chunks)
 	}
 	if n := reg.Stats().ReferrersRequests; n != 1 {
 		t.Errorf("%d referrers requests, want 1", n)
