@@ -16,6 +16,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   util-linux      mount/umount/mountpoint (overlay mounts, lazy unmount)
 #   ca-certificates TLS to real registries
 #   passwd          useradd/groupadd, for the users the access tests create
+#   strace          how `poolfs optimize` finds the files a workload opens (its e2e test)
 declare -A want=(
 	[podman]=/usr/bin/podman
 	[buildah]=/usr/bin/buildah
@@ -26,6 +27,7 @@ declare -A want=(
 	[util-linux]=/usr/bin/mountpoint
 	[ca-certificates]=/etc/ssl/certs/ca-certificates.crt
 	[passwd]=/usr/sbin/useradd
+	[strace]=/usr/bin/strace
 )
 
 missing=()

@@ -26,7 +26,7 @@ import (
 func TestOptimize(t *testing.T) {
 	requireRoot(t)
 	if _, err := exec.LookPath("strace"); err != nil {
-		t.Skip("strace not installed")
+		t.Skip("strace not installed (make deps installs it)")
 	}
 	ctx := testContext(t, 3*time.Minute)
 	reg := fixture.StartRegistry(t)
