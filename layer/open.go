@@ -35,9 +35,9 @@ type Layer struct {
 
 	rec *recorder // the startup window's needs (see Recorded)
 
-	readahead    atomic.Int64 // see SetReadahead; 0: off
-	readingAhead atomic.Bool  // one read-ahead at a time
-	blobOrder    struct {     // every chunk by blob offset, for readAhead
+	readahead    int64       // see WithReadahead; 0: off
+	readingAhead atomic.Bool // one read-ahead at a time
+	blobOrder    struct {    // every chunk by blob offset, for readAhead
 		once   sync.Once
 		chunks []*chunk
 		dirs   []uint32 // directory of each chunk's file
@@ -59,6 +59,7 @@ type options struct {
 	zstdPosition *ManifestPosition
 	elfDeps      bool
 	readaheadDir int64
+	readahead    int64
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
@@ -125,6 +126,7 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		tailStart:    raw.chunkTailStart,
 		elfDeps:      o.elfDeps,
 		readaheadDir: o.readaheadDir,
+		readahead:    o.readahead,
 		elfSlots:     make(chan struct{}, elfScans),
 	}
 }

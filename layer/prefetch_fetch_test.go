@@ -40,7 +40,7 @@ type builtBigLayer struct {
 // bigLayers caches the built blobs: building them is the slow part.
 var bigLayers sync.Map // bool (prioritize) -> *builtBigLayer
 
-func openBigLayer(t *testing.T, prioritize bool) *bigLayer {
+func openBigLayer(t *testing.T, prioritize bool, opts ...Option) *bigLayer {
 	t.Helper()
 	v, ok := bigLayers.Load(prioritize)
 	if !ok {
@@ -48,7 +48,7 @@ func openBigLayer(t *testing.T, prioritize bool) *bigLayer {
 	}
 	built := v.(*builtBigLayer)
 	b := &bigLayer{blob: fstest.NewMemBlob(built.data), cache: newMemCache(), files: built.files}
-	l, err := Open(context.Background(), b.blob, built.toc, b.cache, nil)
+	l, err := Open(context.Background(), b.blob, built.toc, b.cache, nil, opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -41,8 +41,7 @@ func chunksOf(t *testing.T, l *Layer, name string, off, n int64) []profile.Chunk
 // recording on a fresh layer fetches exactly those chunks, after which the
 // same reads need no request.
 func TestRecordAndReplay(t *testing.T) {
-	b := openBigLayer(t, false)
-	b.l.SetReadahead(256 << 10) // its chunks must not count as needed
+	b := openBigLayer(t, false, WithReadahead(256<<10)) // its chunks must not count as needed
 	reads := []struct {
 		name   string
 		off, n int64

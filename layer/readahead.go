@@ -20,9 +20,9 @@ import (
 // readaheadTimeout bounds one background read-ahead.
 const readaheadTimeout = 30 * time.Second
 
-// SetReadahead sets how many compressed bytes past the end of a read that
-// had to fetch are fetched too (0: none).
-func (l *Layer) SetReadahead(bytes int64) { l.readahead.Store(max(bytes, 0)) }
+// WithReadahead sets how many compressed bytes past the end of a read that
+// had to fetch are fetched too (default 0: none).
+func WithReadahead(bytes int64) Option { return func(o *options) { o.readahead = max(bytes, 0) } }
 
 // WithReadaheadSameDir makes read-ahead, in a layer with no prioritized
 // files, take at most n compressed bytes and stop at the first chunk of a
@@ -44,7 +44,7 @@ func (l *Layer) sameDirAhead() bool { return l.readaheadDir > 0 && len(l.tree.pr
 // before it returns, so a read that comes next waits for them rather than
 // fetching them itself; the fetch runs in the background.
 func (l *Layer) readAhead(from int64) {
-	n := l.readahead.Load()
+	n := l.readahead
 	if n > 0 && l.sameDirAhead() {
 		n = l.readaheadDir
 	}

@@ -17,13 +17,13 @@ import (
 
 // filesLayer is an eStargz layer of n files of 3000 incompressible bytes
 // each, stored one after another in name order.
-func filesLayer(t *testing.T, n int) (*Layer, *fstest.MemBlob, map[string][]byte) {
+func filesLayer(t *testing.T, n int, opts ...Option) (*Layer, *fstest.MemBlob, map[string][]byte) {
 	t.Helper()
-	return filesLayerOf(t, n, false)
+	return filesLayerOf(t, n, false, opts...)
 }
 
 // filesLayerOf is filesLayer as eStargz, or as zstd:chunked if zstd.
-func filesLayerOf(t *testing.T, n int, zstd bool) (*Layer, *fstest.MemBlob, map[string][]byte) {
+func filesLayerOf(t *testing.T, n int, zstd bool, opts ...Option) (*Layer, *fstest.MemBlob, map[string][]byte) {
 	t.Helper()
 	noTail(t)
 	var buf bytes.Buffer
@@ -56,7 +56,7 @@ func filesLayerOf(t *testing.T, n int, zstd bool) (*Layer, *fstest.MemBlob, map[
 
 	}
 	blob := fstest.NewMemBlob(data)
-	l, err := Open(context.Background(), blob, toc, newMemCache(), nil)
+	l, err := Open(context.Background(), blob, toc, newMemCache(), nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,8 +96,7 @@ func TestReadAhead(t *testing.T) {
 		{"32 KiB", 32 << 10, func(n int) bool { return n == 0 }, "none"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l, blob, want := filesLayer(t, 40)
-			l.SetReadahead(tc.readahead)
+			l, blob, want := filesLayer(t, 40, WithReadahead(tc.readahead))
 			blob.ResetStats()
 			readFile(t, l, "f00", want["f00"])
 			waitReadAhead(t, l)
@@ -136,8 +135,7 @@ func TestReadAhead(t *testing.T) {
 func TestReadAheadCrossesTarHeaders(t *testing.T) {
 	for _, zstd := range []bool{false, true} {
 		t.Run(map[bool]string{false: "estargz", true: "zstd:chunked"}[zstd], func(t *testing.T) {
-			l, blob, want := filesLayerOf(t, 40, zstd)
-			l.SetReadahead(32 << 10)
+			l, blob, want := filesLayerOf(t, 40, zstd, WithReadahead(32<<10))
 			blob.ResetStats()
 			readFile(t, l, "f00", want["f00"])
 			waitReadAhead(t, l)
@@ -160,8 +158,7 @@ func TestReadAheadCrossesTarHeaders(t *testing.T) {
 // fetching wait for it rather than fetch them again, and all get the
 // right bytes.
 func TestReadAheadWithConcurrentReads(t *testing.T) {
-	l, blob, want := filesLayer(t, 40)
-	l.SetReadahead(64 << 10)
+	l, blob, want := filesLayer(t, 40, WithReadahead(64<<10))
 	_, f00 := l.CompressedRange(lookup(t, l, "f00"))
 	// Hold the read-ahead (any request past f00) until readers wait on it.
 	release := make(chan struct{})
@@ -246,8 +243,7 @@ func TestReadAheadSameDir(t *testing.T) {
 			if tc.prioritized {
 				build = append(build, estargz.WithPrioritizedFiles([]string{"a/f0"}))
 			}
-			l, blob, content := elfLayerBuilt(t, files, build, WithReadaheadSameDir(tc.sameDir))
-			l.SetReadahead(1 << 20)
+			l, blob, content := elfLayerBuilt(t, files, build, WithReadaheadSameDir(tc.sameDir), WithReadahead(1<<20))
 			blob.ResetStats()
 			readFile(t, l, "a/f1", content["a/f1"])
 			waitReadAhead(t, l)

@@ -154,6 +154,7 @@ func (p *Pool) layerOptions() []layer.Option {
 		layer.WithLimits(layer.Limits{MaxEntries: p.limits.MaxEntries, Reserve: p.reserve}),
 		layer.WithELFDeps(!p.prefetch.NoELF),
 		layer.WithReadaheadSameDir(p.prefetch.ReadaheadSameDir),
+		layer.WithReadahead(p.prefetch.Readahead),
 	}
 }
 
@@ -250,7 +251,6 @@ func (p *Pool) prepare(v *layer.Layer) {
 	if p.whole != nil {
 		v.SetWholeFiles(p.whole)
 	}
-	v.SetReadahead(p.prefetch.Readahead)
 }
 
 // sweepEvery is how often idle trees are looked for, at most.

@@ -31,7 +31,7 @@ type PrefetchOptions struct {
 	Background bool
 	// Readahead is how many compressed bytes following a read that had to
 	// go to the registry are fetched along with it (see
-	// layer.Layer.SetReadahead); 0: none.
+	// layer.WithReadahead); 0: none.
 	Readahead int64
 	// Early is how many bytes at the start of an eStargz layer's blob are
 	// streamed while its TOC is on the way (see remote.Head), so the
@@ -83,7 +83,6 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		l.tree.pins++ // the fetching holds the tree until done
 	}
 	l.tree.mu.Unlock()
-	v.SetReadahead(o.Readahead)
 	// The early ranges are the stored profile's, or the found one's
 	// (stored is nil then): released after the replay that reads them.
 	if found != nil {
