@@ -41,14 +41,15 @@ func mountPassthrough(t *testing.T, on bool, wrap func(*layer.Layer) Reader) *pt
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := layer.Open(context.Background(), fstest.NewMemBlob(data), toc, cache.NewTiered(cache.NewMemory(1<<20), disk), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var lopts []layer.Option
 	if on {
 		w := layer.NewWholeFiles(context.Background(), disk, layer.WholeOptions{MinSize: 1, Quiet: -1})
 		t.Cleanup(w.Close) // after the unmount, registered below
-		l.SetWholeFiles(w)
+		lopts = append(lopts, layer.WithWholeFiles(w))
+	}
+	l, err := layer.Open(context.Background(), fstest.NewMemBlob(data), toc, cache.NewTiered(cache.NewMemory(1<<20), disk), nil, lopts...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	m := &ptMount{tar: tarBytes, l: l, disk: disk}
 	var r Reader = l

@@ -26,7 +26,7 @@ type Reader interface {
 
 // WholeFiler is implemented by Readers that can keep whole-file copies of
 // files for FUSE passthrough; *layer.Layer does (its copies exist once
-// layer.Layer.SetWholeFiles is called).
+// the layer is opened with layer.WithWholeFiles).
 type WholeFiler interface {
 	// OpenWhole opens the local copy of e's whole content, if one exists.
 	// It must be quick: it runs on the open(2) it answers.

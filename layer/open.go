@@ -31,7 +31,7 @@ type Layer struct {
 
 	reading atomic.Int64 // ReadAt calls in progress; background fetches yield to them
 
-	whole atomic.Pointer[WholeFiles] // whole-file copies (SetWholeFiles); nil: none
+	whole atomic.Pointer[WholeFiles] // whole-file copies (WithWholeFiles); nil: none
 
 	rec *recorder // the startup window's needs (see Recorded)
 
@@ -60,6 +60,7 @@ type options struct {
 	elfDeps      bool
 	readaheadDir int64
 	readahead    int64
+	whole        *WholeFiles
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
@@ -113,7 +114,7 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		f = estargzFormat{}
 	}
 	log.WithFields(logrus.Fields{"entries": len(raw.tree.entries), "tree_bytes": raw.tree.bytes, "format": f}).Debug("opened layer")
-	return &Layer{
+	l := &Layer{
 		format:       f,
 		blob:         blob,
 		cache:        c,
@@ -129,6 +130,8 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		readahead:    o.readahead,
 		elfSlots:     make(chan struct{}, elfScans),
 	}
+	l.whole.Store(o.whole)
+	return l
 }
 
 // Format names the blob's format: FormatEStargz or FormatZstdChunked.

@@ -98,7 +98,7 @@ type WholeStats struct {
 }
 
 // WholeFiles writes whole-file copies in the background, for every layer
-// it is set on (Layer.SetWholeFiles): Parallel workers take requests from a
+// opened with it (WithWholeFiles): Parallel workers take requests from a
 // bounded queue, one copy per digest at a time, never on a FUSE request's
 // time, and stop when its context ends or Close is called.
 type WholeFiles struct {
@@ -239,10 +239,9 @@ func (e *Entry) Digest() digest.Digest {
 	return ""
 }
 
-// SetWholeFiles makes the layer keep whole-file copies through w (nil:
-// none). Call it before the layer serves reads; until then, OpenWhole
-// finds nothing and MaterializeWhole does nothing.
-func (l *Layer) SetWholeFiles(w *WholeFiles) { l.whole.Store(w) }
+// WithWholeFiles makes the layer keep whole-file copies through w
+// (default nil: none, and OpenWhole finds nothing).
+func WithWholeFiles(w *WholeFiles) Option { return func(o *options) { o.whole = w } }
 
 // ChunksCached reports whether every chunk of regular file e is in the
 // layer's cache. It only asks the cache's index (cache.Peeker), reading

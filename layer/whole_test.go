@@ -144,7 +144,7 @@ func TestMaterializeWhole(t *testing.T) {
 	store := diskStore(t)
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
 	defer w.Close()
-	s.l.SetWholeFiles(w)
+	s.l.setWholeFiles(w)
 	e := lookup(t, s.l, fstest.SampleBigFile)
 
 	s.l.MaterializeWhole(e) // nothing cached yet: ignored
@@ -178,7 +178,7 @@ func TestMaterializeWhole(t *testing.T) {
 	// The same content through another name (a hard link, or another
 	// layer) finds the same copy.
 	s2 := openSample(t)
-	s2.l.SetWholeFiles(w)
+	s2.l.setWholeFiles(w)
 	if f2, ok := s2.l.OpenWhole(lookup(t, s2.l, fstest.SampleBigFile)); !ok {
 		t.Error("another layer with the same file does not find the copy")
 	} else {
@@ -199,8 +199,8 @@ func TestMaterializeWholeSkips(t *testing.T) {
 	s := openSample(t)
 	store := &fakeStore{}
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 8, Quiet: -1})
-	l.SetWholeFiles(w)
-	s.l.SetWholeFiles(w)
+	l.setWholeFiles(w)
+	s.l.setWholeFiles(w)
 	tests := []struct {
 		name string
 		l    *Layer
@@ -222,13 +222,13 @@ func TestMaterializeWholeSkips(t *testing.T) {
 	if store.adds() != 0 {
 		t.Errorf("%d copies written, want none", store.adds())
 	}
-	// Without SetWholeFiles nothing happens at all.
+	// Without whole files nothing happens at all.
 	plain := openSample(t)
 	e := lookup(t, plain.l, fstest.SampleBigFile)
 	readEntry(t, plain.l, e)
 	plain.l.MaterializeWhole(e)
 	if _, ok := plain.l.OpenWhole(e); ok {
-		t.Error("OpenWhole without SetWholeFiles")
+		t.Error("OpenWhole without whole files")
 	}
 }
 
@@ -239,7 +239,7 @@ func TestMaterializeWholeOnceAndOneAtATime(t *testing.T) {
 	store := &fakeStore{block: make(chan struct{})}
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
 	defer w.Close()
-	s.l.SetWholeFiles(w)
+	s.l.setWholeFiles(w)
 	files := []*Entry{lookup(t, s.l, fstest.SampleBigFile), lookup(t, s.l, fstest.SampleZeroFile), lookup(t, s.l, fstest.SampleLinkedTo)}
 	for _, e := range files {
 		readEntry(t, s.l, e)
@@ -291,7 +291,7 @@ func TestMaterializeWholeMismatch(t *testing.T) {
 	}
 	store := diskStore(t)
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
-	l.SetWholeFiles(w)
+	l.setWholeFiles(w)
 	e := lookup(t, l, "m")
 	if got := readEntry(t, l, e); string(got) != "0123456789" {
 		t.Fatalf("read %q", got)
@@ -327,7 +327,7 @@ func TestMaterializeWholeRetry(t *testing.T) {
 	store := &fakeStore{err: errors.New("disk on fire")}
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, RetryAfter: 300 * time.Millisecond, Quiet: -1})
 	defer w.Close()
-	s.l.SetWholeFiles(w)
+	s.l.setWholeFiles(w)
 	e := lookup(t, s.l, fstest.SampleBigFile)
 	readEntry(t, s.l, e)
 	s.l.MaterializeWhole(e)
@@ -349,7 +349,7 @@ func TestWholeFilesClose(t *testing.T) {
 	s := openSample(t)
 	store := &fakeStore{waitCtx: true}
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: -1})
-	s.l.SetWholeFiles(w)
+	s.l.setWholeFiles(w)
 	e := lookup(t, s.l, fstest.SampleBigFile)
 	readEntry(t, s.l, e)
 	s.l.MaterializeWhole(e)
@@ -469,7 +469,7 @@ func TestMaterializeWholeQueueBound(t *testing.T) {
 	store := &fakeStore{block: make(chan struct{})}
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, MaxPending: 1, Quiet: -1})
 	defer w.Close()
-	s.l.SetWholeFiles(w)
+	s.l.setWholeFiles(w)
 	a, b, c := lookup(t, s.l, fstest.SampleBigFile), lookup(t, s.l, fstest.SampleZeroFile), lookup(t, s.l, "etc/passwd")
 	for _, e := range []*Entry{a, b, c} {
 		readEntry(t, s.l, e)
@@ -495,7 +495,7 @@ func TestMaterializeWholeWaitsForQuiet(t *testing.T) {
 	store := diskStore(t)
 	w := NewWholeFiles(context.Background(), store, WholeOptions{MinSize: 1, Quiet: time.Second})
 	defer w.Close()
-	s.l.SetWholeFiles(w)
+	s.l.setWholeFiles(w)
 	e := lookup(t, s.l, fstest.SampleBigFile)
 	readEntry(t, s.l, e)
 	s.l.MaterializeWhole(e)
@@ -510,3 +510,7 @@ func TestMaterializeWholeWaitsForQuiet(t *testing.T) {
 	}
 	eventually(t, "the copy after reads stopped", func() bool { return store.HasWhole(string(e.Digest())) })
 }
+
+// setWholeFiles gives a test's layer whole files after Open, as
+// WithWholeFiles does at Open, so that the shared sample layers serve.
+func (l *Layer) setWholeFiles(w *WholeFiles) { l.whole.Store(w) }

@@ -155,6 +155,7 @@ func (p *Pool) layerOptions() []layer.Option {
 		layer.WithELFDeps(!p.prefetch.NoELF),
 		layer.WithReadaheadSameDir(p.prefetch.ReadaheadSameDir),
 		layer.WithReadahead(p.prefetch.Readahead),
+		layer.WithWholeFiles(p.whole),
 	}
 }
 
@@ -227,7 +228,6 @@ func (p *Pool) reload(ctx context.Context, l *Layer) (*layer.Layer, error) {
 		if err == nil && rec.TOC.Digest == l.Desc.TOCDigest {
 			v, err := layer.OpenStored(l.Blob, rec.TOC, p.cache, log, p.layerOptions()...)
 			if err == nil {
-				p.prepare(v)
 				log.WithField("tree_bytes", v.TreeBytes()).Info("layer tree loaded again from the metadata store")
 				return v, nil
 			}
@@ -242,15 +242,7 @@ func (p *Pool) reload(ctx context.Context, l *Layer) (*layer.Layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the tree of layer %s again: %w", l.Desc.Digest, err)
 	}
-	p.prepare(v)
 	return v, nil
-}
-
-// prepare sets up a view for serving, before anyone reads through it.
-func (p *Pool) prepare(v *layer.Layer) {
-	if p.whole != nil {
-		v.SetWholeFiles(p.whole)
-	}
 }
 
 // sweepEvery is how often idle trees are looked for, at most.

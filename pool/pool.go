@@ -396,11 +396,6 @@ func (p *Pool) adopt(l *Layer, head *remote.Head, found <-chan *profile.Profile,
 		return prev
 	}
 	p.layers[l.Desc.Digest] = l
-	if p.whole != nil {
-		// Before the layer is published: its views offer passthrough for
-		// the files whose copies exist, and ask for the rest.
-		l.tree.view.SetWholeFiles(p.whole)
-	}
 	p.startPrefetch(l, head, found, log)
 	p.recordProfile(l, l.tree.view, log)
 	return l
