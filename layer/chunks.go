@@ -34,6 +34,11 @@ type chunkKey struct {
 
 func (c *chunk) key() chunkKey { return chunkKey{c.digest, c.size} }
 
+// servable reports whether ReadAt serves c at all: it has a digest to
+// verify against and fits in memory. Fetching ahead of reads skips the
+// others.
+func (c *chunk) servable() bool { return c.digest != "" && c.size <= maxChunkSize }
+
 // fileChunks is a regular file's chunk list, ordered by fileOff (which is
 // also blob order).
 type fileChunks struct {

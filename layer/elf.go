@@ -184,7 +184,7 @@ func elfPiece(f *Entry) []*chunk {
 	}
 	var out []*chunk
 	for _, c := range cs {
-		if c.digest != "" && c.size <= maxChunkSize {
+		if c.servable() {
 			out = append(out, c)
 		}
 	}
@@ -203,7 +203,7 @@ func (l *Layer) elfReader(ctx context.Context, f *Entry) elfReadFunc {
 			return nil, nil
 		}
 		c := fc.chunks[fc.find(off)]
-		if c.digest == "" || c.size > maxChunkSize {
+		if !c.servable() {
 			return nil, fmt.Errorf("chunk at %d of %q cannot be verified or held: %w", c.fileOff, f.Path(), errNotELF)
 		}
 		b, ok := have[c.key()]

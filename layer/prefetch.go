@@ -101,7 +101,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 		}
 		st.Files++
 		for _, c := range e.file().chunks {
-			if c.digest == "" || c.size > maxChunkSize || seen[c.key()] {
+			if !c.servable() || seen[c.key()] {
 				continue // ReadAt refuses these anyway
 			}
 			seen[c.key()] = true
@@ -288,7 +288,7 @@ func (l *Layer) FetchFiles(ctx context.Context, paths []string) (FetchStats, err
 		}
 		var piece []*chunk
 		for _, c := range e.file().chunks {
-			if c.digest != "" && c.size <= maxChunkSize {
+			if c.servable() {
 				piece = append(piece, c)
 				st.Chunks++
 				st.Bytes += c.blobEnd - c.blobOff

@@ -297,7 +297,7 @@ func (l *Layer) bridge(piece []*chunk, order []*chunk) []*chunk {
 			if gap := c.blobOff - prev.blobEnd; gap > 0 && gap <= replayGap {
 				j := sort.Search(len(order), func(j int) bool { return order[j].blobOff >= prev.blobEnd })
 				for ; j < len(order) && order[j].blobOff < c.blobOff; j++ {
-					if f := order[j]; !in[f] && f.digest != "" && f.size <= maxChunkSize && !l.cached(f) {
+					if f := order[j]; !in[f] && f.servable() && !l.cached(f) {
 						in[f] = true
 						out = append(out, f)
 					}

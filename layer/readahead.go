@@ -85,7 +85,7 @@ func (l *Layer) chunksAfter(from, n int64) []*chunk {
 		if sameDir && dirs[i] != dir {
 			break
 		}
-		if c := order[i]; c.digest != "" && c.size <= maxChunkSize {
+		if c := order[i]; c.servable() {
 			out = append(out, c)
 		}
 	}

@@ -74,14 +74,11 @@ func (p *Pool) openStored(ctx context.Context, key LayerKey, log *logrus.Entry) 
 	// Prefetched like a layer opened from the registry; after a restart
 	// its prioritized chunks are usually in the disk cache already.
 	l := p.newLayer(key, rec.Desc, blob, view, true, log)
-	l.prof.stored = p.storedProfile(rec.Desc.Digest, log)
 	// A layer with no profile of its own (opened before but never read,
 	// or whose profile was lost) looks for a published one as a layer
 	// from the registry does: in the background, the open not waiting.
 	var found <-chan *profile.Profile
-	if l.prof.stored == nil {
-		found = p.lookupProfile(key.Ref, rec.Desc.Digest, rec.TOC.Digest, log)
-	}
+	l.prof.stored, found = p.profilesFor(key.Ref, rec.Desc.Digest, rec.TOC.Digest, log)
 	l = p.adopt(l, nil, found, log)
 	log.WithField("toc_digest", rec.TOC.Digest).Info("layer opened from the metadata store")
 	p.inBackground(func() {

@@ -313,11 +313,7 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	// A stored profile replaces the prefetch of prioritized files, and
 	// with it the stream of the blob's head; without one, a published
 	// profile is looked for while the TOC is read.
-	stored := p.storedProfile(desc.Digest, log)
-	var found <-chan *profile.Profile
-	if stored == nil {
-		found = p.lookupProfile(key.Ref, desc.Digest, tocDigest, log)
-	}
+	stored, found := p.profilesFor(key.Ref, desc.Digest, tocDigest, log)
 	start := time.Now()
 	viewBlob, head := blob, (*remote.Head)(nil)
 	var early *earlyRanges

@@ -125,9 +125,19 @@ func (p *Pool) keepProfile(pr *profile.Profile) error {
 	return nil
 }
 
+// profilesFor is what a layer being opened has to go by: the profile
+// stored for blob, or, without one, the channel on which a published one
+// may come (see lookupProfile; nil: nothing to wait for).
+func (p *Pool) profilesFor(ref string, blob, toc digest.Digest, log *logrus.Entry) (*profile.Profile, <-chan *profile.Profile) {
+	if stored := p.storedProfile(blob, log); stored != nil {
+		return stored, nil
+	}
+	return nil, p.lookupProfile(ref, blob, toc, log)
+}
+
 // lookupProfile asks the profile.Source, in the background, for a profile
-// of the layer unless one is stored; the channel gives its answer (nil if
-// none) once. It returns nil when there is nothing to wait for.
+// of the layer; the channel gives its answer (nil if none) once. It
+// returns nil when there is nothing to wait for.
 func (p *Pool) lookupProfile(ref string, blob, toc digest.Digest, log *logrus.Entry) <-chan *profile.Profile {
 	if p.profileSource == nil {
 		return nil
