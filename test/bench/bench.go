@@ -354,8 +354,9 @@ func (b *bench) runDir() (string, error) {
 }
 
 // runCase runs the workload once cold: fresh podman store, and with
-// poolfs a fresh daemon with an empty cache (see profileIO for prof). If local is not nil, the workload runs a second time from the
-// now local image.
+// poolfs a fresh daemon with an empty cache (see profileIO for prof). If
+// local is not nil, the workload runs a second time from the now local
+// image.
 func (b *bench) runCase(p *preparedWorkload, ref string, pool bool, daemonArgs []string, c, local *caseResult, prof *profileIO) error {
 	dir, err := b.runDir()
 	if err != nil {
