@@ -279,9 +279,11 @@ func (p *Pool) sweepIdle(ctx context.Context) {
 	}
 }
 
-// Close stops the pool's background work.
+// Close stops the pool's background work and waits for a sweep under way
+// to finish, so nothing logs or frees trees after Close returns.
 func (p *Pool) Close() {
 	if p.stop != nil {
 		p.stop()
+		<-p.swept
 	}
 }

@@ -143,6 +143,7 @@ type Pool struct {
 	treeMu   sync.Mutex
 	treeUsed int64 // bytes of the trees in memory and being built
 	stop     context.CancelFunc
+	swept    chan struct{} // closed when sweepIdle has returned
 }
 
 // New returns an empty pool. With TreeLimits.Idle set, it looks for idle
@@ -169,7 +170,11 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 	if p.limits.Idle > 0 {
 		ctx, cancel := context.WithCancel(context.Background())
 		p.stop = cancel
-		go p.sweepIdle(ctx)
+		p.swept = make(chan struct{})
+		go func() {
+			defer close(p.swept)
+			p.sweepIdle(ctx)
+		}()
 	}
 	return p
 }

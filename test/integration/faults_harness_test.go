@@ -127,6 +127,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 			t.Errorf("unmounting: %v", err)
 		}
 		p.Flush() // before the test closes the metadata store
+		p.Close() // no idle sweep may log once the test has ended
 	})
 	return m
 }
