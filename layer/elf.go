@@ -121,7 +121,7 @@ func (l *Layer) scanELF(ctx context.Context, e *Entry) {
 		go func() {
 			defer wg.Done()
 			// lead lands every flight it was given, success or not.
-			_ = l.lead(ctx, "(elf)", mine, make(map[chunkKey][]byte, len(mine)), false)
+			_ = l.lead(ctx, "(elf)", mine, make(map[chunkKey][]byte, len(mine)), fetchOther)
 		}()
 	}
 	var visit func(f *Entry, depth int)
@@ -211,7 +211,7 @@ func (l *Layer) elfReader(ctx context.Context, f *Entry) elfReadFunc {
 			if len(have) >= elfParseChunks {
 				return nil, fmt.Errorf("parsing %q would fetch more than %d chunks: %w", f.Path(), elfParseChunks, errNotELF)
 			}
-			got, err := l.getChunks(ctx, "(elf)", []*chunk{c}, false)
+			got, err := l.getChunks(ctx, "(elf)", []*chunk{c}, fetchOther)
 			if err != nil {
 				return nil, err
 			}

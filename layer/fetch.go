@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
 )
@@ -29,7 +30,25 @@ type flight struct {
 	done chan struct{}
 	data []byte // verified content, set before done is closed
 	err  error
+	// wanted is set when a demand read waits for the chunk: a fill
+	// fetching it then stops yielding (see readSegments).
+	wanted atomic.Bool
 }
+
+// fetchMode says whose fetch it is, which decides how it shares the link.
+type fetchMode uint8
+
+const (
+	// fetchOther: read-ahead, ELF dependencies, profile replay, the
+	// engine's files, whole-file copies: each run in one request, at once.
+	fetchOther fetchMode = iota
+	// fetchDemand: ReadAt, which a process waits on: it reads ahead, and
+	// the fill holds back while it waits (see DemandGate).
+	fetchDemand
+	// fetchFill: Prefetch and FetchAll, which nobody waits on yet: in
+	// segments, none sent while a demand read waits (see readSegments).
+	fetchFill
+)
 
 // run is a set of chunks whose compressed ranges touch, fetched with one
 // blob read.
@@ -44,8 +63,9 @@ type run struct {
 // range is still arriving) and putting failures into errs; path only
 // labels logs. Chunks that fail verification are refetched up to
 // verifyAttempts times in all; transport errors are final here (the
-// BlobReader retries on its own).
-func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, deliver func(*chunk, []byte), errs map[chunkKey]error) {
+// BlobReader retries on its own). The fill (mode fetchFill) reads in
+// segments that yield to demand reads (see readSegments).
+func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, mode fetchMode, deliver func(*chunk, []byte), errs map[chunkKey]error) {
 	pending := append([]*chunk(nil), todo...)
 	for attempt := 1; attempt <= verifyAttempts && len(pending) > 0; attempt++ {
 		var failed []*chunk
@@ -72,7 +92,11 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, del
 					deliver(c, data)
 				}
 			}
-			buf, err := l.readRun(ctx, r, attempt == 1, decode)
+			var pending []*chunk // what a demand read may wait for
+			if mode == fetchFill {
+				pending = todo
+			}
+			buf, err := l.readRun(ctx, r, attempt == 1, mode == fetchFill, pending, decode)
 			if err != nil {
 				err = fmt.Errorf("reading blob range [%d, %d): %w", r.start, r.end, err)
 				for _, c := range r.chunks[done:] {
@@ -92,8 +116,10 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, del
 // are not fetched again: a run inside the tail costs no request, and a run
 // that reaches into it (a chunk straddling the tail's start) fetches only
 // the part before it. Refetches after a failed verification (useTail
-// false) go to the registry for every byte.
-func (l *Layer) readRun(ctx context.Context, r run, useTail bool, progress func(buf []byte, filled int64)) ([]byte, error) {
+// false) go to the registry for every byte. With segmented, the bytes from
+// the registry are read in segments that yield to demand reads
+// (readSegments, pending being the chunks this fetch leads).
+func (l *Layer) readRun(ctx context.Context, r run, useTail, segmented bool, pending []*chunk, progress func(buf []byte, filled int64)) ([]byte, error) {
 	if useTail {
 		if buf, ok := l.fromTail(r.start, r.end); ok {
 			return buf, nil
@@ -111,6 +137,12 @@ func (l *Layer) readRun(ctx context.Context, r run, useTail bool, progress func(
 		}
 	}
 	buf := make([]byte, r.end-r.start)
+	if segmented {
+		if err := l.readSegments(ctx, buf, r.start, pending, progress); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
 	if err := readFullProgress(ctx, l.blob, buf, r.start, func(n int) { progress(buf, int64(n)) }); err != nil {
 		return nil, err
 	}

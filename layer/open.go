@@ -30,6 +30,7 @@ type Layer struct {
 	inflight map[chunkKey]*flight // chunks being fetched, for singleflight
 
 	reading atomic.Int64 // ReadAt calls in progress; background fetches yield to them
+	gate    *DemandGate  // demand reads waiting for chunks; the fill yields to them (see readSegments)
 
 	whole atomic.Pointer[WholeFiles] // whole-file copies (WithWholeFiles); nil: none
 
@@ -61,6 +62,7 @@ type options struct {
 	readaheadDir int64
 	readahead    int64
 	whole        *WholeFiles
+	gate         *DemandGate
 }
 
 // WithLimits bounds what the layer's tree may cost (see Limits); a layer
@@ -129,6 +131,10 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		readaheadDir: o.readaheadDir,
 		readahead:    o.readahead,
 		elfSlots:     make(chan struct{}, elfScans),
+		gate:         o.gate,
+	}
+	if l.gate == nil {
+		l.gate = NewDemandGate()
 	}
 	l.whole.Store(o.whole)
 	return l

@@ -130,7 +130,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	if len(cur) > 0 {
 		pieces = append(pieces, cur)
 	}
-	return st, l.fetchPieces(ctx, "(prefetch)", pieces, parallel, yield)
+	return st, l.fetchPieces(ctx, "(prefetch)", pieces, parallel, yield, fetchFill)
 }
 
 // fetchPieces fetches pieces (each a set of chunks, coalesced into as few
@@ -138,7 +138,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 // the singleflight; with yield a piece waits until no ReadAt is in
 // progress. The error is the first failure (later pieces are still
 // fetched).
-func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk, parallel int, yield bool) error {
+func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk, parallel int, yield bool, mode fetchMode) error {
 	work := make(chan []*chunk)
 	var mu sync.Mutex
 	var firstErr error
@@ -151,7 +151,7 @@ func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk,
 				if yield {
 					l.waitIdle(ctx)
 				}
-				if _, err := l.getChunks(ctx, path, p, false); err != nil {
+				if _, err := l.getChunks(ctx, path, p, mode); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -299,5 +299,5 @@ func (l *Layer) FetchFiles(ctx context.Context, paths []string) (FetchStats, err
 			pieces = append(pieces, piece)
 		}
 	}
-	return st, l.fetchPieces(ctx, "(start files)", pieces, len(pieces), false)
+	return st, l.fetchPieces(ctx, "(start files)", pieces, len(pieces), false, fetchOther)
 }

@@ -234,7 +234,7 @@ func (l *Layer) Replay(ctx context.Context, p *profile.Profile) (ReplayStats, er
 			st.Requests++
 		}
 	}
-	return st, l.fetchPieces(ctx, "(profile)", work, ReplayParallel, false)
+	return st, l.fetchPieces(ctx, "(profile)", work, ReplayParallel, false, fetchOther)
 }
 
 // needPieces cuts items, in need order, into pieces of about replayPiece

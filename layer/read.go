@@ -61,12 +61,13 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	// when it was fetched, or was fetched by a scan.
 	scan := l.elfDeps && chunks[0].fileOff == 0 && !l.cached(chunks[0])
 	l.reading.Add(1)
-	data, err := l.getChunks(ctx, e.Path(), chunks, true)
+	data, err := l.getChunks(ctx, e.Path(), chunks, fetchDemand)
 	l.reading.Add(-1)
 	if waited := time.Since(began); waited >= slowRead && l.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 		// Which reads a starting container waits on, and for how long:
 		// what an optimized image's prefetch order should fix.
-		l.log.WithFields(logrus.Fields{"path": e.Path(), "offset": off, "bytes": end - off, "waited": waited.Round(time.Microsecond)}).
+		l.log.WithFields(logrus.Fields{"path": e.Path(), "offset": off, "bytes": end - off, "blob_offset": chunks[0].blobOff,
+			"waited": waited.Round(time.Microsecond)}).
 			Debug("read waited for chunks")
 	}
 	if err != nil {
@@ -101,9 +102,9 @@ func entryPath(e *Entry) string {
 
 // getChunks returns the verified contents of chunks, keyed by digest, from
 // the cache, from fetches other readers have in flight, or by fetching the
-// rest itself; if it has to fetch and ahead is set, it also starts reading
-// ahead (see readAhead).
-func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk, ahead bool) (map[chunkKey][]byte, error) {
+// rest itself, as mode says (a demand read also starts reading ahead, see
+// readAhead, and holds the fill back while it waits, see DemandGate).
+func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk, mode fetchMode) (map[chunkKey][]byte, error) {
 	got := make(map[chunkKey][]byte, len(chunks))
 	for _, c := range chunks {
 		if _, ok := got[c.key()]; ok {
@@ -112,6 +113,11 @@ func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk, ahe
 		if b, ok := l.cache.Get(string(c.digest)); ok && int64(len(b)) == c.size {
 			got[c.key()] = b
 		}
+	}
+
+	if mode == fetchDemand && len(got) < len(chunks) {
+		l.gate.enter()
+		defer l.gate.leave()
 	}
 
 	// A leader whose own context ends fails its flights with that error;
@@ -126,7 +132,7 @@ func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk, ahe
 		if len(missing) == 0 {
 			return got, nil
 		}
-		err := l.fetchOrWait(ctx, path, missing, got, ahead)
+		err := l.fetchOrWait(ctx, path, missing, got, mode)
 		if err == nil {
 			continue
 		}
@@ -138,12 +144,18 @@ func (l *Layer) getChunks(ctx context.Context, path string, chunks []*chunk, ahe
 }
 
 // fetchOrWait registers the missing chunks nobody is fetching yet, fetches
-// them (coalesced), then waits for the ones others are fetching. Results go
+// them (coalesced), then waits for the ones others are fetching (a demand
+// read marks those wanted: a fill fetching them stops yielding). Results go
 // into got.
-func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, got map[chunkKey][]byte, ahead bool) error {
+func (l *Layer) fetchOrWait(ctx context.Context, path string, missing []*chunk, got map[chunkKey][]byte, mode fetchMode) error {
 	mine, waits := l.register(missing)
+	if mode == fetchDemand {
+		for _, fl := range waits {
+			fl.wanted.Store(true)
+		}
+	}
 	if len(mine) > 0 {
-		if err := l.lead(ctx, path, mine, got, ahead); err != nil {
+		if err := l.lead(ctx, path, mine, got, mode); err != nil {
 			return err
 		}
 	}
@@ -190,7 +202,7 @@ func (l *Layer) register(chunks []*chunk) (mine []*chunk, waits map[chunkKey]*fl
 // every one of them, success or not, so no waiter is left hanging. Each
 // lands as soon as it is verified: waiters on the first chunks of a long
 // range go on while the rest is still arriving.
-func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[chunkKey][]byte, ahead bool) (err error) {
+func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[chunkKey][]byte, mode fetchMode) (err error) {
 	landed := make(map[chunkKey]bool, len(mine))
 	// land wakes the chunk's waiters. A good flight stays registered until
 	// retire (after the chunk is cached): a reader that misses the cache
@@ -245,14 +257,14 @@ func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[ch
 		}
 		todo = append(todo, c)
 	}
-	if ahead && len(todo) > 0 {
+	if mode == fetchDemand && len(todo) > 0 {
 		var end int64
 		for _, c := range todo {
 			end = max(end, c.blobEnd)
 		}
 		l.readAhead(end)
 	}
-	l.fetchChunks(ctx, path, todo, func(c *chunk, data []byte) {
+	l.fetchChunks(ctx, path, todo, mode, func(c *chunk, data []byte) {
 		land(c, data, nil)
 		l.keep(string(c.digest), data)
 		retire(c)

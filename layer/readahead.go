@@ -61,7 +61,7 @@ func (l *Layer) readAhead(from int64) {
 		ctx, cancel := context.WithTimeout(context.Background(), readaheadTimeout)
 		defer cancel()
 		// lead lands every flight it was given, success or not.
-		_ = l.lead(ctx, "(read-ahead)", mine, make(map[chunkKey][]byte, len(mine)), false)
+		_ = l.lead(ctx, "(read-ahead)", mine, make(map[chunkKey][]byte, len(mine)), fetchOther)
 	}()
 }
 

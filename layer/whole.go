@@ -403,7 +403,7 @@ func (r *entryReader) Read(p []byte) (int, error) {
 		if c.size > maxChunkSize {
 			return 0, fmt.Errorf("reading %q: chunk at %d has %d bytes, more than the %d this reader holds in memory", r.e.Path(), c.fileOff, c.size, maxChunkSize)
 		}
-		data, err := r.l.getChunks(r.ctx, r.e.Path(), []*chunk{c}, false)
+		data, err := r.l.getChunks(r.ctx, r.e.Path(), []*chunk{c}, fetchOther)
 		if err != nil {
 			return 0, fmt.Errorf("reading %q at %d: %w", r.e.Path(), c.fileOff, err)
 		}

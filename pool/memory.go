@@ -156,6 +156,7 @@ func (p *Pool) layerOptions() []layer.Option {
 		layer.WithReadaheadSameDir(p.prefetch.ReadaheadSameDir),
 		layer.WithReadahead(p.prefetch.Readahead),
 		layer.WithWholeFiles(p.whole),
+		layer.WithDemandGate(p.gate),
 	}
 }
 

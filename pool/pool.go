@@ -131,6 +131,10 @@ type Pool struct {
 
 	whole *layer.WholeFiles // see WithWholeFiles; nil: no whole-file copies
 
+	// gate is every layer's: the layers share the link, so one layer's
+	// prefetch holds back while another's reads wait (layer.DemandGate).
+	gate *layer.DemandGate
+
 	profileSource profile.Source                     // see WithProfileSource; nil: none
 	profiles      map[digest.Digest]*profile.Profile // profiles kept without a metadata store
 	tagRecheck    time.Duration                      // see WithTagRecheck
@@ -163,6 +167,7 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		refs:       map[string]meta.Manifest{},
 
 		recheckFailed: map[string]time.Time{},
+		gate:          layer.NewDemandGate(),
 	}
 	for _, o := range opts {
 		o(p)

@@ -476,9 +476,15 @@ func (b *bench) timedRun(ctx context.Context, pm *fixture.Podman, d *fixture.Dae
 		}
 	}
 	if b.c.keep {
-		_ = os.WriteFile(filepath.Join(dir, "podman.stderr"), []byte(stderr), 0o644)
+		// A second timed run in the same directory (the image store's
+		// warm run) keeps its own files beside the first's.
+		suffix := ""
+		if _, err := os.Stat(filepath.Join(dir, "requests.log")); err == nil {
+			suffix = "-2"
+		}
+		_ = os.WriteFile(filepath.Join(dir, "podman"+suffix+".stderr"), []byte(stderr), 0o644)
 		logText := fmt.Sprintf("podman run started %s\n%s", t0.Format("15:04:05.000"), b.reg.RequestLog())
-		_ = os.WriteFile(filepath.Join(dir, "requests.log"), []byte(logText), 0o644)
+		_ = os.WriteFile(filepath.Join(dir, "requests"+suffix+".log"), []byte(logText), 0o644)
 	}
 	if err != nil {
 		if d != nil {
