@@ -2,6 +2,7 @@ package layer
 
 import (
 	"context"
+	"os"
 	"sync"
 	"time"
 )
@@ -30,6 +31,8 @@ const fillSegment = 1 << 20
 // gateRecheck is how often a held fill segment looks again whether a
 // demand read now waits for one of its chunks.
 const gateRecheck = 2 * time.Millisecond
+
+var expNoGate = os.Getenv("POOLFS_EXP_NOGATE") != "" // EXPERIMENT, remove
 
 // DemandGate counts the demand reads waiting for chunks (fetched by them
 // or by others), and holds the fill's segments back while there are any.

@@ -31,6 +31,10 @@ type Layer struct {
 
 	reading atomic.Int64 // ReadAt calls in progress; background fetches yield to them
 	gate    *DemandGate  // demand reads waiting for chunks; the fill yields to them (see readSegments)
+	// missAt is where the file of the latest demand read that had to fetch
+	// its chunks itself starts in the blob (0: none yet): the fill goes on
+	// from there (see pieceQueue).
+	missAt atomic.Int64
 
 	whole atomic.Pointer[WholeFiles] // whole-file copies (WithWholeFiles); nil: none
 
@@ -42,6 +46,8 @@ type Layer struct {
 		once   sync.Once
 		chunks []*chunk
 		dirs   []uint32 // directory of each chunk's file
+		// fileStarts is where each chunk's file's compressed bytes start
+		fileStarts []int64
 	}
 	readaheadDir int64 // see WithReadaheadSameDir
 

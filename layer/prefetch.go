@@ -139,7 +139,10 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 // progress. The error is the first failure (later pieces are still
 // fetched).
 func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk, parallel int, yield bool, mode fetchMode) error {
-	work := make(chan []*chunk)
+	q := &pieceQueue{pieces: pieces}
+	if mode == fetchFill {
+		q.follow = l.missAt.Load
+	}
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup
@@ -147,7 +150,11 @@ func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for p := range work {
+			for ctx.Err() == nil {
+				p := q.take()
+				if p == nil {
+					return
+				}
 				if yield {
 					l.waitIdle(ctx)
 				}
@@ -161,18 +168,57 @@ func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk,
 			}
 		}()
 	}
-	for _, p := range pieces {
-		if ctx.Err() != nil {
-			break
-		}
-		work <- p
-	}
-	close(work)
 	wg.Wait()
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()
 	}
 	return firstErr
+}
+
+// pieceQueue hands fetchPieces' workers its pieces: in order, or, with
+// follow, from where the latest demand read that missed was (see missAt).
+type pieceQueue struct {
+	mu     sync.Mutex
+	pieces [][]*chunk // nil once taken
+	follow func() int64
+}
+
+// take returns the next piece, nil when none is left. With follow, that is
+// the first piece left that ends past follow's offset (pieces are in blob
+// order), else the first left: a reader that went past the fill's
+// position (in an optimized layer, a program done with the prioritized
+// files before, or needing only parts of them, as java does with its 44
+// MB lib/modules) reads next what follows where it is, and the fill goes
+// there; what it skipped is fetched afterwards.
+func (q *pieceQueue) take() []*chunk {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var at int64
+	if q.follow != nil {
+		at = q.follow()
+	}
+	pick := -1
+	for i, p := range q.pieces {
+		if p == nil {
+			continue
+		}
+		if pick < 0 {
+			pick = i
+			if at <= 0 {
+				break
+			}
+		}
+		if p[len(p)-1].blobEnd > at {
+			pick = i
+			break
+		}
+	}
+	if pick < 0 {
+		return nil
+	}
+	p := q.pieces[pick]
+	q.pieces[pick] = nil
+	return p
 }
 
 // waitIdle returns once no ReadAt is in progress (or ctx ends).

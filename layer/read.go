@@ -262,6 +262,7 @@ func (l *Layer) lead(ctx context.Context, path string, mine []*chunk, got map[ch
 		for _, c := range todo {
 			end = max(end, c.blobEnd)
 		}
+		l.missAt.Store(l.fileStart(todo[0]))
 		l.readAhead(end)
 	}
 	l.fetchChunks(ctx, path, todo, mode, func(c *chunk, data []byte) {

@@ -97,13 +97,15 @@ func (l *Layer) chunksAfter(from, n int64) []*chunk {
 func (l *Layer) chunksByOffset() ([]*chunk, []uint32) {
 	l.blobOrder.once.Do(func() {
 		type owned struct {
-			c   *chunk
-			dir uint32
+			c         *chunk
+			dir       uint32
+			fileStart int64
 		}
 		var all []owned
 		for _, e := range l.contentFiles() {
+			start, _ := e.file().span()
 			for _, c := range e.file().chunks {
-				all = append(all, owned{c, e.parent})
+				all = append(all, owned{c, e.parent, start})
 			}
 		}
 		sort.Slice(all, func(i, j int) bool {
@@ -112,11 +114,25 @@ func (l *Layer) chunksByOffset() ([]*chunk, []uint32) {
 		})
 		l.blobOrder.chunks = make([]*chunk, len(all))
 		l.blobOrder.dirs = make([]uint32, len(all))
+		l.blobOrder.fileStarts = make([]int64, len(all))
 		for i, o := range all {
-			l.blobOrder.chunks[i], l.blobOrder.dirs[i] = o.c, o.dir
+			l.blobOrder.chunks[i], l.blobOrder.dirs[i], l.blobOrder.fileStarts[i] = o.c, o.dir, o.fileStart
 		}
 	})
 	return l.blobOrder.chunks, l.blobOrder.dirs
+}
+
+// fileStart returns where the compressed bytes of the file holding c start
+// (c's own offset if no file of the layer holds it).
+func (l *Layer) fileStart(c *chunk) int64 {
+	order, _ := l.chunksByOffset()
+	i := sort.Search(len(order), func(i int) bool { return order[i].blobOff >= c.blobOff })
+	for ; i < len(order) && order[i].blobOff == c.blobOff; i++ {
+		if order[i] == c {
+			return l.blobOrder.fileStarts[i]
+		}
+	}
+	return c.blobOff
 }
 
 // claim registers flights for those of chunks that are neither cached
