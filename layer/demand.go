@@ -42,8 +42,9 @@ var expNoGate = os.Getenv("POOLFS_EXP_NOGATE") != "" // EXPERIMENT, remove
 // use NewDemandGate.
 type DemandGate struct {
 	mu   sync.Mutex
-	n    int           // demand reads waiting for chunks
-	idle chan struct{} // closed when n drops to 0
+	n     int           // demand reads waiting for chunks
+	idle  chan struct{} // closed when n drops to 0
+	fills int           // fill segments in flight
 }
 
 // NewDemandGate returns a gate with no demand read waiting.
@@ -82,15 +83,26 @@ func (g *DemandGate) Waiting() int {
 	return g.n
 }
 
-// wait returns once no demand read waits, go says to go on anyway, or ctx
-// ends.
-func (g *DemandGate) wait(ctx context.Context, goOn func() bool) {
+// acquire returns, counting a fill segment in flight (release ends it),
+// once no demand read waits, or no other fill segment is in flight, or
+// goOn says to go on anyway, or ctx ends. One segment at a time keeps the
+// link busy across a demand read's round trips without taking more than
+// half of it.
+func (g *DemandGate) acquire(ctx context.Context, goOn func() bool) {
 	var tick *time.Timer
 	for {
 		g.mu.Lock()
 		n, idle := g.n, g.idle
+		if n == 0 || g.fills == 0 || ctx.Err() != nil {
+			g.fills++
+			g.mu.Unlock()
+			break
+		}
 		g.mu.Unlock()
-		if n == 0 || goOn() || ctx.Err() != nil {
+		if goOn() {
+			g.mu.Lock()
+			g.fills++
+			g.mu.Unlock()
 			break
 		}
 		if tick == nil {
@@ -107,6 +119,12 @@ func (g *DemandGate) wait(ctx context.Context, goOn func() bool) {
 	if tick != nil {
 		tick.Stop()
 	}
+}
+
+func (g *DemandGate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.fills--
 }
 
 // wanted reports whether a demand read waits for one of chunks, as far as
@@ -132,9 +150,11 @@ func (l *Layer) wanted(chunks []*chunk) bool {
 // progress the bytes in as they arrive.
 func (l *Layer) readSegments(ctx context.Context, buf []byte, start int64, pending []*chunk, progress func(buf []byte, filled int64)) error {
 	for from := 0; from < len(buf); from += fillSegment {
-		l.gate.wait(ctx, func() bool { return l.wanted(pending) })
+		l.gate.acquire(ctx, func() bool { return l.wanted(pending) })
 		to := min(from+fillSegment, len(buf))
-		if err := readFullProgress(ctx, l.blob, buf[from:to], start+int64(from), func(n int) { progress(buf, int64(from+n)) }); err != nil {
+		err := readFullProgress(ctx, l.blob, buf[from:to], start+int64(from), func(n int) { progress(buf, int64(from+n)) })
+		l.gate.release()
+		if err != nil {
 			return err
 		}
 		progress(buf, int64(to)) // a blob that reports no progress

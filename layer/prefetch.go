@@ -218,6 +218,14 @@ func (q *pieceQueue) take() []*chunk {
 	}
 	p := q.pieces[pick]
 	q.pieces[pick] = nil
+	if at > 0 && p[0].blobOff < at {
+		// The piece begins before the file being read (in the file
+		// before it): that part waits for its turn.
+		k := sort.Search(len(p), func(i int) bool { return p[i].blobOff >= at })
+		if k > 0 && k < len(p) {
+			q.pieces[pick], p = p[:k], p[k:]
+		}
+	}
 	return p
 }
 
