@@ -111,9 +111,13 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 		}
 	}
 	sortByBlobOffset(chunks)
+	return st, l.fetchPieces(ctx, "(prefetch)", cutPieces(chunks, piece), parallel, yield, fetchFill)
+}
 
-	// Pieces of consecutive chunks; chunks sharing a gzip member stay in
-	// one piece so that no member is fetched by two requests.
+// cutPieces cuts chunks, in blob order, into pieces of consecutive chunks
+// of about piece compressed bytes; chunks sharing a gzip member stay in
+// one piece so that no member is fetched by two requests.
+func cutPieces(chunks []*chunk, piece int64) [][]*chunk {
 	var pieces [][]*chunk
 	var cur []*chunk
 	var curStart int64
@@ -130,7 +134,7 @@ func (l *Layer) fetchEntries(ctx context.Context, entries []*Entry, piece int64,
 	if len(cur) > 0 {
 		pieces = append(pieces, cur)
 	}
-	return st, l.fetchPieces(ctx, "(prefetch)", pieces, parallel, yield, fetchFill)
+	return pieces
 }
 
 // fetchPieces fetches pieces (each a set of chunks, coalesced into as few
