@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"sync"
@@ -79,15 +80,24 @@ func buildFillLayer(t *testing.T) *builtBigLayer {
 
 func (f *fillLayer) read(t *testing.T, name string, off, n int64) {
 	t.Helper()
+	if err := f.readErr(t, name, off, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readErr reads n bytes of name at off and compares them with the file's
+// (for goroutines, which must not call t.Fatal).
+func (f *fillLayer) readErr(t *testing.T, name string, off, n int64) error {
 	e := lookup(t, f.l, name)
 	got := make([]byte, n)
 	m, err := f.l.ReadAt(context.Background(), e, got, off)
 	if err != nil && err != io.EOF {
-		t.Fatalf("ReadAt(%s, %d): %v", name, off, err)
+		return fmt.Errorf("ReadAt(%s, %d): %w", name, off, err)
 	}
 	if !bytes.Equal(got[:m], f.files[name][off:off+n]) {
-		t.Fatalf("ReadAt(%s, %d): content differs", name, off)
+		return fmt.Errorf("ReadAt(%s, %d): content differs", name, off)
 	}
+	return nil
 }
 
 // blobRange is the compressed range of a file's chunks.
@@ -209,4 +219,194 @@ func TestDemandReadMovesTheFill(t *testing.T) {
 	if calls, n := f.blob.Stats(); calls != 0 {
 		t.Errorf("reading the prioritized files after the prefetch made %d requests (%d bytes), want none", calls, n)
 	}
+}
+
+// gatedBlob holds every blob read until the test lets it go by its
+// offset (or lets all go), and tells each read's offset as it arrives.
+type gatedBlob struct {
+	mu      sync.Mutex
+	gates   map[int64]chan struct{}
+	all     bool
+	arrived chan int64
+}
+
+func gateReads(b *fstest.MemBlob) *gatedBlob {
+	g := &gatedBlob{gates: map[int64]chan struct{}{}, arrived: make(chan int64, 100)}
+	b.SetHook(func(ctx context.Context, off, n int64) error {
+		g.mu.Lock()
+		ch := g.gateLocked(off)
+		if g.all {
+			close(ch)
+			g.gates[off] = nil
+		}
+		g.mu.Unlock()
+		g.arrived <- off
+		if ch == nil {
+			return nil
+		}
+		select {
+		case <-ch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	return g
+}
+
+func (g *gatedBlob) gateLocked(off int64) chan struct{} {
+	ch, ok := g.gates[off]
+	if !ok {
+		ch = make(chan struct{})
+		g.gates[off] = ch
+	}
+	return ch
+}
+
+// let lets the read at off go (now, or when it comes).
+func (g *gatedBlob) let(off int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if ch := g.gateLocked(off); ch != nil {
+		close(ch)
+		g.gates[off] = nil
+	}
+}
+
+// letAll lets every read go, now and from now on.
+func (g *gatedBlob) letAll() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.all = true
+	for off, ch := range g.gates {
+		if ch != nil {
+			close(ch)
+			g.gates[off] = nil
+		}
+	}
+}
+
+func (g *gatedBlob) next(t *testing.T) int64 {
+	t.Helper()
+	select {
+	case off := <-g.arrived:
+		return off
+	case <-time.After(10 * time.Second):
+		t.Fatal("no blob read came")
+		return 0
+	}
+}
+
+// none fails if a blob read comes within a moment (a wrong fill would
+// send one at once; a right one never does, however slow the machine).
+func (g *gatedBlob) none(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case off := <-g.arrived:
+		t.Fatalf("%s: a blob read at %d came", what, off)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// While a demand read waits, the fill sends one segment at a time: its
+// two workers' segments in flight end, the next one goes once both have,
+// and the other worker's only after the demand read is done.
+func TestFillSendsOneSegmentWhileADemandReadWaits(t *testing.T) {
+	f := openFillLayer(t)
+	g := gateReads(f.blob)
+	defer g.letAll()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.l.Prefetch(context.Background())
+		done <- err
+	}()
+	a1, a2 := g.next(t), g.next(t)
+
+	// A demand read of a file nobody prioritized: its read goes out at
+	// once, with the prefetch's two segments in flight.
+	otherStart, otherEnd := f.blobRange(t, "app/other")
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		if err := f.readErr(t, "app/other", 0, 64<<10); err != nil {
+			t.Error(err)
+		}
+	}()
+	d := g.next(t)
+	if d < otherStart || d >= otherEnd {
+		t.Fatalf("the demand read asked for blob offset %d, not app/other's [%d, %d)", d, otherStart, otherEnd)
+	}
+
+	g.let(a1)
+	g.none(t, "one fill segment still in flight while a demand read waits")
+	g.let(a2)
+	b1 := g.next(t)
+	if b1 >= otherStart {
+		t.Fatalf("the fill's next segment is at %d, past the prioritized files", b1)
+	}
+	g.none(t, "a fill segment in flight while a demand read waits")
+
+	g.let(d)
+	<-read
+	b2 := g.next(t) // the other worker's, now that nobody waits
+	g.let(b1)
+	g.let(b2)
+	g.letAll()
+	if err := <-done; err != nil {
+		t.Fatalf("Prefetch: %v", err)
+	}
+	checkNoOverlap(t, f.blob.Reads())
+	f.blob.SetHook(nil)
+	f.blob.ResetStats()
+	for _, name := range []string{"app/big", "app/next", "app/last"} {
+		f.read(t, name, 0, int64(len(f.files[name])))
+	}
+	if calls, n := f.blob.Stats(); calls != 0 {
+		t.Errorf("reading the prioritized files after the prefetch made %d requests (%d bytes), want none", calls, n)
+	}
+}
+
+// A demand read that waits for chunks the fill claimed is not held up by
+// the gate it holds the fill back with: the fill goes on with the fetch
+// that brings them, though another of its segments is in flight.
+func TestFillGoesOnForChunksADemandReadWaitsFor(t *testing.T) {
+	f := openFillLayer(t)
+	g := gateReads(f.blob)
+	defer g.letAll()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.l.Prefetch(context.Background())
+		done <- err
+	}()
+	a1 := min(g.next(t), g.next(t))
+	bigStart, _ := f.blobRange(t, "app/big")
+	if a1 != bigStart {
+		t.Fatalf("the prefetch's first segment is at %d, want app/big's start %d", a1, bigStart)
+	}
+	// app/big's bytes at 1.5 MiB are in the first piece's second segment:
+	// the fill claimed them.
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		if err := f.readErr(t, "app/big", 3<<19, 64<<10); err != nil {
+			t.Error(err)
+		}
+	}()
+	g.none(t, "a read of chunks the fill claimed")
+	g.let(a1)
+	if b := g.next(t); b != a1+fillSegment {
+		t.Fatalf("after its first segment the fill asked for %d, want its second at %d", b, a1+fillSegment)
+	} else {
+		g.let(b)
+	}
+	select {
+	case <-read:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the demand read did not return")
+	}
+	g.letAll()
+	if err := <-done; err != nil {
+		t.Fatalf("Prefetch: %v", err)
+	}
+	checkNoOverlap(t, f.blob.Reads())
 }

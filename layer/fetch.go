@@ -96,7 +96,7 @@ func (l *Layer) fetchChunks(ctx context.Context, path string, todo []*chunk, mod
 			if mode == fetchFill {
 				pending = todo
 			}
-			buf, err := l.readRun(ctx, r, attempt == 1, mode == fetchFill && !expNoGate, pending, decode)
+			buf, err := l.readRun(ctx, r, attempt == 1, mode == fetchFill, pending, decode)
 			if err != nil {
 				err = fmt.Errorf("reading blob range [%d, %d): %w", r.start, r.end, err)
 				for _, c := range r.chunks[done:] {
