@@ -39,8 +39,10 @@ type FetchStats struct {
 }
 
 // Prefetch fetches the content of the prioritized files (those before
-// .prefetch.landmark, see Prioritized) into the cache, in blob order, with
-// a few range requests of about prefetchPiece bytes in flight at once.
+// .prefetch.landmark, see Prioritized) into the cache, in blob order but
+// following the demand reads that miss (see pieceQueue), in pieces of
+// about prefetchPiece bytes, a few at once, each read in segments that
+// give way to demand reads (see DemandGate).
 // Chunks go through the same singleflight as ReadAt: a chunk already
 // cached or being fetched for a reader is not fetched again, and a reader
 // that needs a chunk this call is fetching waits for it instead of
@@ -51,9 +53,9 @@ func (l *Layer) Prefetch(ctx context.Context) (FetchStats, error) {
 }
 
 // FetchAll fetches the content of every file of the layer into the cache,
-// in blob order, one range request of about backgroundPiece bytes at a
-// time, pausing while ReadAt calls are in progress so that on-demand reads
-// have the link to themselves. Like Prefetch it never fetches a chunk that
+// as Prefetch does its files but one piece of about backgroundPiece bytes
+// at a time, pausing while ReadAt calls are in progress so that on-demand
+// reads have the link to themselves. Like Prefetch it never fetches a chunk that
 // is cached or in flight. Meant to run in the background after Prefetch.
 func (l *Layer) FetchAll(ctx context.Context) (FetchStats, error) {
 	return l.fetchEntries(ctx, l.contentFiles(), backgroundPiece, 1, true)
@@ -138,8 +140,9 @@ func cutPieces(chunks []*chunk, piece int64) [][]*chunk {
 }
 
 // fetchPieces fetches pieces (each a set of chunks, coalesced into as few
-// range requests as touch) in order, parallel pieces at a time, through
-// the singleflight; with yield a piece waits until no ReadAt is in
+// range requests as touch) in order (for the fill, mode fetchFill: from
+// where demand reads miss, see pieceQueue), parallel pieces at a time,
+// through the singleflight; with yield a piece waits until no ReadAt is in
 // progress. The error is the first failure (later pieces are still
 // fetched).
 func (l *Layer) fetchPieces(ctx context.Context, path string, pieces [][]*chunk, parallel int, yield bool, mode fetchMode) error {
