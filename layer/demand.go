@@ -127,37 +127,45 @@ func (g *DemandGate) release() {
 	g.wakeLocked()
 }
 
-// wanted reports whether a demand read waits for one of chunks, as far as
-// they are still in flight.
-func (l *Layer) wanted(chunks []*chunk) bool {
+// wanted returns where the last of chunks that a demand read waits for
+// ends in the blob, as far as they are still in flight (0: none).
+func (l *Layer) wanted(chunks []*chunk) int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	var end int64
 	for _, c := range chunks {
 		if fl := l.inflight[c.key()]; fl != nil && fl.wanted.Load() {
 			select {
 			case <-fl.done:
 			default:
-				return true
+				end = max(end, c.blobEnd)
 			}
 		}
 	}
-	return false
+	return end
 }
 
 // readSegments reads buf from blob offset start for the fill: in segments
-// of at most fillSegment bytes, each sent once the gate lets it (at once
-// if a demand read waits for a chunk of pending, the chunks this fetch
-// leads), handing progress the bytes as they arrive.
+// of at most fillSegment bytes, each sent once the gate lets it, handing
+// progress the bytes as they arrive. If a demand read waits for a chunk of
+// pending (the chunks this fetch leads), the segment goes at once and
+// reaches to that chunk's end: segments would only add round trips to
+// the read's wait.
 func (l *Layer) readSegments(ctx context.Context, buf []byte, start int64, pending []*chunk, progress func(buf []byte, filled int64)) error {
-	for from := 0; from < len(buf); from += fillSegment {
-		l.gate.acquire(ctx, func() bool { return l.wanted(pending) })
-		to := min(from+fillSegment, len(buf))
+	for from := 0; from < len(buf); {
+		wantedEnd := l.wanted(pending)
+		l.gate.acquire(ctx, func() bool {
+			wantedEnd = l.wanted(pending)
+			return wantedEnd > 0
+		})
+		to := min(max(from+fillSegment, int(wantedEnd-start)), len(buf))
 		err := readFullProgress(ctx, l.blob, buf[from:to], start+int64(from), func(n int) { progress(buf, int64(from+n)) })
 		l.gate.release()
 		if err != nil {
 			return err
 		}
 		progress(buf, int64(to)) // a blob that reports no progress
+		from = to
 	}
 	return nil
 }
