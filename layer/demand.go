@@ -145,27 +145,136 @@ func (l *Layer) wanted(chunks []*chunk) int64 {
 	return end
 }
 
-// readSegments reads buf from blob offset start for the fill: in segments
+// readSegments reads buf from blob offset start for the fill, in segments
 // of at most fillSegment bytes, each sent once the gate lets it, handing
-// progress the bytes as they arrive. If a demand read waits for a chunk of
-// pending (the chunks this fetch leads), the segment goes at once and
-// reaches to that chunk's end: segments would only add round trips to
-// the read's wait.
+// progress the bytes in order as they arrive. The next segment is asked
+// for when the one before is about a round trip from done (see nearEnd),
+// so that segments cost the link no idle round trips while no demand read
+// waits. If a demand read waits for a chunk of pending (the chunks this
+// fetch leads), the segment goes at once and reaches to that chunk's end:
+// segments would only add round trips to the read's wait.
 func (l *Layer) readSegments(ctx context.Context, buf []byte, start int64, pending []*chunk, progress func(buf []byte, filled int64)) error {
-	for from := 0; from < len(buf); {
-		wantedEnd := l.wanted(pending)
-		l.gate.acquire(ctx, func() bool {
-			wantedEnd = l.wanted(pending)
-			return wantedEnd > 0
-		})
-		to := min(max(from+fillSegment, int(wantedEnd-start)), len(buf))
-		err := readFullProgress(ctx, l.blob, buf[from:to], start+int64(from), func(n int) { progress(buf, int64(from+n)) })
-		l.gate.release()
+	ctx, cancel := context.WithCancel(ctx)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		ends  []int // each segment's end in buf, in order
+		got   []int // bytes of each segment in
+		fail  error
+		wake  = make(chan struct{}, 1)
+		alarm = func(ch chan struct{}) {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	)
+	defer func() {
+		cancel() // a failed read ends the segments after it
+		wg.Wait() // no segment writes to buf once this returns
+	}()
+	wg.Add(1)
+	go func() { // the sender: one segment after another
+		defer wg.Done()
+		for from := 0; from < len(buf); {
+			wantedEnd := l.wanted(pending)
+			l.gate.acquire(ctx, func() bool {
+				wantedEnd = l.wanted(pending)
+				return wantedEnd > 0
+			})
+			if ctx.Err() != nil {
+				l.gate.release()
+				return
+			}
+			to := min(max(from+fillSegment, int(wantedEnd-start)), len(buf))
+			mu.Lock()
+			i := len(ends)
+			ends, got = append(ends, to), append(got, 0)
+			mu.Unlock()
+			next, done := make(chan struct{}, 1), make(chan struct{})
+			wg.Add(1)
+			go func(from, to int) {
+				defer wg.Done()
+				defer close(done)
+				err := readFullProgress(ctx, l.blob, buf[from:to], start+int64(from), nearEnd(to-from, func(n int) {
+					mu.Lock()
+					got[i] = n
+					mu.Unlock()
+					alarm(wake)
+				}, func() { alarm(next) }))
+				l.gate.release()
+				mu.Lock()
+				if err != nil && fail == nil {
+					fail = err
+				}
+				if err == nil {
+					got[i] = to - from
+				}
+				mu.Unlock()
+				alarm(wake)
+			}(from, to)
+			from = to
+			select {
+			case <-next:
+			case <-done:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		mu.Lock()
+		err := fail
+		filled := 0
+		for i, end := range ends {
+			if got[i] < end-filled {
+				filled += got[i]
+				break
+			}
+			filled = end
+		}
+		mu.Unlock()
 		if err != nil {
 			return err
 		}
-		progress(buf, int64(to)) // a blob that reports no progress
-		from = to
+		progress(buf, int64(filled))
+		if filled == len(buf) {
+			return nil
+		}
 	}
-	return nil
+}
+
+// nearEnd wraps the progress of a read of n bytes so that start is called
+// once when the read is about one round trip from done: the time to its
+// first bytes is taken for the round trip, what came after them for the
+// rate.
+func nearEnd(n int, progress func(int), start func()) func(int) {
+	asked := time.Now()
+	var first time.Time
+	var atFirst int
+	started := false
+	return func(got int) {
+		progress(got)
+		if started {
+			return
+		}
+		now := time.Now()
+		if first.IsZero() {
+			first, atFirst = now, got
+			return
+		}
+		rtt, since := first.Sub(asked), now.Sub(first)
+		if got <= atFirst || since <= 0 {
+			return
+		}
+		if time.Duration(float64(n-got)/float64(got-atFirst)*float64(since)) <= rtt {
+			started = true
+			start()
+		}
+	}
 }
