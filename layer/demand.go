@@ -170,7 +170,7 @@ func (l *Layer) readSegments(ctx context.Context, buf []byte, start int64, pendi
 		}
 	)
 	defer func() {
-		cancel() // a failed read ends the segments after it
+		cancel()  // a failed read ends the segments after it
 		wg.Wait() // no segment writes to buf once this returns
 	}()
 	wg.Add(1)
