@@ -31,7 +31,7 @@ type flight struct {
 	data []byte // verified content, set before done is closed
 	err  error
 	// wanted is set when a demand read waits for the chunk: a fill
-	// fetching it then stops yielding (see readSegments).
+	// fetching it then goes on regardless of the gate (see readSegments).
 	wanted atomic.Bool
 }
 
@@ -42,11 +42,13 @@ const (
 	// fetchOther: read-ahead, ELF dependencies, profile replay, the
 	// engine's files, whole-file copies: each run in one request, at once.
 	fetchOther fetchMode = iota
-	// fetchDemand: ReadAt, which a process waits on: it reads ahead, and
-	// the fill holds back while it waits (see DemandGate).
+	// fetchDemand: ReadAt, which a process waits on: it reads ahead, moves
+	// the fill to its file when it misses (see pieceQueue), and holds the
+	// fill back while it waits (see DemandGate).
 	fetchDemand
 	// fetchFill: Prefetch and FetchAll, which nobody waits on yet: in
-	// segments, none sent while a demand read waits (see readSegments).
+	// segments, one at a time while a demand read waits (see
+	// readSegments).
 	fetchFill
 )
 
