@@ -282,6 +282,8 @@ func (p *Pool) sweepIdle(ctx context.Context) {
 // Close stops the pool's background work and waits for a sweep under way
 // to finish, so nothing logs or frees trees after Close returns.
 func (p *Pool) Close() {
+	p.guessStop()
+	p.guessWG.Wait()
 	if p.stop != nil {
 		p.stop()
 		<-p.swept

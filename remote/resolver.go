@@ -34,6 +34,9 @@ type Resolver struct {
 	imgSF singleflight.Group
 	cfgSF singleflight.Group // config fetches, by config digest
 
+	// Registry hosts that refused a suffix range (see Tail).
+	noSuffix sync.Map
+
 	// Registry hosts that answered the referrers API with "no such
 	// endpoint", and when (see Referrers).
 	refMu    sync.Mutex
