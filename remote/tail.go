@@ -128,7 +128,7 @@ func (r *Resolver) tailOnce(ctx context.Context, c *http.Client, url string, n i
 	defer drainClose(resp.Body)
 	first, last, size, ok := parseContentRangeTotal(resp.Header.Get("Content-Range"))
 	if !ok || last != size-1 || first != size-min(n, size) {
-		return nil, 0, fmt.Errorf("asked for the last %d bytes, the answer says it holds %q: %w", n, resp.Header.Get("Content-Range"), ErrNoSuffixRange)
+		return nil, 0, fmt.Errorf("asked for the last %d bytes, the answer says it holds %q", n, resp.Header.Get("Content-Range"))
 	}
 	data := make([]byte, last-first+1)
 	got, err := readReporting(resp.Body, data, progress)
