@@ -209,27 +209,37 @@ func TestHandshakeOncePerRegistry(t *testing.T) {
 // challenge, which stands in for the ping: no /v2/ request, one token per
 // repository, and a token that expires is renewed.
 func TestAnonymousTokenRegistry(t *testing.T) {
-	var pings atomic.Int64
-	ts := &tokenServer{anonymous: true, expired: http.StatusUnauthorized}
-	f := newFixture(t, func(h http.Handler) http.Handler { return countPings(&pings)(ts.middleware(h)) })
-	r, logs := newTestResolver(t, Options{Retries: -1})
-	b, want := openLayer(t, f, r)
-	readConcurrently(t, b)
-	ti := makeImage(t, 1, 4<<10, 0, nil)
-	tagRef, _ := f.pushImage(t, "other/app", "v1", ti.img)
-	if _, err := r.ResolveLayer(context.Background(), tagRef, ti.toc); err != nil {
-		t.Fatalf("second repository: %v\n%s", err, logs)
-	}
-	if n := pings.Load(); n != 0 {
-		t.Errorf("/v2/ pings = %d, want 0", n)
-	}
-	if n := ts.issued.Load(); n != 2 {
-		t.Errorf("tokens issued = %d, want 2 (one per repository)", n)
-	}
-	ts.expire()
-	buf := make([]byte, 1000)
-	if _, err := b.ReadAt(context.Background(), buf, 500); err != nil || !bytes.Equal(buf, want[500:1500]) {
-		t.Fatalf("ReadAt after the token expired: %v\n%s", err, logs)
+	for _, status := range []int{http.StatusUnauthorized, http.StatusForbidden} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			var pings atomic.Int64
+			ts := &tokenServer{anonymous: true, expired: status}
+			f := newFixture(t, func(h http.Handler) http.Handler { return countPings(&pings)(ts.middleware(h)) })
+			r, logs := newTestResolver(t, Options{Retries: -1})
+			b, want := openLayer(t, f, r)
+			readConcurrently(t, b)
+			ti := makeImage(t, 1, 4<<10, 0, nil)
+			tagRef, _ := f.pushImage(t, "other/app", "v1", ti.img)
+			if _, err := r.ResolveLayer(context.Background(), tagRef, ti.toc); err != nil {
+				t.Fatalf("second repository: %v\n%s", err, logs)
+			}
+			if n := pings.Load(); n != 0 {
+				t.Errorf("/v2/ pings = %d, want 0", n)
+			}
+			if n := ts.issued.Load(); n != 2 {
+				t.Errorf("tokens issued = %d, want 2 (one per repository)", n)
+			}
+			// An expired token, answered with 401 or 403 and no
+			// challenge, is renewed by a new handshake (dropAuth), which
+			// starts anonymous again and takes the challenge from there.
+			ts.expire()
+			buf := make([]byte, 1000)
+			if _, err := b.ReadAt(context.Background(), buf, 500); err != nil || !bytes.Equal(buf, want[500:1500]) {
+				t.Fatalf("ReadAt after the token expired: %v\n%s", err, logs)
+			}
+			if n := ts.issued.Load(); n != 3 {
+				t.Errorf("tokens issued = %d, want 3 (renewed once)", n)
+			}
+		})
 	}
 }
 
