@@ -457,3 +457,105 @@ func TestFetchFiles(t *testing.T) {
 		t.Errorf("fetched %v, want etc/passwd.real and etc/group", got)
 	}
 }
+
+// modeLayer is an eStargz layer (32 KiB chunks) of the given files of
+// incompressible bytes with the given modes, served from memory with no
+// tail read.
+func modeLayer(t *testing.T, files []elfModeFile, opts ...Option) (*Layer, *fstest.MemBlob, map[string][]byte) {
+	t.Helper()
+	noTail(t)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	content := map[string][]byte{}
+	rng := rand.NewChaCha8([32]byte{3})
+	for _, f := range files {
+		data := make([]byte, f.size)
+		_, _ = rng.Read(data)
+		content[f.name] = data
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: f.mode, Size: f.size}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, toc := fstest.EStargz(t, buf.Bytes(), estargz.WithChunkSize(32<<10))
+	blob := fstest.NewMemBlob(data)
+	l, err := Open(context.Background(), blob, toc, newMemCache(), nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob.ResetStats()
+	return l, blob, content
+}
+
+type elfModeFile struct {
+	name string
+	mode int64
+	size int64
+}
+
+// waitCached waits until every chunk of the file at p is in l's cache.
+func waitCached(t *testing.T, l *Layer, p string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+		all := true
+		for _, c := range lookup(t, l, p).file().chunks {
+			all = all && l.cached(c)
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not all fetched after 20 s", p)
+		}
+	}
+}
+
+// TestFetchProgram: a read that fetches the first chunk of a file with an
+// execute bit (a program being loaded) fetches the whole file in that one
+// request; the rest is then read without a request. A file with no
+// execute bit, a program of one chunk, or any file with ELF prefetch off
+// fetches only the chunk read.
+func TestFetchProgram(t *testing.T) {
+	files := []elfModeFile{
+		{"bin/prog", 0o755, 200 << 10},
+		{"lib/data", 0o644, 200 << 10},
+		{"bin/small", 0o755, 10 << 10},
+	}
+	l, blob, content := modeLayer(t, files, WithELFDeps(true))
+	first := func(p string) (int64, int64) {
+		c := lookup(t, l, p).file().chunks[0]
+		return c.blobOff, c.blobEnd
+	}
+	readFile(t, l, "bin/prog", content["bin/prog"][:100])
+	waitCached(t, l, "bin/prog")
+	start, end := l.CompressedRange(lookup(t, l, "bin/prog"))
+	if got := blob.Reads(); len(got) != 1 || got[0] != [2]int64{start, end - start} {
+		t.Errorf("reading the start of bin/prog made blob reads %v, want one of its whole range [%d +%d]", got, start, end-start)
+	}
+	blob.ResetStats()
+	readFile(t, l, "bin/prog", content["bin/prog"])
+	if calls, _ := blob.Stats(); calls != 0 {
+		t.Errorf("reading the rest of bin/prog made %d blob reads, want 0", calls)
+	}
+
+	for _, p := range []string{"lib/data", "bin/small"} {
+		blob.ResetStats()
+		readFile(t, l, p, content[p][:100])
+		s, e := first(p)
+		if got := blob.Reads(); len(got) != 1 || got[0] != [2]int64{s, e - s} {
+			t.Errorf("reading the start of %s made blob reads %v, want one of its first chunk [%d +%d]", p, got, s, e-s)
+		}
+	}
+
+	off, blobOff, content := modeLayer(t, files)
+	readFile(t, off, "bin/prog", content["bin/prog"][:100])
+	c := lookup(t, off, "bin/prog").file().chunks[0]
+	if got := blobOff.Reads(); len(got) != 1 || got[0] != [2]int64{c.blobOff, c.blobEnd - c.blobOff} {
+		t.Errorf("with ELF prefetch off, reading the start of bin/prog made blob reads %v, want one of its first chunk", got)
+	}
+}

@@ -60,6 +60,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	// too (see maybeScanELF); a file read from the cache was scanned
 	// when it was fetched, or was fetched by a scan.
 	scan := l.elfDeps && chunks[0].fileOff == 0 && !l.cached(chunks[0])
+	if scan {
+		l.fetchProgram(e)
+	}
 	l.reading.Add(1)
 	data, err := l.getChunks(ctx, e.Path(), chunks, true)
 	l.reading.Add(-1)
