@@ -43,6 +43,11 @@ type Layer struct {
 		dirs   []uint32 // directory of each chunk's file
 	}
 	readaheadDir int64 // see WithReadaheadSameDir
+	sameDir      struct {
+		mu     sync.Mutex
+		window int64             // what the next same-directory read-ahead takes
+		last   map[chunkKey]bool // chunks of the latest read-ahead no read has asked for yet
+	}
 
 	elfDeps  bool          // see WithELFDeps
 	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
@@ -131,6 +136,7 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		elfSlots:     make(chan struct{}, elfScans),
 	}
 	l.whole.Store(o.whole)
+	l.sameDir.window = sameDirStart(o.readaheadDir)
 	return l
 }
 

@@ -51,6 +51,7 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	}
 
 	l.rec.note(chunks)
+	l.noteRead(chunks)
 	began := time.Now()
 	if w := l.whole.Load(); w != nil {
 		w.readSeen(began)
