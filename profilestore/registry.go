@@ -6,9 +6,13 @@
 package profilestore
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strconv"
@@ -65,6 +69,16 @@ const (
 	// older poolfs) are read through their manifest.
 	BlobAnnotation     = "io.poolfs.profile.blob"
 	BlobSizeAnnotation = "io.poolfs.profile.blob.size"
+	// InlineAnnotation carries the profile blob itself, gzip-compressed
+	// and base64-encoded, when that is at most maxInline bytes: the
+	// referrers answer then holds the profile, and the lookup, which a
+	// layer's first reads wait on, takes no blob round trip. The blob is
+	// pushed too, for readers that ignore the annotation; what is inlined
+	// must match BlobAnnotation's digest, or the blob is read instead.
+	InlineAnnotation = "io.poolfs.profile.inline"
+	// maxInline bounds the annotation: every artifact of an image repeats
+	// it in the image's referrers answer.
+	maxInline = 32 << 10
 	// createdFormat is RFC 3339 in UTC with fixed-width fractions, so that
 	// the annotations sort as strings.
 	createdFormat = "2006-01-02T15:04:05.000000000Z07:00"
@@ -234,9 +248,15 @@ func (g *Registry) fetch(ctx context.Context, ref string, manifest digest.Digest
 		log.WithField("artifact", refs[0].Digest).Warn("published profile artifact has no profile blob of a sane size; ignoring it")
 		return nil, nil
 	}
-	data, err := g.r.ReadBlob(ctx, ref, blob.Digest, blob.Size)
+	data, err := inlined(refs[0].Annotations, *blob)
 	if err != nil {
-		return nil, fmt.Errorf("profile lookup for %s: %w", ref, err)
+		if refs[0].Annotations[InlineAnnotation] != "" {
+			log.WithField("artifact", refs[0].Digest).WithError(err).Warn("inlined profile unusable; reading its blob")
+		}
+		data, err = g.r.ReadBlob(ctx, ref, blob.Digest, blob.Size)
+		if err != nil {
+			return nil, fmt.Errorf("profile lookup for %s: %w", ref, err)
+		}
 	}
 	set, err := profile.UnmarshalSet(data)
 	if err != nil {
@@ -260,6 +280,50 @@ func announcedBlob(a map[string]string) *remote.ArtifactBlob {
 		return nil
 	}
 	return &remote.ArtifactBlob{MediaType: profile.MediaType, Digest: d, Size: size}
+}
+
+// inline encodes a profile blob for InlineAnnotation, or returns "" when
+// it would be over maxInline.
+func inline(data []byte) string {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	if _, err := zw.Write(data); err != nil || zw.Close() != nil {
+		return ""
+	}
+	if base64.StdEncoding.EncodedLen(b.Len()) > maxInline {
+		return ""
+	}
+	return base64.StdEncoding.EncodeToString(b.Bytes())
+}
+
+// inlined decodes the profile blob an artifact's annotations carry (see
+// InlineAnnotation), checked against blob, the digest and size they
+// announce. The annotation comes from the registry's referrers answer,
+// unverified, so nothing in it is trusted before the digest matches.
+func inlined(a map[string]string, blob remote.ArtifactBlob) ([]byte, error) {
+	enc := a[InlineAnnotation]
+	if enc == "" {
+		return nil, errors.New("no inlined profile")
+	}
+	if len(enc) > maxInline {
+		return nil, fmt.Errorf("inlined profile of %d bytes, more than %d", len(enc), maxInline)
+	}
+	gz, err := base64.StdEncoding.DecodeString(enc)
+	if err != nil {
+		return nil, fmt.Errorf("decoding the inlined profile: %w", err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		return nil, fmt.Errorf("decompressing the inlined profile: %w", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(zr, blob.Size+1))
+	if err != nil {
+		return nil, fmt.Errorf("decompressing the inlined profile: %w", err)
+	}
+	if int64(len(data)) != blob.Size || digest.FromBytes(data) != blob.Digest {
+		return nil, fmt.Errorf("inlined profile is not blob %s (%d bytes)", blob.Digest, blob.Size)
+	}
+	return data, nil
 }
 
 // Push publishes set as a profile artifact of the image manifest ref
@@ -287,14 +351,18 @@ func (g *Registry) Push(ctx context.Context, ref string, set profile.Set) (remot
 	if err != nil {
 		return remote.Pushed{}, fmt.Errorf("push profiles: %w", err)
 	}
+	annotations := map[string]string{
+		CreatedAnnotation:  time.Now().UTC().Format(createdFormat),
+		BlobAnnotation:     digest.FromBytes(data).String(),
+		BlobSizeAnnotation: strconv.Itoa(len(data)),
+	}
+	if enc := inline(data); enc != "" {
+		annotations[InlineAnnotation] = enc
+	}
 	pushed, err := g.r.PushArtifact(ctx, ref, remote.Artifact{
 		ArtifactType: profile.ArtifactType,
-		Annotations: map[string]string{
-			CreatedAnnotation:  time.Now().UTC().Format(createdFormat),
-			BlobAnnotation:     digest.FromBytes(data).String(),
-			BlobSizeAnnotation: strconv.Itoa(len(data)),
-		},
-		Blobs: []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: data}},
+		Annotations:  annotations,
+		Blobs:        []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: data}},
 	})
 	if err != nil {
 		return remote.Pushed{}, fmt.Errorf("push profiles: %w", err)

@@ -1,11 +1,15 @@
 package profilestore_test
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -121,12 +125,92 @@ func TestPushLookupRoundTrip(t *testing.T) {
 			if n := reg.Stats().ReferrersRequests; n != tc.firstLookup {
 				t.Errorf("%d referrers requests for the image's layers, want %d\n%s", n, tc.firstLookup, reg.RequestLog())
 			}
-			// The referrers name the profile blob: the artifact manifest's
-			// round trip is saved.
+			// The referrers answer carries the profile itself: neither the
+			// artifact manifest's round trip nor the blob's is taken.
 			for _, r := range reg.Requests() {
-				if strings.Contains(r.Path, pushed.Digest.Encoded()) {
-					t.Errorf("the lookup asked for the artifact manifest: %s %s", r.Method, r.Path)
+				if strings.Contains(r.Path, pushed.Digest.Encoded()) || strings.Contains(r.Path, "/blobs/") {
+					t.Errorf("the lookup asked for more than the referrers: %s %s", r.Method, r.Path)
 				}
+			}
+		})
+	}
+}
+
+// TestLookupInlinedProfile: the profile inlined in the artifact's
+// annotations is used only when it is the blob they announce; a bad or
+// foreign one costs the blob's round trip, never a wrong profile, and a
+// profile too big to inline is pushed without it and read from its blob.
+func TestLookupInlinedProfile(t *testing.T) {
+	encode := func(b []byte) string {
+		var z bytes.Buffer
+		zw := gzip.NewWriter(&z)
+		zw.Write(b)
+		zw.Close()
+		return base64.StdEncoding.EncodeToString(z.Bytes())
+	}
+	for _, tc := range []struct {
+		name   string
+		inline func(data, other []byte) string // nil: push with Push
+		chunks int
+		// whether the lookup reads the blob
+		readsBlob bool
+	}{
+		{"inlined", nil, 3, false},
+		{"too big to inline", nil, 20000, true},
+		{"foreign profile inlined", func(_, other []byte) string { return encode(other) }, 3, true},
+		{"not base64", func([]byte, []byte) string { return "%%%" }, 3, true},
+		{"not gzip", func(data, _ []byte) string { return base64.StdEncoding.EncodeToString(data) }, 3, true},
+		{"longer than announced", func(data, _ []byte) string { return encode(append(data, ' ')) }, 3, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := fixture.StartRegistry(t, fixture.WithReferrersAPI())
+			ctx := testCtx(t)
+			ref, _, layers := image(t, reg, "app/"+strings.ReplaceAll(tc.name, " ", "-"))
+			want := profileOf(layers[0], tc.chunks)
+			set := profile.Set{Profiles: []*profile.Profile{want}}
+			if tc.inline == nil {
+				pusher, _ := newStore(profilestore.Options{})
+				if _, err := pusher.Push(ctx, ref, set); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				data, err := profile.MarshalSet(set)
+				if err != nil {
+					t.Fatal(err)
+				}
+				other, err := profile.MarshalSet(profile.Set{Profiles: []*profile.Profile{profileOf(layers[0], 1)}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				r := remote.New(remote.Options{Log: quietLog()})
+				if _, err := r.PushArtifact(ctx, ref, remote.Artifact{ArtifactType: profile.ArtifactType,
+					Annotations: map[string]string{
+						profilestore.BlobAnnotation:     digest.FromBytes(data).String(),
+						profilestore.BlobSizeAnnotation: strconv.Itoa(len(data)),
+						profilestore.InlineAnnotation:   tc.inline(data, other),
+					},
+					Blobs: []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: data}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			reg.ResetStats()
+			store, _ := newStore(profilestore.Options{})
+			got, err := store.Lookup(ctx, ref, layers[0].Digest, layers[0].TOCDigest)
+			if err != nil || !reflect.DeepEqual(got, want) {
+				n := -1
+				if got != nil {
+					n = len(got.Chunks)
+				}
+				t.Fatalf("looked up %d chunks, %v; want the %d pushed", n, err, len(want.Chunks))
+			}
+			blobReads := 0
+			for _, r := range reg.Requests() {
+				if strings.Contains(r.Path, "/blobs/") {
+					blobReads++
+				}
+			}
+			if (blobReads > 0) != tc.readsBlob {
+				t.Errorf("%d blob requests; want the blob read: %v\n%s", blobReads, tc.readsBlob, reg.RequestLog())
 			}
 		})
 	}

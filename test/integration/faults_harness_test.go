@@ -70,7 +70,7 @@ func mountPoolOpts(t *testing.T, reg *fixture.Registry, o mountOpts) *mounted {
 	if o.Quiet {
 		log.SetLevel(logrus.InfoLevel)
 	}
-	log.SetOutput(testWriter{t})
+	log.SetOutput(newTestWriter(t))
 	if o.LogHook != nil {
 		log.AddHook(o.LogHook)
 	}

@@ -3,9 +3,11 @@ package integration
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -49,9 +51,32 @@ func mountPool(t *testing.T, reg *fixture.Registry) *mounted {
 }
 
 // testWriter sends daemon logs to the test log, shown on failure or -v.
-type testWriter struct{ t *testing.T }
+// A line logged once the test has ended (a background goroutine the test
+// did not wait for) goes to stderr, named, instead of panicking the whole
+// test binary the way t.Log does then.
+type testWriter struct {
+	t     *testing.T
+	mu    sync.Mutex
+	ended bool
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
+func newTestWriter(t *testing.T) *testWriter {
+	w := &testWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.ended = true
+		w.mu.Unlock()
+	})
+	return w
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended {
+		fmt.Fprintf(os.Stderr, "logged after %s ended: %s", w.t.Name(), p)
+		return len(p), nil
+	}
 	w.t.Helper()
 	w.t.Log(string(p))
 	return len(p), nil
