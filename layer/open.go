@@ -46,7 +46,7 @@ type Layer struct {
 	sameDir      struct {
 		mu     sync.Mutex
 		window int64             // what the next same-directory read-ahead takes
-		last   map[chunkKey]bool // chunks of the latest read-ahead no read has asked for yet
+		last   map[chunkKey]bool // chunks of the latest read-ahead, while window is the first one
 	}
 
 	elfDeps  bool          // see WithELFDeps

@@ -91,16 +91,12 @@ func (l *Layer) noteRead(chunks []*chunk) {
 	if len(l.sameDir.last) == 0 {
 		return
 	}
-	hit := false
 	for _, c := range chunks {
 		if l.sameDir.last[c.key()] {
-			hit = true
-			delete(l.sameDir.last, c.key())
+			l.sameDir.window = l.readaheadDir
+			l.sameDir.last = nil
+			return
 		}
-	}
-	if hit {
-		l.sameDir.window = l.readaheadDir
-		l.sameDir.last = nil
 	}
 }
 
