@@ -264,6 +264,12 @@ func SaysNoPrefetch(head []byte) bool {
 	return err == nil && path.Clean("/"+h.Name) == "/"+estargz.NoPrefetchLandmark
 }
 
+// TailSize is how many bytes of a blob's end Open reads in one request
+// when a TOC digest is expected (when none is, it reads fewer): what a
+// caller reading a blob's end ahead of Open, before its size is known,
+// should ask for.
+func TailSize() int64 { return tailSize }
+
 // TailStart is where the window of the blob's end that Open reads in one
 // request begins, for a blob of size bytes.
 func TailStart(size int64) int64 {

@@ -282,6 +282,11 @@ func (p *Pool) sweepIdle(ctx context.Context) {
 // Close stops the pool's background work and waits for a sweep under way
 // to finish, so nothing logs or frees trees after Close returns.
 func (p *Pool) Close() {
+	// Under p.mu: no read of a blob's end starts after this (guessTail).
+	p.mu.Lock()
+	p.guessStop()
+	p.mu.Unlock()
+	p.guessWG.Wait()
 	if p.stop != nil {
 		p.stop()
 		<-p.swept

@@ -139,6 +139,13 @@ type Pool struct {
 	// When a tag's recheck last failed (see recheckRetry).
 	recheckFailed map[string]time.Time
 
+	// Reads of blob ends started before the manifest (see tailGuess), by
+	// reference@digest; guessCtx ends them on Close, guessWG waits for them.
+	guesses   map[string]*tailGuess
+	guessCtx  context.Context
+	guessStop context.CancelFunc
+	guessWG   sync.WaitGroup
+
 	limits   TreeLimits // see WithTreeLimits
 	treeMu   sync.Mutex
 	treeUsed int64 // bytes of the trees in memory and being built
@@ -163,7 +170,9 @@ func New(resolver Resolver, c Cache, log *logrus.Entry, opts ...Option) *Pool {
 		refs:       map[string]meta.Manifest{},
 
 		recheckFailed: map[string]time.Time{},
+		guesses:       map[string]*tailGuess{},
 	}
+	p.guessCtx, p.guessStop = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(p)
 	}
@@ -200,6 +209,10 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 			return nil, err
 		}
 	}
+	// The blob's end is read beside the manifest (see tailGuess) when the
+	// check below has to fetch it.
+	g := p.guessTail(key)
+	defer p.dropGuess(key, g)
 	// Nor is an open layer served under a reference that does not list it.
 	if err := p.listed(ctx, key); err != nil {
 		return nil, err
@@ -264,6 +277,8 @@ func (p *Pool) Opened(d digest.Digest) *Layer {
 
 func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	log := p.log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})
+	g := p.takeGuess(key)
+	defer g.stop()
 	if l := p.openStored(ctx, key, log); l != nil {
 		return l, nil
 	}
@@ -335,7 +350,13 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	} else if early = newEarlyRanges(blob, stored, p.cached); early != nil {
 		viewBlob = early
 	}
+	_, zstdPos, zstd, zerr := layer.ZstdChunkedAnnotations(desc.Annotations)
+	ahead := g.use(ctx, viewBlob, desc, tocDigest != "" || zstd && zerr == nil && zstdPos != nil, log)
+	if ahead != nil {
+		viewBlob = ahead
+	}
 	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, append(p.layerOptions(), layer.WithAnnotations(desc.Annotations))...)
+	ahead.release()
 	early.closePlans() // the replay can start itself now
 	if err == nil {
 		head.Limit(view.PrioritizedHead())

@@ -158,8 +158,16 @@ func TestIdleTreesLeaveMemory(t *testing.T) {
 		diffs[i] = pushRaw(ctx, t, reg, als, fmt.Sprintf("test/idle%d", i), blob, toc)
 	}
 	baseline := procStatus(t, d.Pid(), "VmRSS")
+	// Each tree is held by an open directory until all are counted: on a
+	// loaded machine, reading 50 trees takes longer than the idle time.
+	var held []*os.File
 	for i, diff := range diffs {
-		names, err := os.ReadDir(diff)
+		dir, err := os.Open(diff)
+		if err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		held = append(held, dir)
+		names, err := dir.ReadDir(-1)
 		if err != nil || len(names) != 50 {
 			t.Fatalf("layer %d: %d names, %v", i, len(names), err)
 		}
@@ -169,6 +177,9 @@ func TestIdleTreesLeaveMemory(t *testing.T) {
 	t.Logf("RSS %d MiB before, %d MiB with %d trees (%d MiB of trees)", baseline/mib, loaded/mib, st.Trees.Loaded, st.Trees.Bytes/mib)
 	if st.Trees.Loaded != layers {
 		t.Fatalf("%d trees in memory, want %d", st.Trees.Loaded, layers)
+	}
+	for _, dir := range held {
+		dir.Close()
 	}
 
 	// The kernel keeps what was looked up until told otherwise; a tree it

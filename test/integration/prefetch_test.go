@@ -183,8 +183,9 @@ func assertDisjoint(t *testing.T, reqs []fixture.RequestRecord) {
 	var spans []span
 	for _, r := range reqs {
 		var s span
-		if _, err := fmt.Sscanf(r.Range, "bytes=%d-%d", &s.first, &s.last); err != nil {
-			t.Errorf("request without a first-last range: %q", r.Range)
+		var ok bool
+		if s.first, s.last, ok = r.Span(); !ok {
+			t.Errorf("request without a range: %q", r.Range)
 			continue
 		}
 		for _, o := range spans {

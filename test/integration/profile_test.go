@@ -71,9 +71,9 @@ func blobRanges(t *testing.T, reg *fixture.Registry, blob digest.Digest) [][2]in
 		if r.Range == "" || !strings.Contains(r.Path, blob.Encoded()) {
 			continue
 		}
-		var a, b int64
-		if _, err := fmt.Sscanf(r.Range, "bytes=%d-%d", &a, &b); err != nil {
-			t.Fatalf("range %q: %v", r.Range, err)
+		a, b, ok := r.Span()
+		if !ok {
+			t.Fatalf("range %q answered with %q", r.Range, r.ContentRange)
 		}
 		out = append(out, [2]int64{a, b + 1})
 	}

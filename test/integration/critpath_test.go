@@ -1,0 +1,214 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/poolfs/poolfs/test/fixture"
+)
+
+// The first lookup of a layer, before the daemon has its image's manifest:
+// no /v2/ ping to a registry that needs no auth, and the blob's end (the
+// TOC) asked for beside the manifest, by the digest in the path, but used
+// only once the manifest confirms it.
+
+// tailReads sorts the requests for blob li: suffix ranges (the read
+// beside the manifest) and first-last ranges that end at the blob's end
+// (the TOC read after the manifest).
+func tailReads(reg *fixture.Registry, li fixture.LayerInfo) (suffix, after int) {
+	for _, rec := range reg.Requests() {
+		if rec.Method != http.MethodGet || !strings.HasSuffix(rec.Path, "/blobs/"+li.Digest.String()) {
+			continue
+		}
+		if strings.HasPrefix(rec.Range, "bytes=-") {
+			suffix++
+			continue
+		}
+		if _, last, ok := strings.Cut(rec.Range, "-"); ok {
+			if end, err := strconv.ParseInt(last, 10, 64); err == nil && end == li.Size-1 {
+				after++
+			}
+		}
+	}
+	return suffix, after
+}
+
+func noPings(t *testing.T, reg *fixture.Registry) {
+	t.Helper()
+	for _, rec := range reg.Requests() {
+		if rec.Path == "/v2/" {
+			t.Errorf("the registry was pinged:\n%s", reg.RequestLog())
+			return
+		}
+	}
+}
+
+// TestFirstLookupBlobBeforeManifest: the registry holds back its answer to
+// the manifest request until the layer's blob has been asked for, so a
+// daemon that asks for the blob only once it has the manifest makes the
+// gate time out. The TOC comes from that first request: no other read of
+// the blob's end follows.
+func TestFirstLookupBlobBeforeManifest(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarB := layerTar(61, 8)
+	ref, layers := pushImage(t, reg, "test/crit", [][]byte{tarB}, fixture.ImageOptions{})
+	li := layers[0]
+	blobAsked := make(chan struct{})
+	var once sync.Once
+	var gateTimedOut atomic.Bool
+	reg.SetMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+li.Digest.String()) {
+				once.Do(func() { close(blobAsked) })
+			}
+			if strings.Contains(r.URL.Path, "/manifests/") {
+				select {
+				case <-blobAsked:
+				case <-time.After(30 * time.Second):
+					gateTimedOut.Store(true)
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	reg.ResetStats()
+	m := mountPool(t, reg)
+	compareTree(t, filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tarB)
+	if gateTimedOut.Load() {
+		t.Errorf("the manifest was answered before the layer's blob was asked for:\n%s", reg.RequestLog())
+	}
+	noPings(t, reg)
+	if suffix, after := tailReads(reg, li); suffix != 1 || after != 0 {
+		t.Errorf("%d reads of the blob's end beside the manifest and %d after it, want 1 and 0:\n%s", suffix, after, reg.RequestLog())
+	}
+}
+
+// TestFirstLookupTokenRegistry: a registry that wants a bearer token (one
+// for anyone, as Docker Hub hands out for public images) answers the first
+// requests with its challenge, which stands in for the ping.
+func TestFirstLookupTokenRegistry(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tarB := layerTar(62, 8)
+	ref, layers := pushImage(t, reg, "test/token", [][]byte{tarB}, fixture.ImageOptions{})
+	li := layers[0]
+	var issued atomic.Int64
+	reg.SetMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/token" {
+				_ = json.NewEncoder(w).Encode(map[string]string{"token": fmt.Sprintf("anon-%d", issued.Add(1))})
+				return
+			}
+			if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer anon-") {
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="poolfs-test"`, r.Host))
+				http.Error(w, "token required", http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	reg.ResetStats()
+	m := mountPool(t, reg)
+	compareTree(t, filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tarB)
+	noPings(t, reg)
+	if issued.Load() == 0 {
+		t.Error("no token was asked for")
+	}
+}
+
+// TestFirstLookupTailNotServedUnlessItFits: the answer to the read beside
+// the manifest is doctored, with the size of another blob or with its TOC
+// spoiled; the layer is still served right, from the TOC read again.
+func TestFirstLookupTailNotServedUnlessItFits(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		doctor func(li fixture.LayerInfo, contentRange string, body []byte) (string, []byte)
+	}{
+		{"size", func(li fixture.LayerInfo, _ string, body []byte) (string, []byte) {
+			// The same bytes at the end of a blob 1000 bytes longer (the
+			// layer is smaller than the window read: all of it).
+			longer := append(make([]byte, 1000), body...)
+			return fmt.Sprintf("bytes 0-%d/%d", len(longer)-1, len(longer)), longer
+		}},
+		{"toc", func(li fixture.LayerInfo, contentRange string, body []byte) (string, []byte) {
+			spoiled := append([]byte(nil), body...)
+			for i := len(spoiled) - 51 - 100; i < len(spoiled)-51-60; i++ {
+				spoiled[i] ^= 0xff // the TOC's compressed JSON, before the gzip trailer and the footer
+			}
+			return contentRange, spoiled
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := fixture.StartRegistry(t)
+			tarB := layerTar(63, 8)
+			ref, layers := pushImage(t, reg, "test/doctored", [][]byte{tarB}, fixture.ImageOptions{})
+			li := layers[0]
+			reg.SetMiddleware(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if !strings.HasPrefix(r.Header.Get("Range"), "bytes=-") || !strings.HasSuffix(r.URL.Path, li.Digest.String()) {
+						next.ServeHTTP(w, r)
+						return
+					}
+					rec := httptest.NewRecorder()
+					next.ServeHTTP(rec, r)
+					cr, body := tc.doctor(li, rec.Header().Get("Content-Range"), rec.Body.Bytes())
+					w.Header().Set("Content-Range", cr)
+					w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+					w.WriteHeader(http.StatusPartialContent)
+					_, _ = w.Write(body)
+				})
+			})
+			reg.ResetStats()
+			m := mountPool(t, reg)
+			compareTree(t, filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tarB)
+			if suffix, after := tailReads(reg, li); suffix != 1 || after == 0 {
+				t.Errorf("%d reads of the blob's end beside the manifest and %d after it, want 1 and at least 1:\n%s", suffix, after, reg.RequestLog())
+			}
+		})
+	}
+}
+
+// TestFirstLookupRegistryWithoutSuffixRanges: a registry that refuses
+// suffix ranges (416) or ignores them (the whole blob, 200) still serves
+// the layer, from the TOC read after the manifest.
+func TestFirstLookupRegistryWithoutSuffixRanges(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []fixture.RegistryOption
+		mw   func(http.Handler) http.Handler
+	}{
+		{"416", []fixture.RegistryOption{fixture.WithoutSuffixRanges()}, nil},
+		{"200", nil, func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasPrefix(r.Header.Get("Range"), "bytes=-") {
+					r.Header.Del("Range")
+				}
+				next.ServeHTTP(w, r)
+			})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := fixture.StartRegistry(t, tc.opts...)
+			tarB := layerTar(64, 8)
+			ref, layers := pushImage(t, reg, "test/nosuffix", [][]byte{tarB}, fixture.ImageOptions{})
+			li := layers[0]
+			if tc.mw != nil {
+				reg.SetMiddleware(tc.mw)
+			}
+			reg.ResetStats()
+			m := mountPool(t, reg)
+			compareTree(t, filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tarB)
+			if suffix, after := tailReads(reg, li); suffix != 1 || after != 1 {
+				t.Errorf("%d reads of the blob's end beside the manifest and %d after it, want 1 and 1:\n%s", suffix, after, reg.RequestLog())
+			}
+		})
+	}
+}
