@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -252,6 +254,54 @@ func TestELFDeps(t *testing.T) {
 	waitScans(t, prio)
 	if got := filesRead(t, prio, blobPrio, content); len(got) != 1 || !got["usr/bin/ls"] {
 		t.Errorf("in a layer with prioritized files, reading ls fetched from %v", got)
+	}
+}
+
+// TestFetchRuntime: a layer with a loader fetches the loader (through
+// /lib64's symlinks), libc and the loader's cache, and nothing else; off,
+// with prioritized files, or in a layer without a loader, nothing.
+func TestFetchRuntime(t *testing.T) {
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test's root is x86_64 Debian's")
+	}
+	files := elfRoot(t)
+	want := map[string]bool{"etc/ld.so.cache": true,
+		"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": true, "usr/lib/x86_64-linux-gnu/libc.so.6": true}
+	l, blob, content := elfLayer(t, files, WithELFDeps(true))
+	blob.ResetStats()
+	st, err := l.FetchRuntime(context.Background())
+	if err != nil || st.Files != len(want) {
+		t.Fatalf("fetched %+v, %v; want %d files", st, err, len(want))
+	}
+	got := filesRead(t, l, blob, content)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("fetched %v, want %v", got, want)
+	}
+	blob.ResetStats()
+	for name := range want {
+		readFile(t, l, name, content[name])
+	}
+	if calls, _ := blob.Stats(); calls != 0 {
+		t.Errorf("reading the runtime's files after FetchRuntime made %d blob reads, want 0", calls)
+	}
+
+	var noLoader []elfLayerFile
+	for _, f := range files {
+		if !strings.Contains(f.name, "ld-linux") {
+			noLoader = append(noLoader, f)
+		}
+	}
+	for name, l := range map[string]*Layer{
+		"off": func() *Layer { l, _, _ := elfLayer(t, files); return l }(),
+		"prioritized": func() *Layer {
+			l, _, _ := elfLayerBuilt(t, files, []estargz.Option{estargz.WithPrioritizedFiles([]string{"etc/hostname"})}, WithELFDeps(true))
+			return l
+		}(),
+		"no loader": func() *Layer { l, _, _ := elfLayer(t, noLoader, WithELFDeps(true)); return l }(),
+	} {
+		if st, err := l.FetchRuntime(context.Background()); err != nil || st.Files != 0 {
+			t.Errorf("%s: fetched %+v, %v; want nothing", name, st, err)
+		}
 	}
 }
 
