@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
+	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -255,6 +257,54 @@ func TestELFDeps(t *testing.T) {
 	}
 }
 
+// TestFetchRuntime: a layer with a loader fetches the loader (through
+// /lib64's symlinks), libc and the loader's cache, and nothing else; off,
+// with prioritized files, or in a layer without a loader, nothing.
+func TestFetchRuntime(t *testing.T) {
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the test's root is x86_64 Debian's")
+	}
+	files := elfRoot(t)
+	want := map[string]bool{"etc/ld.so.cache": true,
+		"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": true, "usr/lib/x86_64-linux-gnu/libc.so.6": true}
+	l, blob, content := elfLayer(t, files, WithELFDeps(true))
+	blob.ResetStats()
+	st, err := l.FetchRuntime(context.Background())
+	if err != nil || st.Files != len(want) {
+		t.Fatalf("fetched %+v, %v; want %d files", st, err, len(want))
+	}
+	got := filesRead(t, l, blob, content)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("fetched %v, want %v", got, want)
+	}
+	blob.ResetStats()
+	for name := range want {
+		readFile(t, l, name, content[name])
+	}
+	if calls, _ := blob.Stats(); calls != 0 {
+		t.Errorf("reading the runtime's files after FetchRuntime made %d blob reads, want 0", calls)
+	}
+
+	var noLoader []elfLayerFile
+	for _, f := range files {
+		if !strings.Contains(f.name, "ld-linux") {
+			noLoader = append(noLoader, f)
+		}
+	}
+	for name, l := range map[string]*Layer{
+		"off": func() *Layer { l, _, _ := elfLayer(t, files); return l }(),
+		"prioritized": func() *Layer {
+			l, _, _ := elfLayerBuilt(t, files, []estargz.Option{estargz.WithPrioritizedFiles([]string{"etc/hostname"})}, WithELFDeps(true))
+			return l
+		}(),
+		"no loader": func() *Layer { l, _, _ := elfLayer(t, noLoader, WithELFDeps(true)); return l }(),
+	} {
+		if st, err := l.FetchRuntime(context.Background()); err != nil || st.Files != 0 {
+			t.Errorf("%s: fetched %+v, %v; want nothing", name, st, err)
+		}
+	}
+}
+
 // TestELFDepsMalformed: a file that starts like ELF but is not one, or
 // names libraries in a damaged way, is read as any other file and costs
 // nothing else.
@@ -455,5 +505,107 @@ func TestFetchFiles(t *testing.T) {
 	got := filesRead(t, l, blob, content)
 	if len(got) != 2 || !got["etc/passwd.real"] || !got["etc/group"] {
 		t.Errorf("fetched %v, want etc/passwd.real and etc/group", got)
+	}
+}
+
+// modeLayer is an eStargz layer (32 KiB chunks) of the given files of
+// incompressible bytes with the given modes, served from memory with no
+// tail read.
+func modeLayer(t *testing.T, files []elfModeFile, opts ...Option) (*Layer, *fstest.MemBlob, map[string][]byte) {
+	t.Helper()
+	noTail(t)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	content := map[string][]byte{}
+	rng := rand.NewChaCha8([32]byte{3})
+	for _, f := range files {
+		data := make([]byte, f.size)
+		_, _ = rng.Read(data)
+		content[f.name] = data
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: f.mode, Size: f.size}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, toc := fstest.EStargz(t, buf.Bytes(), estargz.WithChunkSize(32<<10))
+	blob := fstest.NewMemBlob(data)
+	l, err := Open(context.Background(), blob, toc, newMemCache(), nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob.ResetStats()
+	return l, blob, content
+}
+
+type elfModeFile struct {
+	name string
+	mode int64
+	size int64
+}
+
+// waitCached waits until every chunk of the file at p is in l's cache.
+func waitCached(t *testing.T, l *Layer, p string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+		all := true
+		for _, c := range lookup(t, l, p).file().chunks {
+			all = all && l.cached(c)
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not all fetched after 20 s", p)
+		}
+	}
+}
+
+// TestFetchProgram: a read that fetches the first chunk of a file with an
+// execute bit (a program being loaded) fetches the whole file in that one
+// request; the rest is then read without a request. A file with no
+// execute bit, a program of one chunk, or any file with ELF prefetch off
+// fetches only the chunk read.
+func TestFetchProgram(t *testing.T) {
+	files := []elfModeFile{
+		{"bin/prog", 0o755, 200 << 10},
+		{"lib/data", 0o644, 200 << 10},
+		{"bin/small", 0o755, 10 << 10},
+	}
+	l, blob, content := modeLayer(t, files, WithELFDeps(true))
+	first := func(p string) (int64, int64) {
+		c := lookup(t, l, p).file().chunks[0]
+		return c.blobOff, c.blobEnd
+	}
+	readFile(t, l, "bin/prog", content["bin/prog"][:100])
+	waitCached(t, l, "bin/prog")
+	start, end := l.CompressedRange(lookup(t, l, "bin/prog"))
+	if got := blob.Reads(); len(got) != 1 || got[0] != [2]int64{start, end - start} {
+		t.Errorf("reading the start of bin/prog made blob reads %v, want one of its whole range [%d +%d]", got, start, end-start)
+	}
+	blob.ResetStats()
+	readFile(t, l, "bin/prog", content["bin/prog"])
+	if calls, _ := blob.Stats(); calls != 0 {
+		t.Errorf("reading the rest of bin/prog made %d blob reads, want 0", calls)
+	}
+
+	for _, p := range []string{"lib/data", "bin/small"} {
+		blob.ResetStats()
+		readFile(t, l, p, content[p][:100])
+		s, e := first(p)
+		if got := blob.Reads(); len(got) != 1 || got[0] != [2]int64{s, e - s} {
+			t.Errorf("reading the start of %s made blob reads %v, want one of its first chunk [%d +%d]", p, got, s, e-s)
+		}
+	}
+
+	off, blobOff, content := modeLayer(t, files)
+	readFile(t, off, "bin/prog", content["bin/prog"][:100])
+	c := lookup(t, off, "bin/prog").file().chunks[0]
+	if got := blobOff.Reads(); len(got) != 1 || got[0] != [2]int64{c.blobOff, c.blobEnd - c.blobOff} {
+		t.Errorf("with ELF prefetch off, reading the start of bin/prog made blob reads %v, want one of its first chunk", got)
 	}
 }

@@ -137,8 +137,16 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // skipping its inner offset) and checks it against its digest. Corrupt
 // compressed data is a verification failure like a digest mismatch: both
 // mean the bytes are not what the TOC says.
-func (estargzFormat) decodeChunk(c *chunk, compressed []byte) ([]byte, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(compressed))
+func (f estargzFormat) decodeChunk(c *chunk, compressed []byte) ([]byte, error) {
+	return f.decodeChunkFrom(c, bytes.NewReader(compressed))
+}
+
+// decodeChunkFrom is decodeChunk reading the compressed bytes from r,
+// which may still be arriving (see streamDecoder); the content is hashed
+// as it is decompressed, so that little is left to do once the last
+// compressed byte is in.
+func (estargzFormat) decodeChunkFrom(c *chunk, r io.Reader) ([]byte, error) {
+	zr, err := gzip.NewReader(r)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s at blob offset %d: gzip header: %v: %w", c.digest, c.blobOff, err, ErrVerify)
 	}
@@ -147,11 +155,32 @@ func (estargzFormat) decodeChunk(c *chunk, compressed []byte) ([]byte, error) {
 			return nil, fmt.Errorf("chunk %s at blob offset %d: skipping %d bytes: %v: %w", c.digest, c.blobOff, c.inner, err, ErrVerify)
 		}
 	}
-	data := make([]byte, c.size)
-	if _, err := io.ReadFull(zr, data); err != nil {
-		return nil, fmt.Errorf("chunk %s at blob offset %d: decompressing: %v: %w", c.digest, c.blobOff, err, ErrVerify)
+	return readChecked(c, zr)
+}
+
+// hashStep is how much decompressed content is hashed at a time.
+const hashStep = 256 << 10
+
+// readChecked reads c's content (c.size bytes) from zr, hashing it as it
+// comes, and checks it against c's digest, like checkChunk.
+func readChecked(c *chunk, zr io.Reader) ([]byte, error) {
+	if !c.digest.Algorithm().Available() {
+		return nil, fmt.Errorf("chunk at blob offset %d: digest %q: algorithm not available: %w", c.blobOff, c.digest, ErrVerify)
 	}
-	return checkChunk(c, data)
+	data := make([]byte, c.size)
+	h := c.digest.Algorithm().Hash()
+	for off := int64(0); off < c.size; {
+		n := min(c.size-off, hashStep)
+		if _, err := io.ReadFull(zr, data[off:off+n]); err != nil {
+			return nil, fmt.Errorf("chunk %s at blob offset %d: decompressing: %v: %w", c.digest, c.blobOff, err, ErrVerify)
+		}
+		h.Write(data[off : off+n])
+		off += n
+	}
+	if got := digest.NewDigest(c.digest.Algorithm(), h); got != c.digest {
+		return nil, fmt.Errorf("chunk at blob offset %d hashes to %s, want %s: %w", c.blobOff, got, c.digest, ErrVerify)
+	}
+	return data, nil
 }
 
 // legacyFooterSize is the footer of pre-eStargz stargz blobs (CRFS), which

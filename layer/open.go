@@ -50,6 +50,11 @@ type Layer struct {
 		fileStarts []int64
 	}
 	readaheadDir int64 // see WithReadaheadSameDir
+	sameDir      struct {
+		mu     sync.Mutex
+		window int64             // what the next same-directory read-ahead takes
+		last   map[chunkKey]bool // chunks of the latest read-ahead, while window is the first one
+	}
 
 	elfDeps  bool          // see WithELFDeps
 	elfSeen  sync.Map      // entry index -> true: ELF files scanned or fetched by a scan
@@ -143,6 +148,7 @@ func newLayer(raw *rawTOC, blob BlobReader, c Cache, log *logrus.Entry, o option
 		l.gate = NewDemandGate()
 	}
 	l.whole.Store(o.whole)
+	l.sameDir.window = sameDirStart(o.readaheadDir)
 	return l
 }
 

@@ -51,6 +51,7 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	}
 
 	l.rec.note(chunks)
+	l.noteRead(chunks)
 	began := time.Now()
 	if w := l.whole.Load(); w != nil {
 		w.readSeen(began)
@@ -60,6 +61,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *Entry, p []byte, off int64) (int,
 	// too (see maybeScanELF); a file read from the cache was scanned
 	// when it was fetched, or was fetched by a scan.
 	scan := l.elfDeps && chunks[0].fileOff == 0 && !l.cached(chunks[0])
+	if scan {
+		l.fetchProgram(e)
+	}
 	l.reading.Add(1)
 	data, err := l.getChunks(ctx, e.Path(), chunks, fetchDemand)
 	l.reading.Add(-1)

@@ -25,7 +25,8 @@ const readaheadTimeout = 30 * time.Second
 func WithReadahead(bytes int64) Option { return func(o *options) { o.readahead = max(bytes, 0) } }
 
 // WithReadaheadSameDir makes read-ahead, in a layer with no prioritized
-// files, take at most n compressed bytes and stop at the first chunk of a
+// files, take at most n compressed bytes (a quarter of that until it has
+// fetched something read, see sameDirStart) and stop at the first chunk of a
 // file in another directory than the read's (n 0: as in other layers).
 // Without a builder's order, what a program reads next is far more often a
 // file of the same directory (a package's modules) than whatever follows
@@ -38,16 +39,74 @@ func WithReadaheadSameDir(n int64) Option { return func(o *options) { o.readahea
 // in this layer (see WithReadaheadSameDir).
 func (l *Layer) sameDirAhead() bool { return l.readaheadDir > 0 && len(l.tree.prioritized) == 0 }
 
+// Same-directory read-ahead starts with a quarter of its size, and takes
+// all of it once a read has asked for a chunk the latest read-ahead
+// fetched. A start that reads a few files of many directories wastes
+// little then: python's print(42) reads one to three files each of the
+// locale, gconv, zoneinfo, encodings and python's own directory, and 5 of
+// its 6 read-aheads fetched nothing that was read (0.37 MB of the 1.4 MB
+// it fetched beyond what it needed). One that reads many modules of the
+// same packages (the import workload) soon has a hit and reads ahead as
+// before: a fixed 32 KiB cost it 20% more time, growing by doubling 10%.
+
+// sameDirStart is the first window of same-directory read-ahead of size n.
+func sameDirStart(n int64) int64 { return max(n/4, min(n, 4<<10)) }
+
+// readAheadSize is how many compressed bytes the next read-ahead takes.
+func (l *Layer) readAheadSize() int64 {
+	if l.readahead <= 0 || !l.sameDirAhead() {
+		return l.readahead
+	}
+	l.sameDir.mu.Lock()
+	defer l.sameDir.mu.Unlock()
+	return l.sameDir.window
+}
+
+// noteReadAhead records the chunks a same-directory read-ahead fetches,
+// while its window is still the first one.
+func (l *Layer) noteReadAhead(mine []*chunk) {
+	if !l.sameDirAhead() {
+		return
+	}
+	l.sameDir.mu.Lock()
+	defer l.sameDir.mu.Unlock()
+	if l.sameDir.window >= l.readaheadDir {
+		l.sameDir.last = nil
+		return
+	}
+	l.sameDir.last = make(map[chunkKey]bool, len(mine))
+	for _, c := range mine {
+		l.sameDir.last[c.key()] = true
+	}
+}
+
+// noteRead gives same-directory read-ahead its whole size once a read
+// asks for chunks the latest read-ahead fetched.
+func (l *Layer) noteRead(chunks []*chunk) {
+	if !l.sameDirAhead() {
+		return
+	}
+	l.sameDir.mu.Lock()
+	defer l.sameDir.mu.Unlock()
+	if len(l.sameDir.last) == 0 {
+		return
+	}
+	for _, c := range chunks {
+		if l.sameDir.last[c.key()] {
+			l.sameDir.window = l.readaheadDir
+			l.sameDir.last = nil
+			return
+		}
+	}
+}
+
 // readAhead starts fetching the chunks that follow blob offset from, unless
 // read-ahead is off or one is already running for this layer (reads that
 // come while it runs are mostly ones it serves). The chunks are claimed
 // before it returns, so a read that comes next waits for them rather than
 // fetching them itself; the fetch runs in the background.
 func (l *Layer) readAhead(from int64) {
-	n := l.readahead
-	if n > 0 && l.sameDirAhead() {
-		n = l.readaheadDir
-	}
+	n := l.readAheadSize()
 	if n <= 0 || !l.readingAhead.CompareAndSwap(false, true) {
 		return
 	}
@@ -56,6 +115,7 @@ func (l *Layer) readAhead(from int64) {
 		l.readingAhead.Store(false)
 		return
 	}
+	l.noteReadAhead(mine)
 	go func() {
 		defer l.readingAhead.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), readaheadTimeout)

@@ -260,3 +260,30 @@ func TestReadAheadSameDir(t *testing.T) {
 		})
 	}
 }
+
+// TestReadAheadSameDirGrows: same-directory read-ahead takes a quarter of
+// its size until a read asks for a chunk the latest read-ahead fetched,
+// then all of it; reads that find nothing read ahead leave it as it is.
+func TestReadAheadSameDirGrows(t *testing.T) {
+	// 40 files of ~3.15 KB compressed each, one directory: 8 KiB hold 2,
+	// 32 KiB 10.
+	l, blob, content := filesLayer(t, 40, WithReadahead(1<<20), WithReadaheadSameDir(32<<10))
+	step := func(name string, wantAhead int) {
+		t.Helper()
+		blob.ResetStats()
+		readFile(t, l, name, content[name])
+		waitReadAhead(t, l)
+		got := filesRead(t, l, blob, content)
+		delete(got, name)
+		if len(got) != wantAhead {
+			t.Errorf("reading %s read %d files ahead (%v), want %d", name, len(got), got, wantAhead)
+		}
+	}
+	step("f00", 2)  // the first window: 8 KiB
+	step("f10", 2)  // f01 and f02 were never read: still 8 KiB
+	step("f11", 0)  // read ahead: a hit, the window is 32 KiB from now on
+	step("f20", 10) // f21-f30
+	step("f02", 0)  // read ahead by the first read
+	step("f35", 4)  // all that is left
+	step("f05", 7)  // f06-f15 less the cached f10-f12, as two runs
+}

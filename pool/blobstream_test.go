@@ -113,10 +113,38 @@ func TestBlobStreamSequentialCostsTheBlobOnce(t *testing.T) {
 			t.Errorf("size %d: the blob served %d bytes (%.2fx)", size, served, float64(served)/float64(size))
 		}
 		// Doubling from firstSegment to maxSegment, then maxSegment each,
-		// and a few pieces where reads arrived out of order.
-		if limit := int64(8 + size/maxSegment); reqs > limit {
+		// and some pieces where reads arrived out of order: how many
+		// depends on the scheduler (a loaded machine reorders more), so
+		// the exact count is checked with one reader below.
+		if limit := int64(12 + 2*size/maxSegment); reqs > limit {
 			t.Errorf("size %d: %d requests, want at most %d", size, reqs, limit)
 		}
+	}
+}
+
+// TestBlobStreamOneReaderRequests: reads that come in order cost the
+// doubling segments and nothing else.
+func TestBlobStreamOneReaderRequests(t *testing.T) {
+	size := 3*maxSegment + 12345
+	data := pattern(size)
+	b := newMemBlob(data)
+	s := newBlobStream(b, 0, nil)
+	p := make([]byte, 128<<10)
+	for off := 0; off < size; off += len(p) {
+		n, err := s.ReadAt(context.Background(), p[:min(len(p), size-off)], int64(off))
+		if err != nil || !bytes.Equal(p[:n], data[off:off+n]) {
+			t.Fatalf("read at %d: %d bytes, %v", off, n, err)
+		}
+	}
+	// 256 KiB, 512 KiB, ... 4 MiB (5 segments, 7.75 MiB), then 8 MiB
+	// segments for the remaining ~16.25 MiB (3).
+	want := int64(0)
+	for seg, left := int64(firstSegment), int64(size); left > 0; seg = min(2*seg, maxSegment) {
+		left -= seg
+		want++
+	}
+	if served, reqs := b.served.Load(), b.requests.Load(); reqs != want || served > int64(size)+maxSegment {
+		t.Errorf("%d bytes in %d requests; want %d requests and at most a segment past the end", served, reqs, want)
 	}
 }
 

@@ -134,14 +134,18 @@ func (p *Pool) startPrefetch(l *Layer, head *remote.Head, found <-chan *profile.
 		}
 		if !replayed && !o.NoPrioritized && len(v.Prioritized()) == 0 {
 			// Nothing says what this start reads, but the engine reads
-			// these before the program runs, whatever it is.
+			// these before the program runs, whatever it is, and a
+			// dynamically linked program maps the loader and libc
+			// (layer.FetchRuntime) before anything else.
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				st, err := v.FetchRuntime(ctx)
+				logStartFetch(log, "the runtime's loader and libc", st, err)
+			}()
 			st, err := v.FetchFiles(ctx, engineFiles)
-			f := log.WithFields(logrus.Fields{"files": st.Files, "bytes": st.Bytes})
-			if err != nil {
-				f.WithError(err).Debug("prefetch of the engine's files failed")
-			} else if st.Files > 0 {
-				f.Debug("prefetched the engine's files")
-			}
+			logStartFetch(log, "the engine's files", st, err)
+			<-done
 		}
 		head.Release()
 		if o.Background {
@@ -186,3 +190,14 @@ func (p *Pool) startHead(blob remote.Blob, tocDigest string) (remote.Blob, *remo
 // few hundred KiB in one round trip after the TOC anyway, without a probe
 // request beside it.
 const minEarly = 256 << 10
+
+// logStartFetch logs what one of a layer's start fetches, which nothing
+// in the layer asked for, got.
+func logStartFetch(log *logrus.Entry, what string, st layer.FetchStats, err error) {
+	f := log.WithFields(logrus.Fields{"files": st.Files, "bytes": st.Bytes})
+	if err != nil {
+		f.WithError(err).Debug("prefetch of " + what + " failed")
+	} else if st.Files > 0 {
+		f.Debug("prefetched " + what)
+	}
+}
