@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -120,48 +121,67 @@ func (l *Layer) fetchProgram(e *Entry) {
 
 // runtimeFiles are where glibc and musl systems keep the dynamic loader
 // and the C library, for the machine the daemon runs on (a container runs
-// programs of its host's architecture): the loader first, then libc, in
-// the places Debian, Fedora and Alpine put them.
-var runtimeFiles = map[string][]string{
-	"amd64": {"/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1",
-		"/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib64/libc.so.6"},
-	"arm64": {"/lib/ld-linux-aarch64.so.1", "/lib/ld-musl-aarch64.so.1",
-		"/lib/aarch64-linux-gnu/libc.so.6", "/usr/lib/aarch64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib64/libc.so.6"},
+// programs of its host's architecture), in the places Debian, Fedora and
+// Alpine put them.
+var runtimeFiles = map[string]struct{ loaders, libc, data []string }{
+	"amd64": {
+		loaders: []string{"/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"},
+		libc:    []string{"/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib64/libc.so.6"},
+		data:    []string{"/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache", "/usr/lib64/gconv/gconv-modules.cache"},
+	},
+	"arm64": {
+		loaders: []string{"/lib/ld-linux-aarch64.so.1", "/lib/ld-musl-aarch64.so.1"},
+		libc:    []string{"/lib/aarch64-linux-gnu/libc.so.6", "/usr/lib/aarch64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib64/libc.so.6"},
+		data:    []string{"/usr/lib/aarch64-linux-gnu/gconv/gconv-modules.cache", "/usr/lib64/gconv/gconv-modules.cache"},
+	},
 }
 
-// FetchRuntime fetches the layer's dynamic loader, /etc/ld.so.cache and C
-// library, each in its own request, all at once, when the layer has a
-// loader and reads in it start ELF scans (WithELFDeps, and nothing else
-// says what the start reads). Whatever program the container runs, if it
-// is dynamically linked these are mapped before its first instruction;
-// fetched when the layer opens, they arrive while podman sets the
-// container up, a time the link is otherwise idle, instead of after the
-// program's first chunk, where the scan would ask for them. A layer
-// without a loader (a base layer's upper layers, static images) fetches
-// nothing.
+// runtimeData is the C library's own data a program's start reads
+// through it: the loader's cache, the time zone (tzset, on the first
+// local time) and the C.UTF-8 locale (setlocale; the locale container
+// images mostly set, and the one python coerces the C locale to), besides
+// the gconv cache of each architecture above. Each is small.
+var runtimeData = []string{"/etc/ld.so.cache", "/etc/localtime", "/usr/lib/locale/C.utf8/LC_CTYPE"}
+
+// runtimeDataMax is the largest runtimeData file fetched.
+const runtimeDataMax = 1 << 20
+
+// FetchRuntime fetches the layer's dynamic loader, C library and the
+// library's data (runtimeData), each in its own request, all at once, when
+// the layer has a loader and reads in it start ELF scans (WithELFDeps, and
+// nothing else says what the start reads). Whatever program the container
+// runs, if it is dynamically linked the loader and libc are mapped before
+// its first instruction, and libc reads its data soon after; fetched when
+// the layer opens, they arrive while podman sets the container up, a time
+// the link is otherwise idle, instead of each a round trip into the
+// program's start. A layer without a loader (the upper layers of an image,
+// static images) fetches nothing.
 func (l *Layer) FetchRuntime(ctx context.Context) (FetchStats, error) {
 	var st FetchStats
-	if !l.scansELF() {
+	rt, ok := runtimeFiles[runtime.GOARCH]
+	if !l.scansELF() || !ok {
 		return st, nil
 	}
 	var files []*Entry
 	seen := map[uint32]bool{}
-	loader := false
-	for _, p := range runtimeFiles[runtime.GOARCH] {
-		e := l.lookupPath(p)
-		if e == nil || e.Type != TypeReg || seen[e.idx] {
-			continue
+	add := func(paths []string, maxSize int64) int {
+		n := 0
+		for _, p := range paths {
+			e := l.lookupPath(p)
+			if e == nil || e.Type != TypeReg || e.Size > maxSize || seen[e.idx] {
+				continue
+			}
+			seen[e.idx] = true
+			files = append(files, e)
+			n++
 		}
-		seen[e.idx] = true
-		loader = loader || strings.Contains(p, "/ld-")
-		files = append(files, e)
+		return n
 	}
-	if !loader {
+	if add(rt.loaders, elfWholeFile) == 0 {
 		return st, nil
 	}
-	if e := l.lookupPath("/etc/ld.so.cache"); e != nil && e.Type == TypeReg && e.Size <= ldCacheMax {
-		files = append(files, e)
-	}
+	add(rt.libc, elfWholeFile)
+	add(slices.Concat(runtimeData, rt.data), runtimeDataMax)
 	var pieces [][]*chunk
 	for _, e := range files {
 		piece := elfPiece(e)

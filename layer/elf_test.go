@@ -258,15 +258,29 @@ func TestELFDeps(t *testing.T) {
 }
 
 // TestFetchRuntime: a layer with a loader fetches the loader (through
-// /lib64's symlinks), libc and the loader's cache, and nothing else; off,
+// /lib64's symlinks), libc, the loader's cache, the time zone (through
+// /etc/localtime's symlink), the C.UTF-8 LC_CTYPE and the gconv cache, and
+// nothing else; off,
 // with prioritized files, or in a layer without a loader, nothing.
 func TestFetchRuntime(t *testing.T) {
 	if runtime.GOARCH != "amd64" {
 		t.Skip("the test's root is x86_64 Debian's")
 	}
-	files := elfRoot(t)
+	files := append(elfRoot(t),
+		elfLayerFile{name: "etc/localtime", link: "/usr/share/zoneinfo/Etc/UTC"},
+		elfLayerFile{name: "usr/share/zoneinfo/Etc/UTC", data: []byte("TZif2 UTC")},
+		elfLayerFile{name: "usr/share/zoneinfo/Etc/GMT", data: []byte("TZif2 GMT")},
+		elfLayerFile{name: "usr/lib/locale/C.utf8/LC_CTYPE", data: bytes.Repeat([]byte("ctype "), 50000)},
+		elfLayerFile{name: "usr/lib/locale/C.utf8/LC_COLLATE", data: bytes.Repeat([]byte("collate "), 5000)},
+		elfLayerFile{name: "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache", data: []byte("gconv cache")},
+		elfLayerFile{name: "usr/lib/x86_64-linux-gnu/gconv/UTF-16.so", data: []byte("a gconv module")},
+		elfLayerFile{name: "usr/share/big", data: bytes.Repeat([]byte("not the runtime "), 100000)},
+	)
+	sort.Slice(files, func(i, j int) bool { return files[i].name < files[j].name })
 	want := map[string]bool{"etc/ld.so.cache": true,
-		"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": true, "usr/lib/x86_64-linux-gnu/libc.so.6": true}
+		"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": true, "usr/lib/x86_64-linux-gnu/libc.so.6": true,
+		"usr/share/zoneinfo/Etc/UTC": true, "usr/lib/locale/C.utf8/LC_CTYPE": true,
+		"usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache": true}
 	l, blob, content := elfLayer(t, files, WithELFDeps(true))
 	blob.ResetStats()
 	st, err := l.FetchRuntime(context.Background())
