@@ -132,8 +132,15 @@ func holdReads(b *fstest.MemBlob, from, to int64) *heldBlob {
 
 func (h *heldBlob) next(t *testing.T) int64 {
 	t.Helper()
+	return nextArrival(t, h.arrived)
+}
+
+// nextArrival is the offset of the next blob read to arrive at a test's
+// blob; the test fails if none comes.
+func nextArrival(t *testing.T, arrived <-chan int64) int64 {
+	t.Helper()
 	select {
-	case off := <-h.arrived:
+	case off := <-arrived:
 		return off
 	case <-time.After(10 * time.Second):
 		t.Fatal("no blob read came")
@@ -288,13 +295,7 @@ func (g *gatedBlob) letAll() {
 
 func (g *gatedBlob) next(t *testing.T) int64 {
 	t.Helper()
-	select {
-	case off := <-g.arrived:
-		return off
-	case <-time.After(10 * time.Second):
-		t.Fatal("no blob read came")
-		return 0
-	}
+	return nextArrival(t, g.arrived)
 }
 
 // none fails if a blob read comes within a moment (a wrong fill would

@@ -182,19 +182,7 @@ func (l *Layer) FetchRuntime(ctx context.Context) (FetchStats, error) {
 	}
 	add(rt.libc, elfWholeFile)
 	add(slices.Concat(runtimeData, rt.data), runtimeDataMax)
-	var pieces [][]*chunk
-	for _, e := range files {
-		piece := elfPiece(e)
-		for _, c := range piece {
-			st.Chunks++
-			st.Bytes += c.blobEnd - c.blobOff
-		}
-		if len(piece) > 0 {
-			st.Files++
-			pieces = append(pieces, piece)
-		}
-	}
-	return st, l.fetchPieces(ctx, "(runtime)", pieces, len(pieces), false, fetchOther)
+	return l.fetchFilesEach(ctx, "(runtime)", files)
 }
 
 // scanELF fetches what the loader will read after e: e's own rest, its

@@ -346,25 +346,31 @@ const smallFileMax = 1 << 20
 // through the singleflight like Prefetch. Paths the layer lacks are
 // skipped.
 func (l *Layer) FetchFiles(ctx context.Context, paths []string) (FetchStats, error) {
+	var files []*Entry
+	for _, p := range paths {
+		if e := l.lookupPath(p); e != nil && e.Type == TypeReg && e.Size <= smallFileMax {
+			files = append(files, e)
+		}
+	}
+	return l.fetchFilesEach(ctx, "(start files)", files)
+}
+
+// fetchFilesEach fetches files (elfPiece of each: whole, up to
+// elfWholeFile) each in its own request, all at once, through the
+// singleflight.
+func (l *Layer) fetchFilesEach(ctx context.Context, what string, files []*Entry) (FetchStats, error) {
 	var st FetchStats
 	var pieces [][]*chunk
-	for _, p := range paths {
-		e := l.lookupPath(p)
-		if e == nil || e.Type != TypeReg || e.Size > smallFileMax || e.file() == nil {
-			continue
-		}
-		var piece []*chunk
-		for _, c := range e.file().chunks {
-			if c.servable() {
-				piece = append(piece, c)
-				st.Chunks++
-				st.Bytes += c.blobEnd - c.blobOff
-			}
+	for _, e := range files {
+		piece := elfPiece(e)
+		for _, c := range piece {
+			st.Chunks++
+			st.Bytes += c.blobEnd - c.blobOff
 		}
 		if len(piece) > 0 {
 			st.Files++
 			pieces = append(pieces, piece)
 		}
 	}
-	return st, l.fetchPieces(ctx, "(start files)", pieces, len(pieces), false, fetchOther)
+	return st, l.fetchPieces(ctx, what, pieces, len(pieces), false, fetchOther)
 }
