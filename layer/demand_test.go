@@ -298,6 +298,20 @@ func (g *gatedBlob) next(t *testing.T) int64 {
 	return nextArrival(t, g.arrived)
 }
 
+// gatedPrefetch starts the prefetch of a fill layer whose blob reads wait
+// at the gate; done gets the prefetch's result.
+func gatedPrefetch(t *testing.T) (*fillLayer, *gatedBlob, <-chan error) {
+	t.Helper()
+	f := openFillLayer(t)
+	g := gateReads(f.blob)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.l.Prefetch(context.Background())
+		done <- err
+	}()
+	return f, g, done
+}
+
 // none fails if a blob read comes within a moment (a wrong fill would
 // send one at once; a right one never does, however slow the machine).
 func (g *gatedBlob) none(t *testing.T, what string) {
@@ -313,14 +327,8 @@ func (g *gatedBlob) none(t *testing.T, what string) {
 // two workers' segments in flight end, the next one goes once both have,
 // and the other worker's only after the demand read is done.
 func TestFillSendsOneSegmentWhileADemandReadWaits(t *testing.T) {
-	f := openFillLayer(t)
-	g := gateReads(f.blob)
+	f, g, done := gatedPrefetch(t)
 	defer g.letAll()
-	done := make(chan error, 1)
-	go func() {
-		_, err := f.l.Prefetch(context.Background())
-		done <- err
-	}()
 	a1, a2 := g.next(t), g.next(t)
 
 	// A demand read of a file nobody prioritized: its read goes out at
@@ -371,14 +379,8 @@ func TestFillSendsOneSegmentWhileADemandReadWaits(t *testing.T) {
 // the gate it holds the fill back with: the fill goes on with the fetch
 // that brings them, though another of its segments is in flight.
 func TestFillGoesOnForChunksADemandReadWaitsFor(t *testing.T) {
-	f := openFillLayer(t)
-	g := gateReads(f.blob)
+	f, g, done := gatedPrefetch(t)
 	defer g.letAll()
-	done := make(chan error, 1)
-	go func() {
-		_, err := f.l.Prefetch(context.Background())
-		done <- err
-	}()
 	a1 := min(g.next(t), g.next(t))
 	bigStart, _ := f.blobRange(t, "app/big")
 	if a1 != bigStart {
