@@ -55,6 +55,19 @@ type earlyRange struct {
 
 type span struct{ start, end int64 }
 
+// claimOnce marks [off, off+n) served in *served unless some of it already
+// was: bytes read ahead (earlyRanges, knownTail) are handed out once each,
+// so a read retried after a failed check goes to the registry.
+func claimOnce(served *[]span, off, n int64) bool {
+	for _, s := range *served {
+		if off < s.end && s.start < off+n {
+			return false
+		}
+	}
+	*served = append(*served, span{off, off + n})
+	return true
+}
+
 var _ layer.TailNotifier = (*earlyRanges)(nil)
 
 // newEarlyRanges plans p's replay on blob, leaving out chunks has says are
@@ -269,15 +282,7 @@ func (e *earlyRanges) claim(off, n int64) *earlyRange {
 			continue
 		}
 		r.mu.Lock()
-		ok := !(r.ended && r.buf == nil)
-		for _, s := range r.served {
-			if off < s.end && s.start < off+n {
-				ok = false
-			}
-		}
-		if ok {
-			r.served = append(r.served, span{off, off + n})
-		}
+		ok := !(r.ended && r.buf == nil) && claimOnce(&r.served, off, n)
 		r.mu.Unlock()
 		if ok {
 			return r

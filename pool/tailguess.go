@@ -228,15 +228,9 @@ func (k *knownTail) ReadAtProgress(ctx context.Context, p []byte, off int64, pro
 func (k *knownTail) claim(off, n int64) []byte {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.data == nil || n <= 0 || off < k.start || off+n > k.start+int64(len(k.data)) {
+	if k.data == nil || n <= 0 || off < k.start || off+n > k.start+int64(len(k.data)) || !claimOnce(&k.served, off, n) {
 		return nil
 	}
-	for _, s := range k.served {
-		if off < s.end && s.start < off+n {
-			return nil
-		}
-	}
-	k.served = append(k.served, span{off, off + n})
 	return k.data[off-k.start : off-k.start+n]
 }
 
