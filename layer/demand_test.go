@@ -28,6 +28,20 @@ type fillLayer struct {
 	files map[string][]byte
 }
 
+// allPrioritizedCached fails unless reading every prioritized file whole
+// costs no blob read (the prefetch brought all of them).
+func (f *fillLayer) allPrioritizedCached(t *testing.T) {
+	t.Helper()
+	f.blob.SetHook(nil)
+	f.blob.ResetStats()
+	for _, name := range []string{"app/big", "app/next", "app/last"} {
+		f.read(t, name, 0, int64(len(f.files[name])))
+	}
+	if calls, n := f.blob.Stats(); calls != 0 {
+		t.Errorf("reading the prioritized files after the prefetch made %d requests (%d bytes), want none", calls, n)
+	}
+}
+
 var fillLayers sync.Map // *builtBigLayer, built once
 
 func openFillLayer(t *testing.T) *fillLayer {
@@ -218,14 +232,7 @@ func TestDemandReadMovesTheFill(t *testing.T) {
 		t.Errorf("the prefetch asked for the rest of app/big (read %d) before app/last (read %d), reads %v", firstBigRest, firstLast, reads)
 	}
 	// Everything prioritized is cached: the skipped pieces came too.
-	f.blob.SetHook(nil)
-	f.blob.ResetStats()
-	for _, name := range []string{"app/big", "app/next", "app/last"} {
-		f.read(t, name, 0, int64(len(f.files[name])))
-	}
-	if calls, n := f.blob.Stats(); calls != 0 {
-		t.Errorf("reading the prioritized files after the prefetch made %d requests (%d bytes), want none", calls, n)
-	}
+	f.allPrioritizedCached(t)
 }
 
 // gatedBlob holds every blob read until the test lets it go by its
@@ -365,14 +372,7 @@ func TestFillSendsOneSegmentWhileADemandReadWaits(t *testing.T) {
 		t.Fatalf("Prefetch: %v", err)
 	}
 	checkNoOverlap(t, f.blob.Reads())
-	f.blob.SetHook(nil)
-	f.blob.ResetStats()
-	for _, name := range []string{"app/big", "app/next", "app/last"} {
-		f.read(t, name, 0, int64(len(f.files[name])))
-	}
-	if calls, n := f.blob.Stats(); calls != 0 {
-		t.Errorf("reading the prioritized files after the prefetch made %d requests (%d bytes), want none", calls, n)
-	}
+	f.allPrioritizedCached(t)
 }
 
 // A demand read that waits for chunks the fill claimed is not held up by
