@@ -105,14 +105,17 @@ func (r *Resolver) handshake(ctx context.Context, repo name.Repository) (*authEn
 		log.Debug("no credentials: requests go out anonymously until the registry asks for auth")
 		return r.anonymousEntry(repo), nil
 	}
+	newTransport := func() (http.RoundTripper, error) {
+		return transport.NewWithContext(ctx, repo.Registry, auth, &pingCache{r: r, reg: reg, inner: r.base}, []string{repo.Scope(transport.PullScope)})
+	}
 	_, cached := r.cachedPing(reg)
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, &pingCache{r: r, reg: reg, inner: r.base}, []string{repo.Scope(transport.PullScope)})
+	rt, err := newTransport()
 	if err != nil && cached {
 		// The challenge kept from before may be stale (a new realm):
 		// ask the registry itself once.
 		log.WithError(err).Debug("handshake with the registry's earlier challenge failed; pinging it")
 		r.forgetPing(reg)
-		rt, err = transport.NewWithContext(ctx, repo.Registry, auth, &pingCache{r: r, reg: reg, inner: r.base}, []string{repo.Scope(transport.PullScope)})
+		rt, err = newTransport()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("authenticate to %s: %w", repo, fromTransportError(err))
