@@ -71,7 +71,7 @@ func (r *Resolver) tailFrom(ctx context.Context, repo name.Repository, dgst dige
 	if r.refusesSuffix(host) {
 		return nil, 0, fmt.Errorf("%s: %w", host, ErrNoSuffixRange)
 	}
-	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Scheme(), host, repo.RepositoryStr(), dgst)
+	u := registryURL(repo, "blobs", dgst.String()).String()
 	for attempt := 0; ; attempt++ {
 		e, err := r.authFor(ctx, repo)
 		if err != nil {
