@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/poolfs/poolfs/internal/pace"
 )
 
 // Demand reads before the fill. Prefetch and FetchAll (the fill) fetch
@@ -148,7 +150,7 @@ func (l *Layer) wanted(chunks []*chunk) int64 {
 // readSegments reads buf from blob offset start for the fill, in segments
 // of at most fillSegment bytes, each sent once the gate lets it, handing
 // progress the bytes in order as they arrive. The next segment is asked
-// for when the one before is about a round trip from done (see nearEnd),
+// for when the one before is about a round trip from done (see pace.NearTheEnd),
 // so that segments cost the link no idle round trips while no demand read
 // waits. If a demand read waits for a chunk of pending (the chunks this
 // fetch leads), the segment goes at once and reaches to that chunk's end:
@@ -196,7 +198,7 @@ func (l *Layer) readSegments(ctx context.Context, buf []byte, start int64, pendi
 			go func(from, to int) {
 				defer wg.Done()
 				defer close(done)
-				err := readFullProgress(ctx, l.blob, buf[from:to], start+int64(from), nearEnd(to-from, func(n int) {
+				err := readFullProgress(ctx, l.blob, buf[from:to], start+int64(from), pace.NearTheEnd(to-from, func(n int) {
 					mu.Lock()
 					got[i] = n
 					mu.Unlock()
@@ -245,36 +247,6 @@ func (l *Layer) readSegments(ctx context.Context, buf []byte, start int64, pendi
 		progress(buf, int64(filled))
 		if filled == len(buf) {
 			return nil
-		}
-	}
-}
-
-// nearEnd wraps the progress of a read of n bytes so that start is called
-// once when the read is about one round trip from done: the time to its
-// first bytes is taken for the round trip, what came after them for the
-// rate.
-func nearEnd(n int, progress func(int), start func()) func(int) {
-	asked := time.Now()
-	var first time.Time
-	var atFirst int
-	started := false
-	return func(got int) {
-		progress(got)
-		if started {
-			return
-		}
-		now := time.Now()
-		if first.IsZero() {
-			first, atFirst = now, got
-			return
-		}
-		rtt, since := first.Sub(asked), now.Sub(first)
-		if got <= atFirst || since <= 0 {
-			return
-		}
-		if time.Duration(float64(n-got)/float64(got-atFirst)*float64(since)) <= rtt {
-			started = true
-			start()
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/poolfs/poolfs/internal/pace"
+
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/poolfs/poolfs/layer"
@@ -255,7 +257,7 @@ func (e *earlyRanges) ReadAtProgress(ctx context.Context, p []byte, off int64, p
 		// The TOC's read, for one: the ranges start when it is about a
 		// round trip from done.
 		if !e.started.Load() {
-			progress = remote.NearTheEnd(len(p), progress, e.start)
+			progress = pace.NearTheEnd(len(p), progress, e.start)
 		}
 		return e.Blob.ReadAtProgress(ctx, p, off, progress)
 	}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/poolfs/poolfs/internal/pace"
+
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 
@@ -85,7 +87,7 @@ func (p *Pool) guessTail(key LayerKey) *tailGuess {
 	go func() {
 		defer p.guessWG.Done()
 		defer cancel()
-		g.data, g.size, g.err = tr.Tail(ctx, key.Ref, key.Digest, g.n, remote.NearTheEnd(int(g.n), nil, g.near))
+		g.data, g.size, g.err = tr.Tail(ctx, key.Ref, key.Digest, g.n, pace.NearTheEnd(int(g.n), nil, g.near))
 		g.near()
 		close(g.done)
 	}()

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/poolfs/poolfs/internal/pace"
+
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -187,7 +189,7 @@ func (h *Head) ReadAtProgress(ctx context.Context, p []byte, off int64, progress
 
 // startNearTheEnd wraps the progress of a read the stream does not serve
 // (the TOC, while the stream waits for it) so that the stream starts once
-// that read is about one round trip from done (see NearTheEnd). TailRead
+// that read is about one round trip from done (see pace.NearTheEnd). TailRead
 // still starts the stream if this never does.
 func (h *Head) startNearTheEnd(n int, progress func(int)) func(int) {
 	h.mu.Lock()
@@ -196,50 +198,8 @@ func (h *Head) startNearTheEnd(n int, progress func(int)) func(int) {
 	if started {
 		return progress
 	}
-	return NearTheEnd(n, progress, h.Start)
+	return pace.NearTheEnd(n, progress, h.Start)
 }
-
-// NearTheEnd wraps the progress of a read of n bytes so that start is
-// called (maybe more than once) when the read is about one round trip from
-// done: a request sent then reaches the registry as the read's last bytes
-// leave, and its first bytes follow them with no idle round trip between,
-// without sharing the link with the read before. The round trip is taken
-// to be the time to the read's first byte, the rate what came after those
-// first bytes; a guess too early only shares the link for part of a round
-// trip. A read under minPipelined bytes is left alone.
-func NearTheEnd(n int, progress func(int), start func()) func(int) {
-	if n < minPipelined {
-		return progress
-	}
-	asked := time.Now()
-	var first time.Time
-	var atFirst int
-	return func(got int) {
-		if progress != nil {
-			progress(got)
-		}
-		now := time.Now()
-		if first.IsZero() {
-			// The first bytes come in a burst (what was buffered on
-			// the way): the rate is measured from here on.
-			first, atFirst = now, got
-			return
-		}
-		rtt, since := first.Sub(asked), now.Sub(first)
-		if since < rtt/4 || got <= atFirst {
-			return
-		}
-		// The remaining bytes at the rate seen since the first ones take
-		// no longer than a round trip: ask now.
-		if time.Duration(float64(n-got)/float64(got-atFirst)*float64(since)) <= rtt {
-			start()
-		}
-	}
-}
-
-// minPipelined is the smallest read worth timing the stream's start on:
-// a smaller one is over within a round trip anyway.
-const minPipelined = 64 << 10
 
 // claim decides which part of a read the stream serves: [off, stop), with
 // stop <= off meaning none. That part is marked served, and the stream
