@@ -16,7 +16,7 @@ import (
 
 // earlyRanges is a remote.Blob that fetches the ranges a profile's
 // replay will ask for from when the layer's TOC read is about a round trip
-// from done (remote.NearTheEnd, as the head stream does), or its bytes are
+// from done (pace.NearTheEnd, as the head stream does), or its bytes are
 // in (TailRead), before the TOC is decoded and the replay can start: the
 // replay's runs (layer.ReplayRuns, the same plan) then find their bytes in
 // flight, and the link is not idle for the decoding and a round trip. A
