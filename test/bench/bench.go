@@ -274,25 +274,31 @@ func (b *bench) measureWorkload(p *preparedWorkload) (*workloadResult, error) {
 	}
 	logf("measuring %s %q: %d runs", p.image, p.w.name, b.c.runs)
 	var round []func() error
-	if !b.c.noPull {
-		round = append(round, func() error { return b.runCase(p, p.gzipRef, false, nil, pull, local, nil) })
+	// each adds the run of case c (and of the cases measured with it) to
+	// the round, unless -cases leaves c out.
+	each := func(c *caseResult, run func() error) {
+		if b.c.wantCase(c.name) {
+			round = append(round, run)
+		}
 	}
-	round = append(round,
-		func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil, nil) },
-		func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm, nil) },
-		func() error { return b.runCase(p, p.zstdRef, true, b.c.daemonArg, zc, nil, nil) },
-		func() error { return b.runImageStoreCase(p, p.lazyRef, b.c.daemonArg, isLazy, nil) },
-		func() error { return b.runImageStoreCase(p, p.optRef, b.c.daemonArg, isOpt, isWarm) })
+	if !b.c.noPull {
+		each(pull, func() error { return b.runCase(p, p.gzipRef, false, nil, pull, local, nil) })
+	}
+	each(lazy, func() error { return b.runCase(p, p.lazyRef, true, b.c.daemonArg, lazy, nil, nil) })
+	each(opt, func() error { return b.runCase(p, p.optRef, true, b.c.daemonArg, opt, warm, nil) })
+	each(zc, func() error { return b.runCase(p, p.zstdRef, true, b.c.daemonArg, zc, nil, nil) })
+	each(isLazy, func() error { return b.runImageStoreCase(p, p.lazyRef, b.c.daemonArg, isLazy, nil) })
+	each(isOpt, func() error { return b.runImageStoreCase(p, p.optRef, b.c.daemonArg, isOpt, isWarm) })
 	if profiled != nil {
-		round = append(round, func() error {
+		each(profiled, func() error {
 			return b.runCase(p, p.profRef, true, b.c.daemonArg, profiled, nil, &profileIO{published: true})
 		})
 	}
 	for j, v := range b.c.variants {
 		args := append(append([]string{}, b.c.daemonArg...), v.args...)
-		round = append(round, func() error { return b.runCase(p, p.optRef, true, args, vars[j], nil, nil) })
+		each(vars[j], func() error { return b.runCase(p, p.optRef, true, args, vars[j], nil, nil) })
 		if b.c.lazyVariants {
-			round = append(round, func() error { return b.runCase(p, p.lazyRef, true, args, lazyVars[j], nil, nil) })
+			each(lazyVars[j], func() error { return b.runCase(p, p.lazyRef, true, args, lazyVars[j], nil, nil) })
 		}
 	}
 	// Each round runs every case once, in an order of its own (the same

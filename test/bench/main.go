@@ -49,6 +49,7 @@ type config struct {
 	keep         bool
 	workload     string
 	noPull       bool
+	cases        []string // -cases: run only cases whose names contain one of these
 	podmanLog    string
 	perf         bool
 	hold         bool
@@ -99,6 +100,7 @@ func main() {
 	flag.BoolVar(&c.perf, "perf", false, "record the daemon with `perf record -g` during each timed poolfs run (perf.data in the run's directory; implies -keep)")
 	flag.BoolVar(&c.newStore, "new-store", false, "time cold runs on a podman store never used before (default: a store with no images, initialized by one `podman images`)")
 	flag.BoolVar(&c.hold, "hold", false, "push the images, then serve them behind the link until interrupted (for experiments by hand)")
+	casesFlag := flag.String("cases", "", "run only the cases whose names contain one of these `TEXTS` separated by | (and the cases measured with them: a pull's local run, a cold run's warm one); for quick iterations")
 	flag.BoolVar(&c.noPull, "no-pull", false, "skip the full pull and local cases (no lower bound; for quick iterations)")
 	flag.BoolVar(&c.profiled, "profiled", false, "add the case of the unoptimized image with a startup profile recorded by an earlier cold run on another daemon, pushed to the registry (`poolfs profile push`) and found there by the timed daemons' lookup")
 	slow := flag.Bool("slow-link", false, "emulate the slow link: 80 ms per request, 50 Mbit/s (overrides -delay and -bandwidth)")
@@ -110,6 +112,9 @@ func main() {
 	c.images = strings.Split(images, ",")
 	c.daemonArg = strings.Fields(daemonArgs)
 	c.variants = variants
+	if *casesFlag != "" {
+		c.cases = strings.Split(*casesFlag, "|")
+	}
 	if c.quick {
 		c.images = []string{"python"}
 		c.runs = 1
@@ -120,6 +125,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// wantCase says whether -cases lets the case named name run.
+func (c *config) wantCase(name string) bool {
+	if len(c.cases) == 0 {
+		return true
+	}
+	for _, s := range c.cases {
+		if strings.Contains(name, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func logf(format string, args ...any) {
