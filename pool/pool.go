@@ -359,6 +359,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	ahead := g.use(ctx, viewBlob, desc, tocDigest != "" || zstd && zerr == nil && zstdPos != nil, log)
 	if ahead != nil {
 		viewBlob = ahead
+		if r, ok := blob.(interface{ Received(start, end int64) }); ok {
+			r.Received(ahead.start, ahead.start+int64(len(ahead.data))) // for the layer's fetched bytes
+		}
 	}
 	view, toc, err := layer.OpenWithTOC(ctx, viewBlob, tocDigest, p.cache, log, append(p.layerOptions(), layer.WithAnnotations(desc.Annotations))...)
 	ahead.release()

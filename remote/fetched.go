@@ -44,3 +44,9 @@ func (s *rangeSet) total() int64 {
 	defer s.mu.Unlock()
 	return s.sum
 }
+
+// Received counts the blob's bytes [start, end) as fetched when they came
+// from the registry by another read than the blob's own: the pool reads a
+// blob's end by its digest (Resolver.Tail) before the manifest has
+// resolved the blob.
+func (b *blob) Received(start, end int64) { b.fetched.add(start, end) }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +91,53 @@ func TestFirstLookupBlobBeforeManifest(t *testing.T) {
 	if suffix, after := tailReads(reg, li); suffix != 1 || after != 0 {
 		t.Errorf("%d reads of the blob's end beside the manifest and %d after it, want 1 and 0:\n%s", suffix, after, reg.RequestLog())
 	}
+	// The whole tree was read, so the blob's bytes the layer reports as
+	// fetched are every byte the registry sent for it, the early read of
+	// its end included.
+	if got, want := fetchedBytes(t, m, li), servedBytes(reg, li); got != want {
+		t.Errorf("the layer reports %d bytes fetched; the registry sent %d distinct bytes of its blob:\n%s", got, want, reg.RequestLog())
+	}
+}
+
+// fetchedBytes is the distinct bytes of li's blob the pool reports as
+// received (what `poolfs status` shows).
+func fetchedBytes(t *testing.T, m *mounted, li fixture.LayerInfo) int64 {
+	t.Helper()
+	for _, l := range m.Pool.Layers() {
+		if l.Desc.Digest == li.Digest {
+			f, ok := l.Blob.(interface{ FetchedBytes() int64 })
+			if !ok {
+				t.Fatalf("layer %s: its blob does not count fetched bytes", li.Digest)
+			}
+			return f.FetchedBytes()
+		}
+	}
+	t.Fatalf("layer %s is not in the pool", li.Digest)
+	return 0
+}
+
+// servedBytes is the distinct bytes of li's blob the registry sent in
+// answers to range requests.
+func servedBytes(reg *fixture.Registry, li fixture.LayerInfo) int64 {
+	var ivs [][2]int64
+	for _, rec := range reg.Requests() {
+		if rec.Method != http.MethodGet || !strings.HasSuffix(rec.Path, "/blobs/"+li.Digest.String()) || rec.Status != http.StatusPartialContent {
+			continue
+		}
+		var start, end, size int64
+		if _, err := fmt.Sscanf(rec.ContentRange, "bytes %d-%d/%d", &start, &end, &size); err == nil {
+			ivs = append(ivs, [2]int64{start, end + 1})
+		}
+	}
+	sort.Slice(ivs, func(i, j int) bool { return ivs[i][0] < ivs[j][0] })
+	var total, reach int64
+	for _, iv := range ivs {
+		if iv[1] > reach {
+			total += iv[1] - max(iv[0], reach)
+			reach = iv[1]
+		}
+	}
+	return total
 }
 
 // TestFirstLookupTokenRegistry: a registry that wants a bearer token (one
