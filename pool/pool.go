@@ -149,6 +149,9 @@ type Pool struct {
 	guessCtx  context.Context
 	guessStop context.CancelFunc
 	guessWG   sync.WaitGroup
+	// When a lookup's path last named a layer's TOC digest (unix ns): see
+	// tocPathsRecently.
+	tocPathAt atomic.Int64
 
 	limits   TreeLimits // see WithTreeLimits
 	treeMu   sync.Mutex
@@ -293,6 +296,9 @@ func (p *Pool) open(ctx context.Context, key LayerKey) (*Layer, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("resolving layer %s of %s: %w", key.Digest, key.Ref, err)
+	}
+	if key.Digest != desc.Digest {
+		p.tocPathAt.Store(time.Now().UnixNano())
 	}
 	tocDigest := desc.TOCDigest
 	if key.TOCDigest != "" {

@@ -52,12 +52,13 @@ type tailGuess struct {
 
 // guessTail starts reading the end of the blob key names, unless the
 // layer is open, its reference's manifest is known (the open will not wait
-// for it), the metadata store has the layer, or its digest is known to be
-// in no lazily served format; a read already under way for key is shared.
-// nil: none.
+// for it), the metadata store has the layer, its digest is known to be in
+// no lazily served format, or lookups name TOC digests (see
+// tocPathsRecently); a read already under way for key is shared. nil:
+// none.
 func (p *Pool) guessTail(key LayerKey) *tailGuess {
 	tr, ok := p.resolver.(tailReader)
-	if !ok || p.byDigest(key.Digest) != nil {
+	if !ok || p.byDigest(key.Digest) != nil || p.tocPathsRecently() {
 		return nil
 	}
 	if m, known := p.knownManifest(key.Ref); known && p.fresh(m) {
@@ -92,6 +93,16 @@ func (p *Pool) guessTail(key LayerKey) *tailGuess {
 		close(g.done)
 	}()
 	return g
+}
+
+// tocPathsRecently says a lookup's path named a layer's TOC digest less
+// than noFormatTTL ago. The client that made it (containers/storage 1.54
+// and later, podman 5.1 and later) names every layer by its TOC digest,
+// which addresses no blob: a guess would only add a request the registry
+// answers 404 (and logs) to each first lookup.
+func (p *Pool) tocPathsRecently() bool {
+	at := p.tocPathAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < noFormatTTL
 }
 
 func (g *tailGuess) near() { g.nearOnce.Do(func() { close(g.nearEnd) }) }

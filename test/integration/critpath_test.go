@@ -260,3 +260,55 @@ func TestFirstLookupRegistryWithoutSuffixRanges(t *testing.T) {
 		})
 	}
 }
+
+// TestFirstLookupByTOCDigest: podman 5.1 and later name layers by their
+// TOC digest, which addresses no blob. The first such lookup's read of the
+// "blob" beside the manifest gets a 404; once a manifest has shown that a
+// path named a TOC digest, first lookups of other images make no such
+// read.
+func TestFirstLookupByTOCDigest(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	tars := [][]byte{layerTar(64, 6), layerTar(65, 6)}
+	var refs []string
+	var layers []fixture.LayerInfo
+	for i, tarB := range tars {
+		ref, ls := pushImage(t, reg, fmt.Sprintf("test/bytoc%d", i), [][]byte{tarB}, fixture.ImageOptions{})
+		refs, layers = append(refs, ref), append(layers, ls[0])
+	}
+	// Each manifest is answered once the read beside it has reached the
+	// registry, or after a while: the read is not dropped unsent.
+	asked := []chan struct{}{make(chan struct{}), make(chan struct{})}
+	var once [2]sync.Once
+	reg.SetMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for i, li := range layers {
+				if strings.HasSuffix(r.URL.Path, "/blobs/"+li.TOCDigest.String()) {
+					once[i].Do(func() { close(asked[i]) })
+				}
+				if strings.Contains(r.URL.Path, fmt.Sprintf("/bytoc%d/manifests/", i)) {
+					select {
+					case <-asked[i]:
+					case <-time.After(300 * time.Millisecond):
+					}
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	reg.ResetStats()
+	m := mountPool(t, reg)
+	asks := func(li fixture.LayerInfo) (n int) {
+		for _, rec := range reg.Requests() {
+			if strings.HasSuffix(rec.Path, "/blobs/"+li.TOCDigest.String()) {
+				n++
+			}
+		}
+		return n
+	}
+	for i, li := range layers {
+		compareTree(t, filepath.Join(m.grammar2(refs[i], li.TOCDigest.String()), "diff"), tars[i])
+		if want := map[int]int{0: 1, 1: 0}[i]; asks(li) != want {
+			t.Errorf("image %d: %d requests for a blob named by its layer's TOC digest, want %d:\n%s", i, asks(li), want, reg.RequestLog())
+		}
+	}
+}
