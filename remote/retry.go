@@ -97,6 +97,13 @@ type attemptFunc func(ctx context.Context) error
 // without counting against the budget: tokens expire, and a fresh handshake
 // is the cure. The returned error is op's last, annotated with the count.
 func (r *Resolver) retry(ctx context.Context, log *logrus.Entry, reauth func(), op attemptFunc) error {
+	return r.retryUpTo(ctx, log, r.s.retries, reauth, op)
+}
+
+// retryUpTo is retry with a budget of maxRetries retries instead of the
+// resolver's: 0 for a request whose caller has the ordinary reads, with
+// their retries, to fall back on.
+func (r *Resolver) retryUpTo(ctx context.Context, log *logrus.Entry, maxRetries int, reauth func(), op attemptFunc) error {
 	reauthed := false
 	retries := 0
 	for attempt := 1; ; attempt++ {
@@ -124,7 +131,7 @@ func (r *Resolver) retry(ctx context.Context, log *logrus.Entry, reauth func(), 
 			reauth()
 			continue
 		}
-		if !v.retry || retries >= r.s.retries {
+		if !v.retry || retries >= maxRetries {
 			if attempt > 1 {
 				return fmt.Errorf("giving up after %d attempts: %w", attempt, err)
 			}

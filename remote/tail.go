@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
 )
 
 // ErrNoSuffixRange says the registry does not answer suffix range
@@ -72,28 +73,31 @@ func (r *Resolver) tailFrom(ctx context.Context, repo name.Repository, dgst dige
 		return nil, 0, fmt.Errorf("%s: %w", host, ErrNoSuffixRange)
 	}
 	u := registryURL(repo, "blobs", dgst.String()).String()
-	for attempt := 0; ; attempt++ {
-		e, err := r.authFor(ctx, repo)
+	var (
+		data []byte
+		size int64
+		used *authEntry
+	)
+	log := r.s.log.WithFields(logrus.Fields{"repository": repo.String(), "digest": dgst, "range": fmt.Sprintf("bytes=-%d", n)})
+	err := r.retryUpTo(ctx, log, 0, func() { r.dropAuth(repo, used) }, func(actx context.Context) error {
+		used = nil
+		e, err := r.authFor(actx, repo)
 		if err != nil {
-			return nil, 0, err
+			return err
 		}
-		actx, cancel := context.WithTimeout(ctx, r.s.timeout)
+		used = e
 		began := time.Now()
-		data, size, err := r.tailOnce(actx, e.client, u, n, progress)
-		cancel()
+		data, size, err = r.tailOnce(actx, e.client, u, n, progress)
 		r.observeFetch(host, len(data), began, err)
 		if errors.Is(err, ErrNoSuffixRange) {
 			r.noSuffix.Store(host, true)
 		}
-		if attempt == 0 && err != nil && classify(err).unauthorized {
-			r.dropAuth(repo, e)
-			continue
-		}
-		if err != nil {
-			return nil, 0, fmt.Errorf("%s: %w", host, err)
-		}
-		return data, size, nil
+		return err
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", host, err)
 	}
+	return data, size, nil
 }
 
 func (r *Resolver) refusesSuffix(host string) bool {

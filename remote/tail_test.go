@@ -103,3 +103,36 @@ func TestTailRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestTailOneAttempt: Tail is a head start, not a read a caller waits on:
+// an error the ordinary reads would retry (503, a 429 with Retry-After) is
+// reported after one request.
+func TestTailOneAttempt(t *testing.T) {
+	blob := bytes.Repeat([]byte("poolfs"), 1<<10)
+	for _, tc := range []struct {
+		name     string
+		status   int
+		header   [2]string
+		requests int64
+	}{
+		{"503", http.StatusServiceUnavailable, [2]string{}, 1},
+		{"429", http.StatusTooManyRequests, [2]string{"Retry-After", "1"}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host, dgst, requests := blobServer(t, blob, func(w http.ResponseWriter, r *http.Request) bool {
+				if tc.header[0] != "" {
+					w.Header().Set(tc.header[0], tc.header[1])
+				}
+				http.Error(w, http.StatusText(tc.status), tc.status)
+				return true
+			})
+			r, _ := newTestResolver(t, Options{})
+			if _, _, err := r.Tail(context.Background(), host+"/x/y:z", dgst, 100, nil); err == nil {
+				t.Fatal("no error")
+			}
+			if n := requests.Load(); n != tc.requests {
+				t.Errorf("%d requests, want %d", n, tc.requests)
+			}
+		})
+	}
+}
