@@ -49,6 +49,7 @@ type config struct {
 	keep         bool
 	workload     string
 	noPull       bool
+	warmRuns     int // -warm-runs
 	cases        []string // -cases: run only cases whose names contain one of these
 	podmanLog    string
 	perf         bool
@@ -100,6 +101,7 @@ func main() {
 	flag.BoolVar(&c.perf, "perf", false, "record the daemon with `perf record -g` during each timed poolfs run (perf.data in the run's directory; implies -keep)")
 	flag.BoolVar(&c.newStore, "new-store", false, "time cold runs on a podman store never used before (default: a store with no images, initialized by one `podman images`)")
 	flag.BoolVar(&c.hold, "hold", false, "push the images, then serve them behind the link until interrupted (for experiments by hand)")
+	flag.IntVar(&c.warmRuns, "warm-runs", 3, "runs of the local and daemon-cache-warm cases after each cold run (each warm one from a fresh podman store): cheap, and short enough for the machine's noise to matter")
 	casesFlag := flag.String("cases", "", "run only the cases whose names contain one of these `TEXTS` separated by | (and the cases measured with them: a pull's local run, a cold run's warm one); for quick iterations")
 	flag.BoolVar(&c.noPull, "no-pull", false, "skip the full pull and local cases (no lower bound; for quick iterations)")
 	flag.BoolVar(&c.profiled, "profiled", false, "add the case of the unoptimized image with a startup profile recorded by an earlier cold run on another daemon, pushed to the registry (`poolfs profile push`) and found there by the timed daemons' lookup")
@@ -120,6 +122,7 @@ func main() {
 		c.runs = 1
 		c.bigMiB = min(c.bigMiB, 256)
 		c.fsRuns = 1
+		c.warmRuns = 1
 	}
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

@@ -40,12 +40,48 @@ func writeWorkload(w io.Writer, c config, r *workloadResult) {
 			medianInt(cr.requests), medianInt(cr.blobReqs), secondsList(cr.times))
 	}
 	fmt.Fprintln(w)
+	writeSplits(w, r)
+	if pr, lazy, opt := r.byName["poolfs, eStargz + profile"], r.byName["poolfs, eStargz"], r.byName["poolfs, eStargz optimized"]; pr != nil && len(pr.times) > 0 && len(lazy.times) > 0 && len(opt.times) > 0 {
+		fmt.Fprintf(w, "Profile: %.2fx the unoptimized image's cold run, %.2fx the optimized image's.\n\n",
+			ratio(median(pr.times), median(lazy.times)), ratio(median(pr.times), median(opt.times)))
+	}
 	is, ls := r.byName["image store, eStargz optimized"], r.byName["poolfs, eStargz optimized"]
 	isWarm, local := r.byName["image store optimized, daemon cache warm"], r.byName["local (image already pulled)"]
 	if len(is.times) > 0 && len(ls.times) > 0 && len(isWarm.times) > 0 && len(local.times) > 0 {
 		fmt.Fprintf(w, "Image store (optimized): cold %.2fx the layer store's cold run, warm %.2fx the locally stored image.\n\n",
 			ratio(median(is.times), median(ls.times)), ratio(median(isWarm.times), median(local.times)))
 	}
+}
+
+// writeSplits writes where the cold poolfs runs' time went (timeSplit),
+// for the cases that read blobs.
+func writeSplits(w io.Writer, r *workloadResult) {
+	var rows []*caseResult
+	for _, cr := range r.cases {
+		if len(cr.split) > 0 {
+			rows = append(rows, cr)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Where the time of those runs went, cut at the daemon's first and last blob byte in the registry's log (medians of each part, so they need not add up to the median time): before the first byte (podman's pull, the daemon's manifest and TOC reads); the blob bytes the daemon read, at the link's rate; the rest of the time between the two, when the link idled (round trips; a container computing with nothing asked for); after the last byte (the container's end, podman's teardown). A run whose link never idled is at its link's floor for the bytes it read.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| case | before the first blob byte | blob bytes at the link's rate | link idle between | after the last blob byte |")
+	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: |")
+	for _, cr := range rows {
+		part := func(f func(timeSplit) time.Duration) string {
+			ds := make([]time.Duration, len(cr.split))
+			for i, sp := range cr.split {
+				ds[i] = f(sp)
+			}
+			return fmt.Sprintf("%.3f s", median(ds).Seconds())
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", cr.name,
+			part(func(sp timeSplit) time.Duration { return sp.lead }), part(func(sp timeSplit) time.Duration { return sp.link }),
+			part(func(sp timeSplit) time.Duration { return sp.idle }), part(func(sp timeSplit) time.Duration { return sp.after }))
+	}
+	fmt.Fprintln(w)
 }
 
 func printFS(w io.Writer, r *fsResult) {
@@ -119,8 +155,8 @@ func (rep report) write(path string) error {
 	fmt.Fprintf(&b, "Machine: %s; load average (1, 5, 15 min) %s when the run started, %s when it ended "+
 		"(other work on the machine spreads the times).\n\n", machine(), rep.load[0], rep.load[1])
 	fmt.Fprintf(&b, "Link: %v per request, %g Mbit/s shared by all responses (in-process registry on 127.0.0.1 behind a user-space delay and token bucket). "+
-		"%d cold run(s) per case, in rounds that run every case once in a shuffled order; medians shown (all runs in the last column, in the order they ran, seconds). Flags: `%s`.\n\n",
-		c.delay, c.mbit, c.runs, strings.Join(os.Args[1:], " "))
+		"%d cold run(s) per case, in rounds that run every case once in a shuffled order, each cold run followed by %d run(s) of the case measured after it (*local*, *daemon cache warm*), which take a fraction of a second; medians shown (all runs in the last column, in the order they ran, seconds). Flags: `%s`.\n\n",
+		c.delay, c.mbit, c.runs, c.warmRuns, strings.Join(os.Args[1:], " "))
 	store := "a podman store holding no images, initialized beforehand by `podman images` and one container of an image removed afterwards (its database and the overlay driver's feature probes, which a machine pays once, not per container start)"
 	if c.newStore {
 		store = "a podman store never used before (-new-store: its setup is timed too)"
@@ -129,11 +165,11 @@ func (rep report) write(path string) error {
 		"Each image is one layer holding a debootstrap minbase root. *Optimized* images are standard eStargz with the files the workload opens "+
 		"(found with strace in a chroot, plus /etc/passwd and /etc/group which the runtime reads) first, before `.prefetch.landmark`. "+
 		"*Needed* bytes are the compressed ranges of those files in the eStargz layer. Times are `podman run --rm --network=none IMAGE WORKLOAD`, pull included. "+
-		"*Daemon cache warm* is a second run on another such store against the same daemon, whose cache now holds what the first run read: "+
+		"*Local* runs again on the store the full pull filled. *Daemon cache warm* is a run on another such store against the same daemon, whose cache now holds what the first run read: "+
 		"the floor poolfs could reach with no network at all, i.e. the cost of pulling into a store without the image (the registry round trips and bookkeeping of the pull), which the lower bound (image already local) does not pay. "+
 		"*Image store* cases run the image from the daemon's image store (docs/image-store.md), with no pull: `poolfs image add` on a first daemon, "+
 		"then, cold, a daemon started again on the same ROOT with the chunks removed from its cache (it keeps the image records and the layers' TOCs) and the run begun as soon as it serves, "+
-		"its startup prefetch of the store's layers racing the container; *daemon cache warm* is a second run on the same daemon from another fresh podman store. "+
+		"its startup prefetch of the store's layers racing the container; *daemon cache warm* is a run on the same daemon from another fresh podman store. "+
 		"A warm run starts once its daemon has settled (no registry request for 0.5 s, no chunk waiting for the disk): the cold run's prefetch is over. "+
 		"The ratios compare cases measured side by side in this run.")
 	fmt.Fprintln(&b)
