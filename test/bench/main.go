@@ -49,7 +49,7 @@ type config struct {
 	keep         bool
 	workload     string
 	noPull       bool
-	warmRuns     int // -warm-runs
+	warmRuns     int      // -warm-runs
 	cases        []string // -cases: run only cases whose names contain one of these
 	podmanLog    string
 	perf         bool
