@@ -153,7 +153,8 @@ func (e *earlyRanges) TailRead() {
 	}
 }
 
-// start fetches the ranges, layer.ReplayParallel at a time, in plan order;
+// start fetches the ranges in plan order, about a round trip's worth of
+// bytes in flight and at most layer.ReplayParallel requests (pace.Ordered);
 // without a plan it notes that the link is free, for plan.
 func (e *earlyRanges) start() {
 	if e == nil {
@@ -168,31 +169,17 @@ func (e *earlyRanges) start() {
 	}
 	e.startOnce.Do(func() {
 		e.started.Store(true)
-		work := make(chan *earlyRange)
-		for range layer.ReplayParallel {
-			go func() {
-				for r := range work {
-					r.fetch(e.ctx, e.Blob)
-				}
-			}()
+		sizes := make([]int, len(order))
+		for i, r := range order {
+			sizes[i] = int(r.end - r.start)
 		}
-		go func() {
-			defer close(work)
-			for _, r := range order {
-				select {
-				case work <- r:
-				case <-e.ctx.Done():
-					for _, r := range order {
-						r.finish()
-					}
-					return
-				}
-			}
-		}()
+		go pace.Ordered(e.ctx, sizes, layer.ReplayParallel, func(i int, progress func(int)) {
+			order[i].fetch(e.ctx, e.Blob, progress)
+		}, func(i int) { order[i].finish() })
 	})
 }
 
-func (r *earlyRange) fetch(ctx context.Context, b remote.Blob) {
+func (r *earlyRange) fetch(ctx context.Context, b remote.Blob, progress func(int)) {
 	defer r.finish()
 	r.mu.Lock()
 	if r.ended {
@@ -203,6 +190,7 @@ func (r *earlyRange) fetch(ctx context.Context, b remote.Blob) {
 	r.buf = buf
 	r.mu.Unlock()
 	_, _ = b.ReadAtProgress(ctx, buf, r.start, func(n int) {
+		progress(n)
 		r.mu.Lock()
 		if int64(n) > r.avail {
 			r.avail = int64(n)
