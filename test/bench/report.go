@@ -65,7 +65,7 @@ func writeSplits(w io.Writer, r *workloadResult) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "Where the time of those runs went, cut at the daemon's first and last blob byte in the registry's log (medians of each part, so they need not add up to the median time): before the first byte (podman's pull, the daemon's manifest and TOC reads); the blob bytes the daemon read, at the link's rate; the rest of the time between the two, when the link idled (round trips; a container computing with nothing asked for); after the last byte (the container's end, podman's teardown). A run whose link never idled is at its link's floor for the bytes it read.")
+	fmt.Fprintln(w, "Where the time of those runs went, cut at the daemon's first and last blob byte in the registry's log (medians of each part, so they need not add up to the median time): before the first byte (podman's pull, the daemon's manifest and TOC reads); the blob bytes the daemon read, at the link's rate; the rest of the time between the two, when the link idled (round trips; a container computing with nothing asked for); after the last byte (the container's end, podman's teardown). Requests still under way when the container ended (a prefetch's) are left out. A run whose link never idled is at its link's floor for the bytes it read.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| case | before the first blob byte | blob bytes at the link's rate | link idle between | after the last blob byte |")
 	fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: |")
