@@ -6,6 +6,9 @@ import (
 	"time"
 )
 
+// now is time.Now; tests set their own clock.
+var now = time.Now
+
 // MinWindow is the least Ordered keeps in flight: about what a link of
 // 200 Mbit/s carries in a round trip of 20 ms (or 50 Mbit/s in 80 ms).
 const MinWindow = 512 << 10
@@ -26,8 +29,10 @@ const MinWindow = 512 << 10
 // at the link's full rate, and the link does not idle between one and the
 // next. Small reads, which a round trip bounds, go side by side.
 //
-// The window is measured on the reads themselves (bytes per second after
-// a read's first byte, times the time to its first byte), and is never
+// The window is measured on the reads themselves: the rate of the last
+// read to end after its first byte, times the shortest time to a first
+// byte seen (the round trip; a longer one is a read queued behind others,
+// which would widen the window towards all reads at once). It is never
 // less than MinWindow.
 func Ordered(ctx context.Context, sizes []int, parallel int, job func(i int, progress func(n int)), skipped func(i int)) {
 	var (
@@ -35,6 +40,7 @@ func Ordered(ctx context.Context, sizes []int, parallel int, job func(i int, pro
 		inflight int
 		left     int // bytes the jobs in flight have yet to receive
 		window   = MinWindow
+		rtt      time.Duration // shortest time to a first byte so far
 		changed  = make(chan struct{}, 1)
 		wg       sync.WaitGroup
 	)
@@ -73,13 +79,13 @@ func Ordered(ctx context.Context, sizes []int, parallel int, job func(i int, pro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			asked := time.Now()
+			asked := now()
 			var first time.Time
 			got, atFirst := 0, 0
 			job(i, func(m int) {
 				mu.Lock()
 				if first.IsZero() {
-					first, atFirst = time.Now(), m
+					first, atFirst = now(), m
 				}
 				if m > got {
 					left -= min(m, n) - got
@@ -91,10 +97,12 @@ func Ordered(ctx context.Context, sizes []int, parallel int, job func(i int, pro
 			mu.Lock()
 			inflight--
 			left -= n - got
-			if got == n && n-atFirst >= MinPipelined && !first.IsZero() {
-				if d := time.Since(first); d > 0 {
-					bdp := float64(n-atFirst) / d.Seconds() * first.Sub(asked).Seconds()
-					window = max(MinWindow, int(bdp))
+			if !first.IsZero() {
+				if t := first.Sub(asked); rtt == 0 || t < rtt {
+					rtt = t
+				}
+				if d := now().Sub(first); got == n && n-atFirst >= MinPipelined && d > 0 {
+					window = max(MinWindow, int(float64(n-atFirst)/d.Seconds()*rtt.Seconds()))
 				}
 			}
 			mu.Unlock()

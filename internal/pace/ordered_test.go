@@ -162,3 +162,36 @@ func TestOrderedCancel(t *testing.T) {
 		t.Errorf("skipped %v, want 1 and 2", s.skipped)
 	}
 }
+
+// TestOrderedWindowGrows: a read that took 100 ms to its first byte and
+// then brought 1 MiB in 10 ms measures a link that carries 10 MiB in a
+// round trip: the next reads then start together, where the least window
+// would keep them one after another.
+func TestOrderedWindowGrows(t *testing.T) {
+	var mu sync.Mutex
+	clock := time.Unix(0, 0)
+	set := func(d time.Duration) {
+		mu.Lock()
+		clock = time.Unix(0, 0).Add(d)
+		mu.Unlock()
+	}
+	now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return clock
+	}
+	t.Cleanup(func() { now = time.Now })
+
+	sizes := []int{1 << 20, 4 << 20, 64 << 10, 2 << 20}
+	s := runScripted(t, context.Background(), sizes, 8)
+	s.waitStarted(0)
+	set(100 * time.Millisecond)
+	s.progress(0, 0) // the first byte
+	set(110 * time.Millisecond)
+	close(s.end[0]) // the rest, 10 ms later
+	s.waitStarted(0, 1, 2, 3)
+	for i := 1; i < len(sizes); i++ {
+		close(s.end[i])
+	}
+	<-s.done
+}
