@@ -148,9 +148,7 @@ func (e *earlyRanges) ranges() []*earlyRange {
 // is free for the ranges (and for the blob's own stream, if it has one).
 func (e *earlyRanges) TailRead() {
 	e.start()
-	if n, ok := e.Blob.(layer.TailNotifier); ok {
-		n.TailRead()
-	}
+	tellTailRead(e.Blob)
 }
 
 // start fetches the ranges in plan order, about a round trip's worth of

@@ -181,8 +181,8 @@ func (g *tailGuess) use(ctx context.Context, inner remote.Blob, desc remote.Laye
 	case <-ctx.Done():
 		return nil
 	}
-	if n, ok := inner.(layer.TailNotifier); ok && !g.failed() {
-		n.TailRead()
+	if !g.failed() {
+		tellTailRead(inner)
 	}
 	select {
 	case <-g.done:
@@ -248,8 +248,12 @@ func (k *knownTail) claim(off, n int64) []byte {
 }
 
 // TailRead passes layer.Open's word on to the blob below.
-func (k *knownTail) TailRead() {
-	if n, ok := k.Blob.(layer.TailNotifier); ok {
+func (k *knownTail) TailRead() { tellTailRead(k.Blob) }
+
+// tellTailRead passes on to b, if it listens (layer.TailNotifier), the
+// word that a layer's TOC read is over or about to be.
+func tellTailRead(b remote.Blob) {
+	if n, ok := b.(layer.TailNotifier); ok {
 		n.TailRead()
 	}
 }
