@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -43,6 +45,36 @@ func tailReads(reg *fixture.Registry, li fixture.LayerInfo) (suffix, after int) 
 	return suffix, after
 }
 
+// holdManifests makes reg answer a manifest request of each repository in
+// blobs only once a GET of that repository's blob named there has come,
+// or wait has passed; what it returns says whether a wait ran out.
+func holdManifests(reg *fixture.Registry, wait time.Duration, blobs map[string]digest.Digest) *atomic.Bool {
+	var timedOut atomic.Bool
+	asked := map[string]chan struct{}{}
+	once := map[string]*sync.Once{}
+	for repo := range blobs {
+		asked[repo], once[repo] = make(chan struct{}), new(sync.Once)
+	}
+	reg.SetMiddleware(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for repo, d := range blobs {
+				if r.Method == http.MethodGet && r.URL.Path == "/v2/"+repo+"/blobs/"+d.String() {
+					once[repo].Do(func() { close(asked[repo]) })
+				}
+				if strings.HasPrefix(r.URL.Path, "/v2/"+repo+"/manifests/") {
+					select {
+					case <-asked[repo]:
+					case <-time.After(wait):
+						timedOut.Store(true)
+					}
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	return &timedOut
+}
+
 func noPings(t *testing.T, reg *fixture.Registry) {
 	t.Helper()
 	for _, rec := range reg.Requests() {
@@ -63,24 +95,7 @@ func TestFirstLookupBlobBeforeManifest(t *testing.T) {
 	tarB := layerTar(61, 8)
 	ref, layers := pushImage(t, reg, "test/crit", [][]byte{tarB}, fixture.ImageOptions{})
 	li := layers[0]
-	blobAsked := make(chan struct{})
-	var once sync.Once
-	var gateTimedOut atomic.Bool
-	reg.SetMiddleware(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+li.Digest.String()) {
-				once.Do(func() { close(blobAsked) })
-			}
-			if strings.Contains(r.URL.Path, "/manifests/") {
-				select {
-				case <-blobAsked:
-				case <-time.After(30 * time.Second):
-					gateTimedOut.Store(true)
-				}
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
+	gateTimedOut := holdManifests(reg, 30*time.Second, map[string]digest.Digest{"test/crit": li.Digest})
 	reg.ResetStats()
 	m := mountPool(t, reg)
 	compareTree(t, filepath.Join(m.grammar2(ref, li.Digest.String()), "diff"), tarB)
@@ -277,24 +292,7 @@ func TestFirstLookupByTOCDigest(t *testing.T) {
 	}
 	// Each manifest is answered once the read beside it has reached the
 	// registry, or after a while: the read is not dropped unsent.
-	asked := []chan struct{}{make(chan struct{}), make(chan struct{})}
-	var once [2]sync.Once
-	reg.SetMiddleware(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			for i, li := range layers {
-				if strings.HasSuffix(r.URL.Path, "/blobs/"+li.TOCDigest.String()) {
-					once[i].Do(func() { close(asked[i]) })
-				}
-				if strings.Contains(r.URL.Path, fmt.Sprintf("/bytoc%d/manifests/", i)) {
-					select {
-					case <-asked[i]:
-					case <-time.After(300 * time.Millisecond):
-					}
-				}
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
+	holdManifests(reg, 300*time.Millisecond, map[string]digest.Digest{"test/bytoc0": layers[0].TOCDigest, "test/bytoc1": layers[1].TOCDigest})
 	reg.ResetStats()
 	m := mountPool(t, reg)
 	asks := func(li fixture.LayerInfo) (n int) {
