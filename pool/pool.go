@@ -217,9 +217,14 @@ func (p *Pool) Get(ctx context.Context, key LayerKey) (*Layer, error) {
 			return nil, err
 		}
 	}
-	// The blob's end is read beside the manifest (see tailGuess) when the
-	// check below has to fetch it.
-	g := p.guessTail(key)
+	// The blob's end (see tailGuess), and the index of the image's
+	// published profiles, are read beside the manifest when the check
+	// below has to fetch it.
+	var g *tailGuess
+	if p.awaitsManifest(key) {
+		g = p.guessTail(key)
+		p.expectProfiles(key)
+	}
 	defer p.dropGuess(key, g)
 	// Nor is an open layer served under a reference that does not list it.
 	if err := p.listed(ctx, key); err != nil {

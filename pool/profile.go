@@ -135,6 +135,17 @@ func (p *Pool) profilesFor(ref string, blob, toc digest.Digest, log *logrus.Entr
 	return nil, p.lookupProfile(ref, blob, toc, log)
 }
 
+// expectProfiles lets the profile.Source start looking for the profiles
+// of key's image before its manifest is in (profile.Expecter), unless a
+// profile is kept for the layer (no lookup will be made).
+func (p *Pool) expectProfiles(key LayerKey) {
+	e, ok := p.profileSource.(profile.Expecter)
+	if !ok || p.storedProfile(key.Digest, p.log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})) != nil {
+		return
+	}
+	e.Expect(key.Ref)
+}
+
 // lookupProfile asks the profile.Source, in the background, for a profile
 // of the layer; the channel gives its answer (nil if none) once. It
 // returns nil when there is nothing to wait for.

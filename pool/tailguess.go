@@ -50,24 +50,33 @@ type tailGuess struct {
 	err      error
 }
 
-// guessTail starts reading the end of the blob key names, unless the
-// layer is open, its reference's manifest is known (the open will not wait
-// for it), the metadata store has the layer, its digest is known to be in
-// no lazily served format, or lookups name TOC digests (see
-// tocPathsRecently); a read already under way for key is shared. nil:
-// none.
-func (p *Pool) guessTail(key LayerKey) *tailGuess {
-	tr, ok := p.resolver.(tailReader)
-	if !ok || p.byDigest(key.Digest) != nil || p.tocPathsRecently() {
-		return nil
+// awaitsManifest says Get has key's reference's manifest to fetch before
+// it can open the layer: the layer is not open, the metadata store does
+// not have it, and the manifest is not known. The reads that need no
+// manifest (guessTail, expectProfiles) then go beside that fetch.
+func (p *Pool) awaitsManifest(key LayerKey) bool {
+	if p.byDigest(key.Digest) != nil {
+		return false
 	}
 	if m, known := p.knownManifest(key.Ref); known && p.fresh(m) {
-		return nil
+		return false
 	}
 	if p.meta != nil {
 		if _, err := p.meta.Lookup(key.Ref, key.Digest); err == nil {
-			return nil
+			return false
 		}
+	}
+	return true
+}
+
+// guessTail starts reading the end of the blob key names (for a key that
+// awaitsManifest), unless its digest is known to be in no lazily served
+// format, or lookups name TOC digests (see tocPathsRecently); a read
+// already under way for key is shared. nil: none.
+func (p *Pool) guessTail(key LayerKey) *tailGuess {
+	tr, ok := p.resolver.(tailReader)
+	if !ok || p.tocPathsRecently() {
+		return nil
 	}
 	k := key.Ref + "@" + key.Digest.String()
 	p.mu.Lock()

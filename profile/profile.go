@@ -253,3 +253,12 @@ func Merge(old, newer *Profile) *Profile {
 type Source interface {
 	Lookup(ctx context.Context, ref string, blob, toc digest.Digest) (*Profile, error)
 }
+
+// Expecter is a Source that can start looking for the profiles of ref's
+// layers before the image's manifest is in: the pool calls Expect when a
+// layer of ref is first asked for and the manifest is yet to be fetched,
+// so that the Lookup after it has part of its way behind it. Expect does
+// not block.
+type Expecter interface {
+	Expect(ref string)
+}

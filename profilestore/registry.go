@@ -35,6 +35,8 @@ type Resolver interface {
 	ReadArtifact(ctx context.Context, ref string, d digest.Digest) (remote.Artifact, error)
 	ReadBlob(ctx context.Context, ref string, d digest.Digest, size int64) ([]byte, error)
 	PushArtifact(ctx context.Context, ref string, a remote.Artifact) (remote.Pushed, error)
+	TaggedIndex(ctx context.Context, ref, tag string) ([]remote.Referrer, error)
+	UpdateTaggedIndex(ctx context.Context, ref, tag string, update func([]remote.Referrer) []remote.Referrer) error
 }
 
 // Options tune a Registry; the zero value works.
@@ -93,6 +95,7 @@ type Registry struct {
 
 	mu     sync.Mutex
 	images map[digest.Digest]found // by image manifest digest
+	tags   map[string]*tagRead      // index tag readings by reference (see Expect)
 	sf     singleflight.Group
 }
 
@@ -114,7 +117,7 @@ func New(r Resolver, o Options) *Registry {
 	if o.Log == nil {
 		o.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
-	return &Registry{r: r, timeout: o.Timeout, missTTL: o.MissTTL, log: o.Log, images: map[digest.Digest]found{}}
+	return &Registry{r: r, timeout: o.Timeout, missTTL: o.MissTTL, log: o.Log, images: map[digest.Digest]found{}, tags: map[string]*tagRead{}}
 }
 
 var _ profile.Source = (*Registry)(nil)
@@ -219,10 +222,15 @@ func (g *Registry) remember(manifest digest.Digest, set *profile.Set) {
 func (g *Registry) fetch(ctx context.Context, ref string, manifest digest.Digest) (*profile.Set, error) {
 	log := g.log.WithFields(logrus.Fields{"ref": ref, "manifest": manifest})
 	start := time.Now()
-	refs, err := g.r.Referrers(ctx, ref, manifest, profile.ArtifactType)
-	if err != nil {
-		return nil, fmt.Errorf("profile lookup for %s: %w", ref, err)
+	refs, via := g.fromIndexTag(ctx, ref, manifest, log), "index tag"
+	if len(refs) == 0 {
+		var err error
+		if refs, err = g.r.Referrers(ctx, ref, manifest, profile.ArtifactType); err != nil {
+			return nil, fmt.Errorf("profile lookup for %s: %w", ref, err)
+		}
+		via = "referrers"
 	}
+	log = log.WithField("via", via)
 	if len(refs) == 0 {
 		log.WithField("elapsed", time.Since(start).Round(time.Millisecond)).Debug("no profile published for the image")
 		return nil, nil
@@ -371,6 +379,12 @@ func (g *Registry) Push(ctx context.Context, ref string, set profile.Set) (remot
 		// ref moved between the checks and the push (a tag, 30 s TTL).
 		g.log.WithFields(logrus.Fields{"ref": ref, "subject": pushed.Subject, "checked": subject}).
 			Warn("image changed while its profiles were pushed; the artifact may list layers it does not have")
+	}
+	if err := g.updateIndexTag(ctx, ref, pushed, annotations); err != nil {
+		// The artifact is published: daemons find it through the
+		// referrers, a round trip later than through the tag.
+		g.log.WithFields(logrus.Fields{"ref": ref, "artifact": pushed.Digest}).WithError(err).
+			Warn("profile pushed, but its index tag could not be written")
 	}
 	g.remember(pushed.Subject, &set)
 	return pushed, nil

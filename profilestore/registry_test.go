@@ -41,11 +41,14 @@ func quietLog() *logrus.Entry {
 // reference and layers.
 func image(t *testing.T, reg *fixture.Registry, repo string) (string, digest.Digest, []fixture.LayerInfo) {
 	t.Helper()
-	ref := fixture.ImageRef(reg.Host, repo, "v1")
-	tars := [][]byte{
+	return pushTars(t, fixture.ImageRef(reg.Host, repo, "v1"),
 		tarOf("bin/a", "a", "lib/b", strings.Repeat("b", 10000)),
-		tarOf("etc/c", "c"),
-	}
+		tarOf("etc/c", "c"))
+}
+
+// pushTars pushes an eStargz image of the tars' layers as ref.
+func pushTars(t *testing.T, ref string, tars ...[]byte) (string, digest.Digest, []fixture.LayerInfo) {
+	t.Helper()
 	md, layers, err := fixture.PushImage(testCtx(t), ref, tars, fixture.ImageOptions{})
 	if err != nil {
 		t.Fatal(err)

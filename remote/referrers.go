@@ -62,6 +62,8 @@ type Pushed struct {
 	Repository string        // the repository pushed to, e.g. "registry.example/app"
 	Subject    digest.Digest // the image manifest the artifact refers to
 	Digest     digest.Digest // the artifact's manifest
+	Size       int64         // of the artifact's manifest
+	MediaType  string        // of the artifact's manifest
 }
 
 const (
@@ -145,7 +147,8 @@ func (r *Resolver) PushArtifact(ctx context.Context, ref string, a Artifact) (Pu
 		return Pushed{}, fmt.Errorf("push artifact manifest to %s: %w", repo, fromTransportError(err))
 	}
 	log.WithFields(logrus.Fields{"digest": mdgst, "artifact_type": a.ArtifactType, "blobs": len(a.Blobs)}).Info("artifact pushed")
-	return Pushed{Repository: repo.Name(), Subject: digest.Digest(subject.Digest.String()), Digest: mdgst}, nil
+	return Pushed{Repository: repo.Name(), Subject: digest.Digest(subject.Digest.String()), Digest: mdgst,
+		Size: int64(len(raw)), MediaType: string(types.OCIManifestSchema1)}, nil
 }
 
 // manifest builds a's manifest referring to subject, and lists the blobs
@@ -247,18 +250,11 @@ func (r *Resolver) Referrers(ctx context.Context, ref string, subject digest.Dig
 			return nil, fmt.Errorf("referrers of %s in %s (referrers tag): %w", subject, repo, err)
 		}
 	}
-	var out []Referrer
-	for _, d := range idx.Manifests {
-		// Registries need not filter (and ggcr's does not); the tag's
-		// index never is.
-		if artifactType != "" && d.ArtifactType != artifactType {
-			continue
-		}
-		dg := digest.Digest(d.Digest.String())
-		if dg.Validate() != nil {
-			continue
-		}
-		out = append(out, Referrer{Digest: dg, Size: d.Size, MediaType: string(d.MediaType), ArtifactType: d.ArtifactType, Annotations: d.Annotations})
+	// Registries need not filter (and ggcr's does not); the tag's index
+	// never is.
+	out := descriptorsOf(idx)
+	if artifactType != "" {
+		out = slices.DeleteFunc(out, func(d Referrer) bool { return d.ArtifactType != artifactType })
 	}
 	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poolfs/poolfs/profilestore"
 	"github.com/poolfs/poolfs/test/fixture"
 )
 
@@ -39,24 +40,47 @@ func recordAndPublish(t *testing.T, reg *fixture.Registry, ref string, diff func
 // TestPublishedProfileRoundTrip: a start recorded on one pool is pushed as
 // an artifact of the image, and a fresh pool with an empty cache finds it
 // in the registry and replays it (status: loaded from the source,
-// published), through the referrers API and through the referrers tag of
-// a registry without it.
+// published). The push lists it under the image's index tag, which the
+// pool reads beside the image's manifest (held until the index is asked
+// for: a pool that waited for the manifest first would make the hold time
+// out), so that no referrers request is needed. Without the index tag (an
+// older poolfs pushed the profile) the referrers API is asked, or the
+// referrers tag of a registry without the API.
 func TestPublishedProfileRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		opts []fixture.RegistryOption
+		name       string
+		opts       []fixture.RegistryOption
+		noIndexTag bool
+		referrers  int64
 	}{
-		{"referrers API", []fixture.RegistryOption{fixture.WithReferrersAPI()}},
-		{"referrers tag", nil},
+		{"index tag", []fixture.RegistryOption{fixture.WithReferrersAPI()}, false, 0},
+		{"referrers API", []fixture.RegistryOption{fixture.WithReferrersAPI()}, true, 1},
+		{"referrers tag", nil, true, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := fixture.StartRegistry(t, tc.opts...)
-			ref, layers := pushImage(t, reg, "test/published", [][]byte{layerTar(41, 60)}, fixture.ImageOptions{ChunkSize: 64 << 10})
+			const repo = "test/published"
+			ref, layers := pushImage(t, reg, repo, [][]byte{layerTar(41, 60)}, fixture.ImageOptions{ChunkSize: 64 << 10})
 			li := layers[0]
 			diff := func(m *mounted) string { return filepath.Join(m.grammar2(ref, li.Digest.String()), "diff") }
 
 			chunks := recordAndPublish(t, reg, ref, diff)
 
+			indexTag := "/v2/" + repo + "/manifests/v1" + profilestore.IndexTagSuffix
+			var held *atomic.Bool
+			if tc.noIndexTag {
+				reg.SetMiddleware(func(next http.Handler) http.Handler {
+					return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						if r.URL.Path == indexTag {
+							http.NotFound(w, r)
+							return
+						}
+						next.ServeHTTP(w, r)
+					})
+				})
+			} else {
+				held = holdManifestsUntil(reg, 30*time.Second, map[string]string{repo: indexTag})
+			}
 			reg.ResetStats()
 			m := mountPoolOpts(t, reg, mountOpts{Quiet: true, ProfileLookup: true})
 			if _, err := os.Stat(diff(m)); err != nil {
@@ -67,8 +91,11 @@ func TestPublishedProfileRoundTrip(t *testing.T) {
 				t.Errorf("replayed %+v, want the %d chunks of the pushed profile, from the registry, published", pi, chunks)
 			}
 			readProfileFiles(t, diff(m))
-			if n := reg.Stats().ReferrersRequests; n < 1 || n > 2 {
-				t.Errorf("%d referrers requests\n%s", n, reg.RequestLog())
+			if held != nil && held.Load() {
+				t.Errorf("the image manifest was answered before the index tag was asked for:\n%s", reg.RequestLog())
+			}
+			if n := reg.Stats().ReferrersRequests; n != tc.referrers {
+				t.Errorf("%d referrers requests, want %d\n%s", n, tc.referrers, reg.RequestLog())
 			}
 		})
 	}
@@ -141,6 +168,17 @@ func TestProfileLookupNeverDelaysOpen(t *testing.T) {
 			time.Sleep(100 * time.Millisecond) // a second request, if there were one, would come now
 			if n := reg.Stats().ReferrersRequests; n != tc.want {
 				t.Errorf("%d referrers requests for an image of %d layers, want %d\n%s", n, len(layers), tc.want, reg.RequestLog())
+			}
+			// The index tag too is read once per image, and not at all
+			// with the lookup off.
+			indexTags := 0
+			for _, r := range reg.Requests() {
+				if strings.HasSuffix(r.Path, profilestore.IndexTagSuffix) {
+					indexTags++
+				}
+			}
+			if int64(indexTags) != tc.want {
+				t.Errorf("%d index tag requests, want %d\n%s", indexTags, tc.want, reg.RequestLog())
 			}
 			for _, l := range m.Pool.Layers() {
 				if pi := l.Profile(); pi.Loaded || pi.Published {
