@@ -95,7 +95,7 @@ type Registry struct {
 
 	mu     sync.Mutex
 	images map[digest.Digest]found // by image manifest digest
-	tags   map[string]*tagRead      // index tag readings by reference (see Expect)
+	tags   map[string]*tagRead     // index tag readings by reference (see Expect)
 	sf     singleflight.Group
 }
 
