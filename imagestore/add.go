@@ -79,6 +79,9 @@ const lookups = 4
 // the pool serves lazily (eStargz, zstd:chunked): it serves nothing else. progress (may be nil) is called as layers
 // are resolved.
 func (d *Daemon) Add(ctx context.Context, ref string, progress func(Progress)) (Image, error) {
+	// The layers' profiles are looked for beside the manifest, as a
+	// layer's first lookup does.
+	d.pool.ExpectProfiles(ref)
 	img, err := d.resolver.ResolveImage(ctx, ref)
 	if err != nil {
 		return Image{}, err

@@ -135,15 +135,23 @@ func (p *Pool) profilesFor(ref string, blob, toc digest.Digest, log *logrus.Entr
 	return nil, p.lookupProfile(ref, blob, toc, log)
 }
 
-// expectProfiles lets the profile.Source start looking for the profiles
-// of key's image before its manifest is in (profile.Expecter), unless a
+// expectProfiles is ExpectProfiles for the image of key's layer, unless a
 // profile is kept for the layer (no lookup will be made).
 func (p *Pool) expectProfiles(key LayerKey) {
-	e, ok := p.profileSource.(profile.Expecter)
-	if !ok || p.storedProfile(key.Digest, p.log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})) != nil {
-		return
+	if p.storedProfile(key.Digest, p.log.WithFields(logrus.Fields{"ref": key.Ref, "digest": key.Digest})) == nil {
+		p.ExpectProfiles(key.Ref)
 	}
-	e.Expect(key.Ref)
+}
+
+// ExpectProfiles lets the profile.Source start looking for the profiles
+// of ref's layers before ref's manifest is in (profile.Expecter): a
+// caller about to resolve ref and then Get its layers (the image store's
+// add) calls it first, as Get does for a layer whose manifest it has to
+// fetch.
+func (p *Pool) ExpectProfiles(ref string) {
+	if e, ok := p.profileSource.(profile.Expecter); ok {
+		e.Expect(ref)
+	}
 }
 
 // lookupProfile asks the profile.Source, in the background, for a profile

@@ -2,7 +2,6 @@ package profilestore
 
 import (
 	"context"
-	"sort"
 	"strings"
 	"time"
 
@@ -37,23 +36,24 @@ const (
 	maxIndexEntries = 8
 )
 
-// indexTag is the index tag for ref; false if ref has neither tag nor
-// digest, or the name would be too long for a tag.
-func indexTag(ref string) (string, bool) {
+// indexTag is the index tag for ref, and ref's repository; false if ref
+// has neither tag nor digest, or the name would be too long for a tag.
+func indexTag(ref string) (tag, repo string, byDigest, ok bool) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
-		return "", false
+		return "", "", false, false
 	}
 	key := r.Identifier()
-	if d, ok := r.(name.Digest); ok {
-		key = strings.Replace(d.DigestStr(), ":", "-", 1)
+	if d, isDigest := r.(name.Digest); isDigest {
+		key, byDigest = strings.Replace(d.DigestStr(), ":", "-", 1), true
 	}
-	tag := key + IndexTagSuffix
-	return tag, remote.ValidTag(tag)
+	tag = key + IndexTagSuffix
+	return tag, r.Context().Name(), byDigest, remote.ValidTag(tag)
 }
 
 // tagRead is one reading of a reference's index tag.
 type tagRead struct {
+	repo    string
 	done    chan struct{} // closed when entries and err are set
 	entries []remote.Referrer
 	err     error
@@ -61,25 +61,36 @@ type tagRead struct {
 }
 
 // Expect starts reading the index tag of ref, unless a reading of it is
-// under way or was made less than MissTTL ago. Lookup uses what it finds
-// (see fromIndexTag).
+// under way or was made less than MissTTL ago. A reference by digest
+// whose repository had an index tag read lately is not read: a client
+// that resolved a tag (the image store's add) goes on with the layers by
+// the digest the tag named, whose profiles that reading has. Lookup uses
+// what the readings of the layer's repository find (see fromIndexTag).
 func (g *Registry) Expect(ref string) {
-	tag, ok := indexTag(ref)
+	tag, repo, byDigest, ok := indexTag(ref)
 	if !ok {
 		return
 	}
 	now := time.Now()
 	g.mu.Lock()
-	if t := g.tags[ref]; t != nil && now.Sub(t.at) < g.missTTL {
-		g.mu.Unlock()
-		return
-	}
 	for r, t := range g.tags {
 		if now.Sub(t.at) >= g.missTTL {
 			delete(g.tags, r)
 		}
 	}
-	t := &tagRead{done: make(chan struct{}), at: now}
+	if g.tags[ref] != nil {
+		g.mu.Unlock()
+		return
+	}
+	if byDigest {
+		for _, t := range g.tags {
+			if t.repo == repo {
+				g.mu.Unlock()
+				return
+			}
+		}
+	}
+	t := &tagRead{repo: repo, done: make(chan struct{}), at: now}
 	g.tags[ref] = t
 	g.mu.Unlock()
 	go func() {
@@ -92,30 +103,38 @@ func (g *Registry) Expect(ref string) {
 
 var _ profile.Expecter = (*Registry)(nil)
 
-// fromIndexTag returns the entries of ref's index tag that list a profile
-// artifact of manifest, newest first, if Expect read it (waiting for the
-// reading under way). None, or no reading, is nil: the referrers are
-// asked.
+// fromIndexTag returns the entries of the index tags read for manifest's
+// repository (see Expect) that list a profile artifact of manifest, newest
+// first, once the readings under way are over. None, or no reading, is
+// nil: the referrers are asked.
 func (g *Registry) fromIndexTag(ctx context.Context, ref string, manifest digest.Digest, log *logrus.Entry) []remote.Referrer {
+	_, repo, _, ok := indexTag(ref)
+	if !ok {
+		return nil
+	}
+	var reads []*tagRead
 	g.mu.Lock()
-	t := g.tags[ref]
+	for _, t := range g.tags {
+		if t.repo == repo {
+			reads = append(reads, t)
+		}
+	}
 	g.mu.Unlock()
-	if t == nil {
-		return nil
-	}
-	select {
-	case <-t.done:
-	case <-ctx.Done():
-		return nil
-	}
-	if t.err != nil {
-		log.WithError(t.err).Debug("reading the profile index tag failed; asking the referrers")
-		return nil
-	}
 	var out []remote.Referrer
-	for _, e := range t.entries {
-		if e.ArtifactType == profile.ArtifactType && e.Annotations[SubjectAnnotation] == manifest.String() {
-			out = append(out, e)
+	for _, t := range reads {
+		select {
+		case <-t.done:
+		case <-ctx.Done():
+			return nil
+		}
+		if t.err != nil {
+			log.WithError(t.err).Debug("reading a profile index tag failed")
+			continue
+		}
+		for _, e := range t.entries {
+			if e.ArtifactType == profile.ArtifactType && e.Annotations[SubjectAnnotation] == manifest.String() {
+				out = append(out, e)
+			}
 		}
 	}
 	return out
@@ -125,7 +144,7 @@ func (g *Registry) fromIndexTag(ctx context.Context, ref string, manifest digest
 // ref's index tag, before the entries already there for other image
 // manifests (newest first, maxIndexEntries in all).
 func (g *Registry) updateIndexTag(ctx context.Context, ref string, pushed remote.Pushed, annotations map[string]string) error {
-	tag, ok := indexTag(ref)
+	tag, _, _, ok := indexTag(ref)
 	if !ok {
 		return nil
 	}
@@ -138,9 +157,7 @@ func (g *Registry) updateIndexTag(ctx context.Context, ref string, pushed remote
 		ArtifactType: profile.ArtifactType, Annotations: a}
 	kept := 0
 	err := g.r.UpdateTaggedIndex(ctx, ref, tag, func(old []remote.Referrer) []remote.Referrer {
-		sort.SliceStable(old, func(i, j int) bool {
-			return old[i].Annotations[CreatedAnnotation] > old[j].Annotations[CreatedAnnotation]
-		})
+		newestFirst(old)
 		out := []remote.Referrer{entry}
 		for _, e := range old {
 			if len(out) == maxIndexEntries {

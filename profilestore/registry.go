@@ -235,10 +235,7 @@ func (g *Registry) fetch(ctx context.Context, ref string, manifest digest.Digest
 		log.WithField("elapsed", time.Since(start).Round(time.Millisecond)).Debug("no profile published for the image")
 		return nil, nil
 	}
-	// Newest first; RFC 3339 times in UTC sort as strings.
-	sort.SliceStable(refs, func(i, j int) bool {
-		return refs[i].Annotations[CreatedAnnotation] > refs[j].Annotations[CreatedAnnotation]
-	})
+	newestFirst(refs)
 	blob := announcedBlob(refs[0].Annotations)
 	if blob == nil {
 		art, err := g.r.ReadArtifact(ctx, ref, refs[0].Digest)
@@ -274,6 +271,14 @@ func (g *Registry) fetch(ctx context.Context, ref string, manifest digest.Digest
 	log.WithFields(logrus.Fields{"artifact": refs[0].Digest, "layers": len(set.Profiles),
 		"elapsed": time.Since(start).Round(time.Millisecond)}).Info("published profile found")
 	return &set, nil
+}
+
+// newestFirst sorts profile artifacts by their created annotation, the
+// newest first (RFC 3339 times in UTC sort as strings).
+func newestFirst(refs []remote.Referrer) {
+	sort.SliceStable(refs, func(i, j int) bool {
+		return refs[i].Annotations[CreatedAnnotation] > refs[j].Annotations[CreatedAnnotation]
+	})
 }
 
 // announcedBlob is the profile blob an artifact's annotations name (see

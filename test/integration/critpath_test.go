@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,39 +52,7 @@ func holdManifests(reg *fixture.Registry, wait time.Duration, blobs map[string]d
 	for repo, d := range blobs {
 		awaited[repo] = "/v2/" + repo + "/blobs/" + d.String()
 	}
-	return holdManifestsUntil(reg, wait, awaited)
-}
-
-// holdManifestsUntil makes reg answer the manifest requests of each
-// repository in awaited (but the awaited one) only once a GET of the path
-// named there has come, or wait has passed; what it returns says whether
-// a wait ran out.
-func holdManifestsUntil(reg *fixture.Registry, wait time.Duration, awaited map[string]string) *atomic.Bool {
-	var timedOut atomic.Bool
-	asked := map[string]chan struct{}{}
-	once := map[string]*sync.Once{}
-	for repo := range awaited {
-		asked[repo], once[repo] = make(chan struct{}), new(sync.Once)
-	}
-	reg.SetMiddleware(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			for repo, path := range awaited {
-				if r.Method == http.MethodGet && r.URL.Path == path {
-					once[repo].Do(func() { close(asked[repo]) })
-					continue
-				}
-				if strings.HasPrefix(r.URL.Path, "/v2/"+repo+"/manifests/") {
-					select {
-					case <-asked[repo]:
-					case <-time.After(wait):
-						timedOut.Store(true)
-					}
-				}
-			}
-			next.ServeHTTP(w, r)
-		})
-	})
-	return &timedOut
+	return fixture.HoldManifestsUntil(reg, wait, awaited)
 }
 
 func noPings(t *testing.T, reg *fixture.Registry) {

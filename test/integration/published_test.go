@@ -79,7 +79,7 @@ func TestPublishedProfileRoundTrip(t *testing.T) {
 					})
 				})
 			} else {
-				held = holdManifestsUntil(reg, 30*time.Second, map[string]string{repo: indexTag})
+				held = fixture.HoldManifestsUntil(reg, 30*time.Second, map[string]string{repo: indexTag})
 			}
 			reg.ResetStats()
 			m := mountPoolOpts(t, reg, mountOpts{Quiet: true, ProfileLookup: true})
