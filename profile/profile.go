@@ -256,9 +256,9 @@ type Source interface {
 
 // Expecter is a Source that can start looking for the profiles of ref's
 // layers before the image's manifest is in: the pool calls Expect when a
-// layer of ref is first asked for and the manifest is yet to be fetched,
-// so that the Lookup after it has part of its way behind it. Expect does
-// not block.
+// layer of ref is first asked for and the manifest is yet to be fetched
+// (or when told to, by pool.ExpectProfiles), so that the Lookup after it
+// has part of its way behind it. Expect does not block.
 type Expecter interface {
 	Expect(ref string)
 }

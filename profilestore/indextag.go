@@ -71,13 +71,8 @@ func (g *Registry) Expect(ref string) {
 	if !ok {
 		return
 	}
-	now := time.Now()
 	g.mu.Lock()
-	for r, t := range g.tags {
-		if now.Sub(t.at) >= g.missTTL {
-			delete(g.tags, r)
-		}
-	}
+	g.pruneTags()
 	if g.tags[ref] != nil {
 		g.mu.Unlock()
 		return
@@ -90,7 +85,7 @@ func (g *Registry) Expect(ref string) {
 			}
 		}
 	}
-	t := &tagRead{repo: repo, done: make(chan struct{}), at: now}
+	t := &tagRead{repo: repo, done: make(chan struct{}), at: time.Now()}
 	g.tags[ref] = t
 	g.mu.Unlock()
 	go func() {
@@ -99,6 +94,16 @@ func (g *Registry) Expect(ref string) {
 		t.entries, t.err = g.r.TaggedIndex(ctx, ref, tag)
 		close(t.done)
 	}()
+}
+
+// pruneTags drops the readings older than MissTTL (a few index entries
+// each, up to 32 KiB per inlined profile); g.mu is held.
+func (g *Registry) pruneTags() {
+	for r, t := range g.tags {
+		if time.Since(t.at) >= g.missTTL {
+			delete(g.tags, r)
+		}
+	}
 }
 
 var _ profile.Expecter = (*Registry)(nil)
@@ -114,6 +119,7 @@ func (g *Registry) fromIndexTag(ctx context.Context, ref string, manifest digest
 	}
 	var reads []*tagRead
 	g.mu.Lock()
+	g.pruneTags()
 	for _, t := range g.tags {
 		if t.repo == repo {
 			reads = append(reads, t)

@@ -245,9 +245,11 @@ func (r *Resolver) Referrers(ctx context.Context, ref string, subject digest.Dig
 		}
 	}
 	if idx == nil {
-		if idx, err = r.referrersTag(ctx, e.client, repo, subject); err != nil {
-			r.dropAuthOn(err, repo, e)
+		if idx, err = r.taggedIndexFrom(ctx, repo, referrersTag(subject)); err != nil {
 			return nil, fmt.Errorf("referrers of %s in %s (referrers tag): %w", subject, repo, err)
+		}
+		if idx == nil {
+			idx = &v1.IndexManifest{} // no tag: no referrers
 		}
 	}
 	// Registries need not filter (and ggcr's does not); the tag's index
@@ -347,22 +349,6 @@ func nextPage(h http.Header, u *url.URL) *url.URL {
 		}
 	}
 	return nil
-}
-
-// referrersTag reads the referrers tag schema's index; a missing tag is
-// an empty index.
-func (r *Resolver) referrersTag(ctx context.Context, c *http.Client, repo name.Repository, subject digest.Digest) (*v1.IndexManifest, error) {
-	u := registryURL(repo, "manifests", referrersTag(subject))
-	body, _, status, err := getSmall(ctx, c, u.String(), string(types.OCIImageIndex), maxArtifactManifest)
-	switch {
-	case err != nil:
-		return nil, err
-	case status == http.StatusNotFound:
-		return &v1.IndexManifest{}, nil
-	case status != http.StatusOK:
-		return nil, &StatusError{StatusCode: status}
-	}
-	return parseIndex(body)
 }
 
 // referrersTag is the tag the referrers tag schema keeps a subject's

@@ -43,7 +43,7 @@ func (r *Resolver) TaggedIndex(ctx context.Context, ref, tag string) ([]Referrer
 		idx, err := r.taggedIndexFrom(ctx, ep.Context(), tag)
 		switch {
 		case err != nil:
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("%s: %w", ep.Context(), err))
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("index tag %s of %s: %w", tag, ref, errors.Join(errs...))
 			}
@@ -63,32 +63,29 @@ var tagPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 // ValidTag says tag can name a manifest in a registry.
 func ValidTag(tag string) bool { return tagPattern.MatchString(tag) }
 
-// taggedIndexFrom reads tag's index from repo; nil (no error) if repo has
-// no such tag.
+// taggedIndexFrom reads the OCI index tagged tag in repo, in one attempt;
+// nil (no error) if repo has no such tag. A 401 or 403 drops repo's
+// credentials, so that the next request renews them.
 func (r *Resolver) taggedIndexFrom(ctx context.Context, repo name.Repository, tag string) (*v1.IndexManifest, error) {
 	e, err := r.authFor(ctx, repo)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", repo, err)
+		return nil, err
 	}
 	u := registryURL(repo, "manifests", tag)
 	body, ct, status, err := getSmall(ctx, e.client, u.String(), string(types.OCIImageIndex), maxArtifactManifest)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("%s: %w", repo, err)
+		return nil, err
 	case status == http.StatusNotFound:
 		return nil, nil
 	case status != http.StatusOK:
 		err := &StatusError{StatusCode: status}
 		r.dropAuthOn(err, repo, e)
-		return nil, fmt.Errorf("%s: %w", repo, err)
+		return nil, err
 	case ct != string(types.OCIImageIndex):
-		return nil, fmt.Errorf("%s: tag %s is %q, not an index", repo, tag, ct)
+		return nil, fmt.Errorf("tag %s is %q, not an index", tag, ct)
 	}
-	idx, err := parseIndex(body)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", repo, err)
-	}
-	return idx, nil
+	return parseIndex(body)
 }
 
 // descriptorsOf lists idx's entries with a valid digest.
@@ -121,7 +118,7 @@ func (r *Resolver) UpdateTaggedIndex(ctx context.Context, ref, tag string, updat
 	}
 	old, err := r.taggedIndexFrom(ctx, repo, tag)
 	if err != nil {
-		return fmt.Errorf("update index tag %s of %s: reading it: %w", tag, ref, err)
+		return fmt.Errorf("update index tag %s of %s: reading it from %s: %w", tag, ref, repo, err)
 	}
 	var was []Referrer
 	if old != nil {
