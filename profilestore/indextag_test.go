@@ -45,16 +45,7 @@ func TestIndexTag(t *testing.T) {
 	ctx := testCtx(t)
 
 	// Layer profiles pushed for the image now tagged v1, by reference.
-	ref, md, layers := image(t, reg, "app/tagged")
-	set := profile.Set{Profiles: []*profile.Profile{profileOf(layers[0], 3), profileOf(layers[1], 1)}}
-	pusher, _ := newStore(profilestore.Options{})
-	pushed, err := pusher.Push(ctx, ref, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pushed.Subject != md {
-		t.Fatalf("pushed for %s, the image is %s", pushed.Subject, md)
-	}
+	ref, md, layers, set, _ := pushProfiles(t, reg, "app/tagged")
 
 	t.Run("found beside the manifest", func(t *testing.T) {
 		reg.ResetStats()
@@ -63,15 +54,7 @@ func TestIndexTag(t *testing.T) {
 		// The index is asked for before any lookup, so before the
 		// lookup's manifest.
 		waitIndexTagGet(t, reg, "v1"+profilestore.IndexTagSuffix)
-		for i, l := range layers {
-			got, err := store.Lookup(ctx, ref, l.Digest, l.TOCDigest)
-			if err != nil {
-				t.Fatalf("layer %d: %v", i, err)
-			}
-			if !reflect.DeepEqual(got, set.Profiles[i]) {
-				t.Errorf("layer %d: looked up %+v, pushed %+v", i, got, set.Profiles[i])
-			}
-		}
+		lookupAll(t, store, ref, layers, set)
 		if n := reg.Stats().ReferrersRequests; n != 0 {
 			t.Errorf("%d referrers requests, want none: the index tag listed the profile\n%s", n, reg.RequestLog())
 		}
@@ -115,8 +98,8 @@ func TestIndexTag(t *testing.T) {
 
 	// Its profile pushed too: the index lists both manifests, newest first.
 	set2 := profile.Set{Profiles: []*profile.Profile{profileOf(layers2[0], 2)}}
-	pusher2, _ := newStore(profilestore.Options{}) // the first one has v1's manifest cached
-	if _, err := pusher2.Push(ctx, ref, set2); err != nil {
+	pusher, _ := newStore(profilestore.Options{})
+	if _, err := pusher.Push(ctx, ref, set2); err != nil {
 		t.Fatal(err)
 	}
 	_, r := newStore(profilestore.Options{})
@@ -170,35 +153,6 @@ func TestIndexTagByDigest(t *testing.T) {
 	}
 	if n := reg.Stats().ReferrersRequests; n != 0 {
 		t.Errorf("%d referrers requests, want none", n)
-	}
-}
-
-// TestIndexTagMissing: an artifact pushed without an index tag (an older
-// poolfs, another tool) is found through the referrers after the index's
-// 404, and a reference that cannot name an index tag is not asked for one.
-func TestIndexTagMissing(t *testing.T) {
-	reg := fixture.StartRegistry(t, fixture.WithReferrersAPI())
-	ctx := testCtx(t)
-	ref, _, layers := image(t, reg, "app/untagged")
-	want := profileOf(layers[0], 2)
-	data, err := profile.MarshalSet(profile.Set{Profiles: []*profile.Profile{want}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	publishRaw(t, ref, data)
-	reg.ResetStats()
-	store, _ := newStore(profilestore.Options{})
-	store.Expect(ref)
-	store.Expect("not a reference")
-	got, err := store.Lookup(ctx, ref, layers[0].Digest, layers[0].TOCDigest)
-	if err != nil || !reflect.DeepEqual(got, want) {
-		t.Fatalf("looked up %+v, %v; want %+v", got, err, want)
-	}
-	if n := reg.Stats().ReferrersRequests; n != 1 {
-		t.Errorf("%d referrers requests, want 1", n)
-	}
-	if n := indexTagGets(reg, "v1"+profilestore.IndexTagSuffix); n != 1 {
-		t.Errorf("%d GETs of the index tag, want 1 (its 404)", n)
 	}
 }
 

@@ -46,6 +46,38 @@ func image(t *testing.T, reg *fixture.Registry, repo string) (string, digest.Dig
 		tarOf("etc/c", "c"))
 }
 
+// pushProfiles pushes the image (see image) and then profiles of its two
+// layers, and checks the artifact's subject is the image manifest.
+func pushProfiles(t *testing.T, reg *fixture.Registry, repo string) (string, digest.Digest, []fixture.LayerInfo, profile.Set, remote.Pushed) {
+	t.Helper()
+	ref, md, layers := image(t, reg, repo)
+	set := profile.Set{Profiles: []*profile.Profile{profileOf(layers[0], 3), profileOf(layers[1], 1)}}
+	pusher, _ := newStore(profilestore.Options{})
+	pushed, err := pusher.Push(testCtx(t), ref, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pushed.Subject != md {
+		t.Fatalf("pushed with subject %s, the image manifest is %s", pushed.Subject, md)
+	}
+	return ref, md, layers, set, pushed
+}
+
+// lookupAll looks up the profile of each of layers and checks it is the
+// one of set pushed for it.
+func lookupAll(t *testing.T, store *profilestore.Registry, ref string, layers []fixture.LayerInfo, set profile.Set) {
+	t.Helper()
+	for i, l := range layers {
+		got, err := store.Lookup(testCtx(t), ref, l.Digest, l.TOCDigest)
+		if err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		if !reflect.DeepEqual(got, set.Profiles[i]) {
+			t.Errorf("layer %d: looked up %+v, pushed %+v", i, got, set.Profiles[i])
+		}
+	}
+}
+
 // pushTars pushes an eStargz image of the tars' layers as ref.
 func pushTars(t *testing.T, ref string, tars ...[]byte) (string, digest.Digest, []fixture.LayerInfo) {
 	t.Helper()
@@ -99,31 +131,12 @@ func TestPushLookupRoundTrip(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := fixture.StartRegistry(t, tc.opts...)
-			ctx := testCtx(t)
-			ref, md, layers := image(t, reg, "app/"+strings.ReplaceAll(strings.ToLower(tc.name), " ", "-"))
-			set := profile.Set{Profiles: []*profile.Profile{profileOf(layers[0], 3), profileOf(layers[1], 1)}}
-
-			pusher, _ := newStore(profilestore.Options{})
-			pushed, err := pusher.Push(ctx, ref, set)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if pushed.Subject != md {
-				t.Errorf("pushed with subject %s, the image manifest is %s", pushed.Subject, md)
-			}
+			ref, md, layers, set, pushed := pushProfiles(t, reg, "app/"+strings.ReplaceAll(strings.ToLower(tc.name), " ", "-"))
 			checkArtifact(t, reg, ref, pushed, md)
 
 			reg.ResetStats()
 			store, _ := newStore(profilestore.Options{})
-			for i, l := range layers {
-				got, err := store.Lookup(ctx, ref, l.Digest, l.TOCDigest)
-				if err != nil {
-					t.Fatalf("layer %d: %v", i, err)
-				}
-				if !reflect.DeepEqual(got, set.Profiles[i]) {
-					t.Errorf("layer %d: looked up %+v, pushed %+v", i, got, set.Profiles[i])
-				}
-			}
+			lookupAll(t, store, ref, layers, set)
 			// One image lookup serves every layer of the image.
 			if n := reg.Stats().ReferrersRequests; n != tc.firstLookup {
 				t.Errorf("%d referrers requests for the image's layers, want %d\n%s", n, tc.firstLookup, reg.RequestLog())
@@ -250,21 +263,28 @@ func checkArtifact(t *testing.T, reg *fixture.Registry, ref string, pushed remot
 }
 
 // TestLookupArtifactWithoutBlobAnnotation: an artifact whose manifest does
-// not name its profile blob in its annotations (pushed by an older poolfs
-// or another tool) is read through its manifest.
+// not name its profile blob in its annotations, pushed without an index
+// tag (by an older poolfs or another tool), is found through the referrers
+// after the index tag's 404 and read through its manifest; a reference that
+// cannot name an index tag is not asked for one.
 func TestLookupArtifactWithoutBlobAnnotation(t *testing.T) {
 	reg := fixture.StartRegistry(t, fixture.WithReferrersAPI())
 	ref, _, layers := image(t, reg, "app/unannotated")
 	want := profileOf(layers[0], 2)
-	data, err := profile.MarshalSet(profile.Set{Profiles: []*profile.Profile{want}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	publishRaw(t, ref, data)
+	publishSet(t, ref, want)
+	reg.ResetStats()
 	store, _ := newStore(profilestore.Options{})
+	store.Expect(ref)
+	store.Expect("not a reference")
 	got, err := store.Lookup(testCtx(t), ref, layers[0].Digest, layers[0].TOCDigest)
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("looked up %+v, %v; want %+v", got, err, want)
+	}
+	if n := reg.Stats().ReferrersRequests; n != 1 {
+		t.Errorf("%d referrers requests, want 1", n)
+	}
+	if n := indexTagGets(reg, "v1"+profilestore.IndexTagSuffix); n != 1 {
+		t.Errorf("%d GETs of the index tag, want 1 (its 404)", n)
 	}
 }
 
@@ -318,11 +338,7 @@ func TestLookupIgnores(t *testing.T) {
 		}
 	}
 	// Another publisher is not so careful.
-	data, err := profile.MarshalSet(profile.Set{Profiles: []*profile.Profile{foreign, other}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	publishRaw(t, ref, data)
+	publishSet(t, ref, foreign, other)
 	store, _ := newStore(profilestore.Options{})
 	for i, l := range layers {
 		got, err := store.Lookup(ctx, ref, l.Digest, l.TOCDigest)
@@ -340,6 +356,16 @@ func publishRaw(t *testing.T, ref string, data []byte) {
 		Blobs: []remote.ArtifactBlob{{MediaType: profile.MediaType, Data: data}}}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// publishSet publishes profiles as publishRaw does.
+func publishSet(t *testing.T, ref string, profiles ...*profile.Profile) {
+	t.Helper()
+	data, err := profile.MarshalSet(profile.Set{Profiles: profiles})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishRaw(t, ref, data)
 }
 
 // TestLookupMalformedIsAMiss: a profile blob that does not parse is

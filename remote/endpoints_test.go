@@ -133,12 +133,13 @@ location = "`+f.host+`"
 	}
 }
 
-// TestMirrorMissingImage: a mirror that answers 404 falls through to the
-// registry, reached at its rewritten location.
-func TestMirrorMissingImage(t *testing.T) {
+// behindEmptyMirror serves ti's image as example.com/team/app:v1 from a
+// registry (its location rewritten by registries.conf) behind a mirror
+// that has nothing, and returns a resolver so configured.
+func behindEmptyMirror(t *testing.T, ti testImage) (*Resolver, *syncBuffer) {
+	t.Helper()
 	empty := newFixture(t, nil)
 	f := newFixture(t, nil)
-	ti := makeImage(t, 1, 16<<10, 0, nil)
 	f.pushImage(t, "team/app", "v1", ti.img)
 	conf := filepath.Join(t.TempDir(), "registries.conf")
 	writeFile(t, conf, `
@@ -152,7 +153,14 @@ location = "`+empty.host+`/team"
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, logs := newTestResolver(t, Options{Registries: rs})
+	return newTestResolver(t, Options{Registries: rs})
+}
+
+// TestMirrorMissingImage: a mirror that answers 404 falls through to the
+// registry, reached at its rewritten location.
+func TestMirrorMissingImage(t *testing.T) {
+	ti := makeImage(t, 1, 16<<10, 0, nil)
+	r, logs := behindEmptyMirror(t, ti)
 	ld, err := r.ResolveLayer(context.Background(), "example.com/team/app:v1", ti.toc)
 	if err != nil {
 		t.Fatalf("ResolveLayer: %v\n%s", err, logs)

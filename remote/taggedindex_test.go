@@ -2,11 +2,8 @@ package remote
 
 import (
 	"context"
-	"path/filepath"
 	"reflect"
 	"testing"
-
-	"github.com/poolfs/poolfs/remote/regconf"
 )
 
 // TestTaggedIndex: an index written under a tag (UpdateTaggedIndex, to the
@@ -15,23 +12,7 @@ import (
 // No index is an empty list; a name that is no tag is refused.
 func TestTaggedIndex(t *testing.T) {
 	ctx := context.Background()
-	mirror := newFixture(t, nil)
-	f := newFixture(t, nil)
-	ti := makeImage(t, 1, 4<<10, 0, nil)
-	f.pushImage(t, "team/app", "v1", ti.img)
-	conf := filepath.Join(t.TempDir(), "registries.conf")
-	writeFile(t, conf, `
-[[registry]]
-prefix = "example.com/team"
-location = "`+f.host+`/team"
-[[registry.mirror]]
-location = "`+mirror.host+`/team"
-`)
-	rs, err := regconf.Load(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, logs := newTestResolver(t, Options{Registries: rs})
+	r, logs := behindEmptyMirror(t, makeImage(t, 1, 4<<10, 0, nil))
 	const ref, tag = "example.com/team/app:v1", "v1.listed"
 
 	if got, err := r.TaggedIndex(ctx, ref, tag); err != nil || got != nil {
