@@ -362,8 +362,8 @@ func TestChunkStraddlingTail(t *testing.T) {
 	mid := c.blobOff + (c.blobEnd-c.blobOff)/2
 
 	old := tailSize
-	tailSize = int64(len(data)) - mid
-	t.Cleanup(func() { tailSize = old })
+	tailSize, widenSmall = int64(len(data))-mid, false
+	t.Cleanup(func() { tailSize, widenSmall = old, true })
 	blob := fstest.NewMemBlob(data)
 	l, err := Open(context.Background(), blob, toc, nil, nil)
 	if err != nil {
@@ -387,5 +387,53 @@ func TestChunkStraddlingTail(t *testing.T) {
 	}
 	if string(p) != string(want) {
 		t.Error("straddling chunk read wrong bytes")
+	}
+}
+
+// TestSmallBlobWiderWindow: Open reads twice its tail window of a blob of
+// up to eight times the window (the whole blob when that covers it), so
+// that a small blob's files then cost no request (and a client copying the
+// blob finds it all); of a bigger blob only the window.
+func TestSmallBlobWiderWindow(t *testing.T) {
+	data, toc := fstest.EStargz(t, fstest.SampleTar(t), buildOptions[0].opts...)
+	size := int64(len(data))
+	for _, tc := range []struct {
+		name   string
+		window int64
+		want   int64 // bytes Open fetches
+	}{
+		{"whole", size/2 + 1, size},
+		{"twice the window", size / 4, 2 * (size / 4)},
+		{"more than eight times the window", size/8 - 1, size/8 - 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := tailSize
+			tailSize = tc.window
+			t.Cleanup(func() { tailSize = old })
+			blob := fstest.NewMemBlob(data)
+			l, err := Open(context.Background(), blob, toc, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fetched int64
+			for _, r := range blob.Reads() {
+				fetched += r[1]
+			}
+			if fetched != tc.want {
+				t.Errorf("Open fetched %d bytes (%v) of the %d-byte blob, want %d", fetched, blob.Reads(), size, tc.want)
+			}
+			if tc.want != size {
+				return
+			}
+			blob.ResetStats()
+			e := lookup(t, l, fstest.SampleBigFile)
+			p := make([]byte, e.Size)
+			if _, err := l.ReadAt(context.Background(), e, p, 0); err != nil {
+				t.Fatal(err)
+			}
+			if calls, _ := blob.Stats(); calls != 0 {
+				t.Errorf("reading %s of a blob read whole made %d requests", fstest.SampleBigFile, calls)
+			}
+		})
 	}
 }
