@@ -109,9 +109,9 @@ func (g *Registry) pruneTags() {
 var _ profile.Expecter = (*Registry)(nil)
 
 // fromIndexTag returns the entries of the index tags read for manifest's
-// repository (see Expect) that list a profile artifact of manifest, newest
-// first, once the readings under way are over. None, or no reading, is
-// nil: the referrers are asked.
+// repository (see Expect) that list a profile artifact of manifest, once
+// the readings under way are over. None, or no reading, is nil: the
+// referrers are asked.
 func (g *Registry) fromIndexTag(ctx context.Context, ref string, manifest digest.Digest, log *logrus.Entry) []remote.Referrer {
 	_, repo, _, ok := indexTag(ref)
 	if !ok {
