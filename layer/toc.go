@@ -91,20 +91,21 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, o options
 	// before it. Such a layer's files are few and likely needed, and a
 	// client that copies the layer (commit, push) reads the blob whole,
 	// taking what Open kept.
-	var head []byte
 	headStart := tailStart
 	if want != "" && size <= smallBlob() {
 		headStart = size - min(size, 2*tailSize)
 	}
+	// One buffer for both reads: the head's bytes end where the tail's
+	// begin.
+	buf := make([]byte, size-headStart)
+	head, tail := buf[:tailStart-headStart], buf[tailStart-headStart:]
 	waitHead := func() error { return nil }
-	if headStart < tailStart {
-		head = make([]byte, tailStart-headStart)
+	if len(head) > 0 {
 		done := make(chan error, 1)
 		go func() { done <- readFull(ctx, blob, head, headStart) }()
 		waitHead = sync.OnceValue(func() error { return <-done })
 		defer waitHead() // no return leaves the read behind
 	}
-	tail := make([]byte, tailLen)
 	if err := readFull(ctx, blob, tail, tailStart); err != nil {
 		return nil, &fetchError{fmt.Errorf("reading the last %d bytes of the blob: %w", tailLen, err)}
 	}
@@ -118,11 +119,11 @@ func readTOC(ctx context.Context, blob BlobReader, want digest.Digest, o options
 		if err != nil {
 			return nil, fmt.Errorf("%s footer: %w", f, err)
 		}
-		if head != nil {
+		if len(head) > 0 {
 			if err := waitHead(); err != nil {
 				return nil, &fetchError{fmt.Errorf("reading %d bytes of the blob at %d: %w", len(head), headStart, err)}
 			}
-			tail, tailStart = append(head, tail...), headStart
+			tail, tailStart = buf, headStart
 		}
 		return fetchTOC(ctx, blob, f, r, want, tail, tailStart, o)
 	}
