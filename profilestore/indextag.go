@@ -2,6 +2,7 @@ package profilestore
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"time"
 
@@ -154,10 +155,7 @@ func (g *Registry) updateIndexTag(ctx context.Context, ref string, pushed remote
 	if !ok {
 		return nil
 	}
-	a := make(map[string]string, len(annotations)+1)
-	for k, v := range annotations {
-		a[k] = v
-	}
+	a := maps.Clone(annotations)
 	a[SubjectAnnotation] = pushed.Subject.String()
 	entry := remote.Referrer{Digest: pushed.Digest, Size: pushed.Size, MediaType: pushed.MediaType,
 		ArtifactType: profile.ArtifactType, Annotations: a}
